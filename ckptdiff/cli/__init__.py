@@ -1,0 +1,32 @@
+"""The ``ckptdiff`` command line: parse, call the library, render, exit code.
+
+Exit codes: 0 compatible, 1 differences found, 2 usage or read error, 3 security finding.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ckptdiff.cli.diff_cmd import diff
+from ckptdiff.cli.inspect_cmd import inspect
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ckptdiff")
+def main() -> None:
+    """Check a checkpoint against a model before you spend a GPU-hour loading it.
+
+    Reads keys, shapes and dtypes only (no tensor data, no pickle code), and reports missing,
+    unexpected and mis-shaped tensors with the options that make them fit.
+
+    \b
+    Start here:
+      ckptdiff inspect model.safetensors
+      ckptdiff diff finetuned.pt base.safetensors
+    """
+
+
+main.add_command(inspect)
+main.add_command(diff)
+
+__all__ = ["main"]

@@ -1,0 +1,145 @@
+"""What every command shares: options, error handling, output. Parsing and printing only."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from ckptdiff.errors import CkptDiffError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEBUG_KEY = "ckptdiff.debug"
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[DEBUG_KEY] = True
+    return value
+
+
+def debug_option(f: F) -> F:
+    """``--debug``: show the traceback of an error instead of one line."""
+    return click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_debug,
+        help="On an error, show the full traceback instead of one line.",
+    )(f)
+
+
+def format_option(f: F) -> F:
+    """``--format table|json|markdown``."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json", "markdown"]),
+        default="table",
+        show_default=True,
+        help="Output: a text table for people, JSON for machines, markdown for PRs and issues.",
+    )(f)
+
+
+def keymap_options(side: str = "", what: str = "A") -> Callable[[F], F]:
+    """``--strip-prefix``, ``--add-prefix`` and ``--rename`` for one side (``""`` or ``b-``)."""
+    dest = side.replace("-", "_")
+
+    def deco(f: F) -> F:
+        f = click.option(
+            f"--{side}rename",
+            f"{dest}rename",
+            multiple=True,
+            metavar="'REGEX=>REPL'",
+            help=f"Rename {what}'s keys with re.sub, e.g. '\\.gamma$=>.weight'. Repeatable.",
+        )(f)
+        f = click.option(
+            f"--{side}add-prefix",
+            f"{dest}add_prefix",
+            multiple=True,
+            metavar="PREFIX",
+            help=f"Put PREFIX in front of every key of {what}. Repeatable.",
+        )(f)
+        f = click.option(
+            f"--{side}strip-prefix",
+            f"{dest}strip_prefix",
+            multiple=True,
+            metavar="PREFIX",
+            help=f"Remove PREFIX (e.g. module.) from {what}'s keys that start with it. Repeatable.",
+        )(f)
+        return f
+
+    return deco
+
+
+def build_keymap(
+    strip_prefix: tuple[str, ...], add_prefix: tuple[str, ...], rename: tuple[str, ...],
+    key_map_file: str | None = None,
+) -> Any:
+    """A :class:`~ckptdiff.keymap.KeyMap` from the options (file rules first), or None."""
+    from ckptdiff.keymap import KeyMap
+
+    km = KeyMap.from_file(key_map_file) if key_map_file else KeyMap()
+    km = km + KeyMap.from_options(strip_prefix, add_prefix, rename)
+    return km or None
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one error line to stderr and exit."""
+    click.echo(f"ckptdiff: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(f: F) -> F:
+    """Turn library errors into one line on stderr and exit code 2 (3 for unsafe files).
+
+    With ``--debug`` the traceback is shown too. Anything unforeseen is also one line, with a
+    pointer to ``--debug``, never a bare traceback.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        debug = bool(ctx.meta.get(DEBUG_KEY))
+        try:
+            return f(*args, **kwargs)
+        except CkptDiffError as e:
+            if debug:
+                traceback.print_exc()
+            fail(str(e), e.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted.", 130)
+        except Exception as e:  # noqa: BLE001 - the CLI promises one line, never a traceback
+            if debug:
+                traceback.print_exc()
+            fail(
+                f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback, "
+                "and please report it)."
+            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(text: str) -> None:
+    """Write a rendered report to stdout."""
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+__all__ = [
+    "UsageError",
+    "build_keymap",
+    "debug_option",
+    "emit",
+    "fail",
+    "format_option",
+    "handle_errors",
+    "keymap_options",
+]

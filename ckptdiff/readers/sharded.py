@@ -1,0 +1,191 @@
+"""Sharded checkpoints: a ``*.index.json`` and the shards it names, checked against each other.
+
+Reads every shard's metadata only (safetensors headers, pickles' ``data.pkl``) and reports
+where index and shards disagree: keys listed but absent, keys present but unlisted, a key in
+two shards, a shard file missing, ``total_size``. Shard names that leave the folder are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ckptdiff.errors import ReadError, UnsafeCheckpointError
+from ckptdiff.types import Finding, Manifest, TensorSpec
+
+__all__ = ["read_sharded", "MAX_INDEX_FILE_SIZE", "confined_path"]
+
+#: Largest index file accepted (the one of a 1T-parameter model is ~10 MB).
+MAX_INDEX_FILE_SIZE = 100 * 1024 * 1024
+
+
+def confined_path(folder: str, name: str, source: str) -> str:
+    """The path of ``name`` inside ``folder``, refusing names or links that leave it.
+
+    Raises:
+        UnsafeCheckpointError: an absolute name, a ``..`` component, or a symlink whose
+            target lies outside the folder.
+    """
+    if not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name:
+        raise UnsafeCheckpointError(
+            f"Cannot read '{source}' (index): shard name {name!r} is not a relative file name. "
+            "Refusing to read outside the checkpoint's folder."
+        )
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafeCheckpointError(
+            f"Cannot read '{source}' (index): shard name {name!r} leaves the checkpoint's "
+            "folder. Refusing to follow it."
+        )
+    root = os.path.realpath(folder)
+    path = os.path.join(root, *parts)
+    real = os.path.realpath(path)
+    if os.path.commonpath([root, real]) != root:
+        raise UnsafeCheckpointError(
+            f"Cannot read '{source}' (index): shard {name!r} is a link to {real}, outside the "
+            "checkpoint's folder. Refusing to follow it."
+        )
+    return real
+
+
+def _load_index(path: str, source: str) -> tuple[dict[str, str], dict[str, Any]]:
+    size = os.path.getsize(path)
+    if size > MAX_INDEX_FILE_SIZE:
+        raise ReadError(
+            f"Cannot read '{source}' (index): {size} bytes exceeds the {MAX_INDEX_FILE_SIZE}-byte "
+            "limit for an index file."
+        )
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ReadError(f"Cannot read '{source}' (index): not valid JSON ({e}).") from e
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise ReadError(
+            f"Cannot read '{source}' (index): expected {{\"weight_map\": {{key: shard file}}}}."
+        )
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        metadata = {}
+    return weight_map, metadata
+
+
+def _read_shard(path: str, name: str, source: str) -> dict[str, TensorSpec]:
+    from ckptdiff.readers import read_file
+    from ckptdiff.readers.safetensors_file import read_safetensors_specs
+    from ckptdiff.readers.sniff import sniff_file
+
+    if sniff_file(path) == "safetensors":
+        return read_safetensors_specs(path, name)[0]
+    shard = read_file(path, f"{source}: {name}")
+    return dict(shard.tensors)
+
+
+def read_sharded(index_path: str, source: str, *, select: str | None = None) -> Manifest:
+    """Read a sharded checkpoint through its index.
+
+    Args:
+        index_path: the ``*.index.json`` file.
+        source: the source as the user gave it (a folder or the index).
+        select: not applicable to sharded checkpoints; refused when given.
+
+    Returns:
+        A manifest of every tensor found in the shards (``format`` ``safetensors-sharded`` or
+        ``torch-sharded``), with findings for each disagreement.
+
+    Raises:
+        ReadError: the index is not valid, or a shard cannot be read.
+        UnsafeCheckpointError: a shard name leaves the folder.
+    """
+    from ckptdiff.errors import SelectError
+
+    if select:
+        raise SelectError(
+            f"Cannot read '{source}' (--select {select}): a sharded checkpoint is one flat "
+            "state dict; --select applies to nested pickled containers."
+        )
+    folder = os.path.dirname(os.path.abspath(index_path))
+    weight_map, index_meta = _load_index(index_path, source)
+    shards = list(dict.fromkeys(weight_map.values()))
+    findings: list[Finding] = []
+    files: list[str] = [index_path]
+    found: dict[str, TensorSpec] = {}
+    where: dict[str, list[str]] = {}
+    missing_files: list[str] = []
+    for name in shards:
+        path = confined_path(folder, name, source)
+        if not os.path.isfile(path):
+            missing_files.append(name)
+            continue
+        files.append(path)
+        for key, spec in _read_shard(path, name, source).items():
+            where.setdefault(key, []).append(name)
+            found.setdefault(key, spec)
+
+    if missing_files:
+        lost = [k for k, v in weight_map.items() if v in missing_files]
+        findings.append(Finding(
+            "shard_missing",
+            f"{len(missing_files)} shard file(s) named by the index are not in the folder: "
+            f"{', '.join(missing_files)} ({len(lost)} tensors cannot be read).",
+            tuple(missing_files), "error", {"tensors": len(lost)}))
+    absent = [k for k, v in weight_map.items() if v not in missing_files and k not in where]
+    if absent:
+        findings.append(Finding(
+            "index_key_absent",
+            f"{len(absent)} key(s) the index lists are in none of the shards, e.g. '{absent[0]}'.",
+            tuple(absent), "error"))
+    misplaced = [k for k, v in weight_map.items() if k in where and v not in where[k]]
+    if misplaced:
+        findings.append(Finding(
+            "index_key_misplaced",
+            f"{len(misplaced)} key(s) are in another shard than the index says, e.g. "
+            f"'{misplaced[0]}' (index: {weight_map[misplaced[0]]}, found in "
+            f"{', '.join(where[misplaced[0]])}).",
+            tuple(misplaced), "error"))
+    unlisted = [k for k in where if k not in weight_map]
+    if unlisted:
+        findings.append(Finding(
+            "index_key_unlisted",
+            f"{len(unlisted)} key(s) are in shards but not in the index, e.g. '{unlisted[0]}' "
+            f"(in {where[unlisted[0]][0]}).",
+            tuple(unlisted), "warning"))
+    doubled = [k for k, v in where.items() if len(v) > 1]
+    if doubled:
+        findings.append(Finding(
+            "duplicate_key",
+            f"{len(doubled)} key(s) are in more than one shard, e.g. '{doubled[0]}' in "
+            f"{', '.join(where[doubled[0]])}.",
+            tuple(doubled), "error"))
+
+    # index order first, then unlisted keys in shard order
+    tensors: dict[str, TensorSpec] = {}
+    for key, shard in weight_map.items():
+        if key in found:
+            spec = found[key]
+            tensors[key] = spec
+    for key in unlisted:
+        tensors[key] = found[key]
+
+    total = index_meta.get("total_size")
+    stored = sum(s.nbytes or 0 for s in tensors.values())
+    if isinstance(total, (int, float)) and not missing_files and int(total) != stored:
+        findings.append(Finding(
+            "total_size",
+            f"the index says total_size {int(total):,} bytes but its tensors take {stored:,}.",
+            (), "warning", {"index_total_size": int(total), "tensor_bytes": stored}))
+
+    kinds = {os.path.splitext(s)[1] for s in shards}
+    fmt = "safetensors-sharded" if kinds == {".safetensors"} else "torch-sharded"
+    return Manifest(
+        source=source,
+        format=fmt,
+        tensors=tensors,
+        files=tuple(files),
+        metadata={k: v for k, v in index_meta.items() if isinstance(v, (str, int, float, bool))},
+        findings=tuple(findings),
+    )

@@ -1,0 +1,338 @@
+"""Renderers: reports and manifests as text tables, markdown and JSON. Strings only; no printing."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from tabulate import tabulate
+
+from ckptdiff.types import MANIFEST_SCHEMA, Coverage, Finding, Manifest, Report, TensorSpec
+
+__all__ = [
+    "group_keys",
+    "manifest_to_dict",
+    "render_manifest",
+    "render_report",
+    "render_report_table",
+    "shape_str",
+]
+
+FORMATS = ("table", "json", "markdown")
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    """``[1024, 3, 14, 14]``; a scalar is ``[]``."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def human(n: float) -> str:
+    """``22.7M``, ``1.5B``: parameter counts for people."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+# --- grouping layer-indexed keys ---------------------------------------------------------------
+
+_INDEX = re.compile(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)")
+
+
+def _ranges(values: Iterable[int]) -> str:
+    vs = sorted(set(values))
+    out: list[str] = []
+    start = prev = vs[0]
+    for v in vs[1:] + [None]:  # type: ignore[list-item]
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ",".join(out)
+
+
+def group_keys(items: Sequence[Any], key: Callable[[Any], str], sig: Callable[[Any], Any]) -> list[
+    tuple[str, Any, int]
+]:
+    """Collapse keys that differ only in one layer index and share a signature.
+
+    ``visual.transformer.resblocks.{0-23}.ln_1.weight`` stands for 24 keys with one shape.
+
+    Returns:
+        ``(display_key, first_item, count)`` in order of first appearance.
+    """
+    groups: dict[tuple[str, Any], list[tuple[int, Any]]] = {}
+    singles: list[tuple[str, Any]] = []
+    order: list[tuple[str, Any]] = []
+    for item in items:
+        k = key(item)
+        indices = list(_INDEX.finditer(k))
+        if len(indices) != 1:
+            singles.append((k, item))
+            order.append(("single", len(singles) - 1))
+            continue
+        m = indices[0]
+        template = k[: m.start()] + "{}" + k[m.end() :]
+        gk = (template, sig(item))
+        if gk not in groups:
+            groups[gk] = []
+            order.append(("group", gk))
+        groups[gk].append((int(m.group()), item))
+    out: list[tuple[str, Any, int]] = []
+    for kind, ref in order:
+        if kind == "single":
+            k, item = singles[ref]
+            out.append((k, item, 1))
+            continue
+        members = groups[ref]
+        template = ref[0]
+        if len(members) == 1:
+            idx, item = members[0]
+            out.append((template.replace("{}", str(idx)), item, 1))
+        else:
+            label = "{" + _ranges(i for i, _ in members) + "}"
+            out.append((template.replace("{}", label), members[0][1], len(members)))
+    return out
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+def _section(title: str, headers: list[str], rows: list[list[Any]], fmt: str) -> str:
+    if headers and headers[-1] == "" and rows:
+        if any(r[-1] for r in rows):
+            headers = headers[:-1] + ["keys"]
+        else:
+            headers = headers[:-1]
+            rows = [r[:-1] for r in rows]
+    if fmt == "markdown":
+        return f"### {title}\n\n" + tabulate(rows, headers, tablefmt="github") + "\n"
+    return f"{title}\n" + tabulate(rows, headers, tablefmt="simple") + "\n"
+
+
+def _count_label(n: int) -> str:
+    return "" if n == 1 else str(n)
+
+
+def _spec_rows(specs: Sequence[TensorSpec], full: bool) -> list[list[Any]]:
+    if full:
+        return [[s.key, shape_str(s.shape), s.dtype, ""] for s in specs]
+    return [
+        [k, shape_str(s.shape), s.dtype, _count_label(n)]
+        for k, s, n in group_keys(specs, lambda s: s.key, lambda s: (s.shape, s.dtype))
+    ]
+
+
+def _coverage_rows(coverage: Sequence[Coverage]) -> list[list[Any]]:
+    rows = []
+    for c in coverage:
+        mark = "  <-- nothing loads" if c.expected and c.supplied == 0 else ""
+        rows.append(
+            [
+                c.module or "(whole model)",
+                f"{c.supplied_tensors}/{c.expected_tensors}",
+                f"{human(c.supplied)}/{human(c.expected)}",
+                f"{100 * c.share:.1f}%{mark}",
+            ]
+        )
+    return rows
+
+
+def _finding_line(f: Finding) -> str:
+    return f"[{f.severity}] {f.message}"
+
+
+def render_report_table(report: Report, *, fmt: str = "table", full: bool = False,
+                        coverage: bool = False) -> str:
+    """The report as text (``fmt="table"``) or markdown.
+
+    Args:
+        report: what to render.
+        fmt: ``table`` or ``markdown``.
+        full: list every key instead of collapsing layer-indexed runs.
+        coverage: include the per-module coverage table.
+    """
+    parts: list[str] = []
+    head = f"checkpoint: {report.checkpoint} ({report.checkpoint_format})\n" \
+           f"target:     {report.target} ({report.target_format})\n"
+    parts.append(("```\n" + head + "```\n") if fmt == "markdown" else head)
+    if report.mismatched:
+        if full:
+            rows = [[m.key, shape_str(m.checkpoint_shape), shape_str(m.target_shape), ""]
+                    for m in report.mismatched]
+        else:
+            rows = [
+                [k, shape_str(m.checkpoint_shape), shape_str(m.target_shape), _count_label(n)]
+                for k, m, n in group_keys(
+                    report.mismatched, lambda m: m.key,
+                    lambda m: (m.checkpoint_shape, m.target_shape),
+                )
+            ]
+        parts.append(_section(f"Mismatched shapes ({len(report.mismatched)})",
+                              ["key", "checkpoint", "target", ""], rows, fmt))
+    if report.missing:
+        parts.append(_section(
+            f"Missing from the checkpoint ({len(report.missing)}): the target expects them",
+            ["key", "shape", "dtype", ""], _spec_rows(report.missing, full), fmt))
+    if report.unexpected:
+        parts.append(_section(
+            f"Unexpected in the checkpoint ({len(report.unexpected)}): the target has no place for them",
+            ["key", "shape", "dtype", ""], _spec_rows(report.unexpected, full), fmt))
+    if report.buffers_missing:
+        parts.append(_section(
+            f"Buffers missing from the checkpoint ({len(report.buffers_missing)}): kept at their built values",
+            ["key", "shape", "dtype", ""], _spec_rows(report.buffers_missing, full), fmt))
+    if report.dtype_changes:
+        rows = [[k, shape_str(d.shape), d.checkpoint_dtype, d.target_dtype, _count_label(n)]
+                for k, d, n in group_keys(
+                    report.dtype_changes, lambda d: d.key,
+                    lambda d: (d.shape, d.checkpoint_dtype, d.target_dtype))]
+        if full:
+            rows = [[d.key, shape_str(d.shape), d.checkpoint_dtype, d.target_dtype, ""]
+                    for d in report.dtype_changes]
+        parts.append(_section(
+            f"Dtype changes ({len(report.dtype_changes)}): loading casts them",
+            ["key", "shape", "checkpoint", "target", ""], rows, fmt))
+    if report.ignored:
+        parts.append(_section(
+            f"Ignored ({len(report.ignored)}): buffers and keys loading skips, harmless",
+            ["key", "shape", "dtype", ""], _spec_rows(report.ignored, full), fmt))
+    if coverage and report.coverage:
+        parts.append(_section("Coverage by module (tensors and parameters the checkpoint supplies)",
+                              ["module", "tensors", "parameters", "share"],
+                              _coverage_rows(report.coverage), fmt))
+    shown = [f for f in report.findings if f.severity != "info" or f.kind != "non_tensor_object"]
+    if shown:
+        bullet = "- " if fmt == "markdown" else "  "
+        parts.append("Findings\n" + "\n".join(bullet + _finding_line(f) for f in shown) + "\n")
+    if report.suggestions:
+        rows = [[s.kind, s.field, "" if s.current is None else json.dumps(s.current),
+                 s.suggested if isinstance(s.suggested, str) else json.dumps(s.suggested),
+                 "yes" if s.verified else "no"] for s in report.suggestions]
+        parts.append(_section("Suggestions", ["kind", "field / option", "current", "suggested",
+                                              "verified"], rows, fmt))
+    parts.append(_summary(report))
+    return "\n".join(parts)
+
+
+def _summary(report: Report) -> str:
+    bits = [f"{len(report.matched)} matched"]
+    for label, items in (("mismatched", report.mismatched), ("missing", report.missing),
+                         ("unexpected", report.unexpected),
+                         ("buffers missing", report.buffers_missing),
+                         ("dtype changes", report.dtype_changes),
+                         ("tied", report.tied), ("ignored", report.ignored)):
+        if items:
+            bits.append(f"{len(items)} {label}")
+    if report.has_security_findings:
+        verdict = "SECURITY FINDING: do not load this file with torch.load(weights_only=False)"
+    elif report.ok:
+        verdict = "compatible"
+    else:
+        verdict = "NOT compatible"
+    return f"Summary: {', '.join(bits)}. {verdict}.\n"
+
+
+def render_report(report: Report, fmt: str = "table", **kwargs: Any) -> str:
+    """Render a report as ``table``, ``markdown`` or ``json``."""
+    if fmt == "json":
+        return report.to_json() + "\n"
+    return render_report_table(report, fmt=fmt, **kwargs)
+
+
+# --- manifests ---------------------------------------------------------------------------------
+
+
+def manifest_to_dict(m: Manifest, tensors: Sequence[TensorSpec] | None = None) -> dict[str, Any]:
+    """The stable JSON form of a manifest (schema ``ckptdiff.manifest/1``)."""
+    specs = list(m.tensors.values()) if tensors is None else list(tensors)
+    by_dtype: Counter[str] = Counter()
+    count_by_dtype: Counter[str] = Counter()
+    for s in specs:
+        by_dtype[s.dtype] += s.numel
+        count_by_dtype[s.dtype] += 1
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "source": m.source,
+        "format": m.format,
+        "files": list(m.files),
+        "selected": m.selected,
+        "candidates": list(m.candidates),
+        "metadata": dict(m.metadata),
+        "aliases": dict(m.aliases),
+        "tensors": [dict(s.to_dict(), nbytes=s.nbytes) for s in specs],
+        "totals": {
+            "tensors": len(specs),
+            "parameters": sum(by_dtype.values()),
+            "bytes": sum(s.nbytes or 0 for s in specs),
+            "by_dtype": {d: {"tensors": count_by_dtype[d], "parameters": by_dtype[d]}
+                         for d in sorted(by_dtype)},
+        },
+        "findings": [f.to_dict() for f in m.findings],
+    }
+
+
+def _count_with_human(n: int) -> str:
+    return f"{n:,} ({human(n)})" if n >= 1000 else str(n)
+
+
+def _tree_rows(specs: Sequence[TensorSpec], depth: int) -> list[list[Any]]:
+    rows: dict[str, list[Any]] = {}
+    for s in specs:
+        parts = s.key.split(".")
+        name = ".".join(parts[: min(depth, len(parts) - 1)]) or s.key
+        row = rows.setdefault(name, [0, 0, set()])
+        row[0] += 1
+        row[1] += s.numel
+        row[2].add(s.dtype)
+    return [[k, v[0], _count_with_human(v[1]), ",".join(sorted(v[2]))] for k, v in rows.items()]
+
+
+def render_manifest(m: Manifest, fmt: str = "table", *, tensors: Sequence[TensorSpec] | None = None,
+                    depth: int | None = None) -> str:
+    """Render what ``inspect`` shows: keys, or a module tree at ``depth``, then totals.
+
+    Args:
+        m: the manifest.
+        fmt: ``table``, ``markdown`` or ``json``.
+        tensors: the tensors to show (after ``--filter``); default all.
+        depth: summarise by module down to this many components instead of listing keys.
+    """
+    specs = list(m.tensors.values()) if tensors is None else list(tensors)
+    if fmt == "json":
+        return json.dumps(manifest_to_dict(m, specs), indent=2) + "\n"
+    tablefmt = "github" if fmt == "markdown" else "simple"
+    head = f"{m.source} ({m.format}"
+    if m.selected:
+        head += f", state dict at '{m.selected}'"
+    head += f"): {len(specs)} tensors, {human(sum(s.numel for s in specs))} parameters"
+    if len(m.files) > 1:
+        head += f" in {len(m.files)} files"
+    parts = [head + "\n"]
+    if depth is not None:
+        rows = _tree_rows(specs, depth)
+        parts.append(tabulate(rows, ["module", "tensors", "parameters", "dtypes"],
+                              tablefmt=tablefmt, disable_numparse=True,
+                              colalign=("left", "right", "right", "left")) + "\n")
+    else:
+        rows = [[s.key, shape_str(s.shape), s.dtype, f"{s.numel:,}"] for s in specs]
+        parts.append(tabulate(rows, ["key", "shape", "dtype", "parameters"], tablefmt=tablefmt,
+                              disable_numparse=True, colalign=("left", "left", "left", "right"))
+                     + "\n")
+    totals = manifest_to_dict(m, specs)["totals"]["by_dtype"]
+    rows = [[d, v["tensors"], _count_with_human(v["parameters"])] for d, v in totals.items()]
+    if len(rows) > 1:
+        rows.append(["total", len(specs), _count_with_human(sum(s.numel for s in specs))])
+    parts.append(tabulate(rows, ["dtype", "tensors", "parameters"], tablefmt=tablefmt,
+                          disable_numparse=True, colalign=("left", "right", "right")) + "\n")
+    if m.candidates and len(m.candidates) > 1:
+        parts.append("State dicts in this file: " + ", ".join(m.candidates)
+                     + " (choose with --select)\n")
+    if m.findings:
+        parts.append("Findings\n" + "\n".join("  " + _finding_line(f) for f in m.findings) + "\n")
+    return "\n".join(parts)
