@@ -12,6 +12,7 @@ from typing import Any
 
 from ckptdiff.align import PrefixMatch, find_prefix_matches
 from ckptdiff.keymap import KeyMap
+from ckptdiff.sorting import natural_key
 from ckptdiff.types import (
     Coverage,
     DtypeChange,
@@ -24,14 +25,6 @@ from ckptdiff.types import (
 )
 
 __all__ = ["compare", "diff_manifests", "diff_sources", "natural_key", "module_coverage"]
-
-_DIGITS = re.compile(r"(\d+)")
-
-
-def natural_key(key: str) -> tuple[Any, ...]:
-    """Sort key that puts ``layers.2`` before ``layers.10``."""
-    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(key))
-
 
 def _patterns(target: Manifest, name: str) -> list[re.Pattern[str]]:
     raw = target.metadata.get(name) or ()
@@ -183,10 +176,12 @@ def _prefix_findings(
             else f"without the prefix '{m.add}' the target has"
         )
         option = m.options()
-        shape_note = "" if verified else f" ({len(explained) - loads} of them then differ in shape)"
+        shape_note = (
+            "" if loads == len(explained) else f" ({len(explained) - loads} of them then differ in shape)"
+        )
         message = (
-            f"{len(m.pairs)} checkpoint keys are target keys {what}: "
-            f"pass {option}{shape_note}."
+            f"{len(m.pairs)} checkpoint keys are target keys {what}{shape_note}; "
+            f"fix with '{option}'"
         )
         data = {
             "option": option,

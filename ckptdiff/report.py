@@ -161,6 +161,16 @@ def render_report_table(report: Report, *, fmt: str = "table", full: bool = Fals
     head = f"checkpoint: {report.checkpoint} ({report.checkpoint_format})\n" \
            f"target:     {report.target} ({report.target_format})\n"
     parts.append(("```\n" + head + "```\n") if fmt == "markdown" else head)
+    shown = [f for f in report.findings if f.severity != "info" or f.kind != "non_tensor_object"]
+    if shown:
+        bullet = "- " if fmt == "markdown" else "  "
+        parts.append("Findings\n" + "\n".join(bullet + _finding_line(f) for f in shown) + "\n")
+    if report.suggestions:
+        rows = [[s.kind, s.field, "" if s.current is None else json.dumps(s.current),
+                 s.suggested if isinstance(s.suggested, str) else json.dumps(s.suggested),
+                 "yes" if s.verified else "no"] for s in report.suggestions]
+        parts.append(_section("Suggestions", ["kind", "field / option", "current", "suggested",
+                                              "verified"], rows, fmt))
     if report.mismatched:
         if full:
             rows = [[m.key, shape_str(m.checkpoint_shape), shape_str(m.target_shape), ""]
@@ -206,16 +216,6 @@ def render_report_table(report: Report, *, fmt: str = "table", full: bool = Fals
         parts.append(_section("Coverage by module (tensors and parameters the checkpoint supplies)",
                               ["module", "tensors", "parameters", "share"],
                               _coverage_rows(report.coverage), fmt))
-    shown = [f for f in report.findings if f.severity != "info" or f.kind != "non_tensor_object"]
-    if shown:
-        bullet = "- " if fmt == "markdown" else "  "
-        parts.append("Findings\n" + "\n".join(bullet + _finding_line(f) for f in shown) + "\n")
-    if report.suggestions:
-        rows = [[s.kind, s.field, "" if s.current is None else json.dumps(s.current),
-                 s.suggested if isinstance(s.suggested, str) else json.dumps(s.suggested),
-                 "yes" if s.verified else "no"] for s in report.suggestions]
-        parts.append(_section("Suggestions", ["kind", "field / option", "current", "suggested",
-                                              "verified"], rows, fmt))
     parts.append(_summary(report))
     return "\n".join(parts)
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ckptdiff.errors import ReadError
+from ckptdiff.sorting import natural_key
 from ckptdiff.types import TensorSpec
 
 __all__ = [
@@ -140,7 +141,7 @@ def parse_header(
         name: the file name, for messages and ``TensorSpec.file``.
 
     Returns:
-        ``(tensors, metadata)``: specs in header order and the ``__metadata__`` strings.
+        ``(tensors, metadata)``: specs in natural key order and the ``__metadata__`` strings.
 
     Raises:
         ReadError: invalid JSON, an unknown dtype, a shape that disagrees with its byte
@@ -174,7 +175,9 @@ def parse_header(
         ranges.append((begin, end, key))
 
     _check_layout(name, ranges, data_size)
-    return tensors, dict(metadata_raw)
+    # the header's own order is the writer's (by dtype, then name): show keys as people sort them
+    ordered = {k: tensors[k] for k in sorted(tensors, key=natural_key)}
+    return ordered, dict(metadata_raw)
 
 
 def _tensor(name: str, key: str, info: Any) -> tuple[TensorSpec, int, int]:
