@@ -1,0 +1,318 @@
+"""Targets: the model a checkpoint is meant for, built on torch's ``meta`` device.
+
+A target is one of:
+
+- a Python factory and its keyword arguments: ``fixtures.models:build_clip``,
+  ``path/to/file.py:build``;
+- a transformers config (extra ``hf``): ``hf-config:path/config.json``, a folder holding a
+  ``config.json``, ``hf://org/repo``;
+- an ``nn.Module`` instance (API): ``build_target(model)``.
+
+:func:`build_target` returns its :class:`~ckptdiff.types.Manifest` (format ``meta-model``);
+:func:`rebuild` builds it again with changed settings (to prove a suggested config fix).
+
+Importing this package does not import torch; building does (``meta``, ``module`` and ``hf``
+import it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ckptdiff.errors import TargetError
+from ckptdiff.targets.factory import (
+    deep_merge,
+    load_callable,
+    load_config_file,
+    parse_arg_assignments,
+)
+from ckptdiff.types import Manifest
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "TargetSpec",
+    "build_model",
+    "build_target",
+    "parse_arg_assignments",
+    "rebuild",
+    "target_spec",
+]
+
+TargetKind = Literal["factory", "hf-config", "hf-class", "module"]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """How to build a target.
+
+    Attributes:
+        kind: ``factory`` (a Python callable), ``hf-config`` (a transformers config file),
+            ``hf-class`` (a transformers model class and its config dict, from an instance), or
+            ``module`` (an ``nn.Module`` instance, used as it is).
+        spec: the target as the user named it (``pkg.module:callable``, ``hf-config:...``), or
+            the class path for ``hf-class`` and ``module``.
+        args: keyword arguments of the factory, or overrides of the transformers config
+            (``--config`` merged under ``--arg``); nested dicts, never dotted keys.
+        auto_class: the transformers class to build (``AutoModel``...), else ``architectures[0]``.
+        config_object: a config object passed through the API (a factory's first positional
+            argument, or a transformers config), when it is not a dict.
+        module: the instance, for ``module`` and ``hf-class`` targets.
+    """
+
+    kind: TargetKind
+    spec: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    auto_class: str | None = None
+    config_object: Any = None
+    module: Any = None
+
+    @property
+    def rebuildable(self) -> bool:
+        """True when :func:`rebuild` can build it again with other settings."""
+        return self.kind != "module"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form kept in the manifest's ``metadata["target"]``."""
+        return {
+            "kind": self.kind,
+            "spec": self.spec,
+            "args": dict(self.args),
+            "auto_class": self.auto_class,
+        }
+
+
+def target_spec(
+    spec: str | Any,
+    *,
+    args: Mapping[str, Any] | list[str] | tuple[str, ...] | None = None,
+    config: str | os.PathLike[str] | Mapping[str, Any] | Any = None,
+    auto_class: str | None = None,
+) -> TargetSpec:
+    """Resolve what the user named into a :class:`TargetSpec` (nothing is built or imported).
+
+    Args:
+        spec: ``pkg.module:callable``, ``path/to/file.py:callable``, ``hf-config:path``, a
+            folder with ``config.json``, ``hf://org/repo``, an ``nn.Module``, or a TargetSpec.
+        args: keyword arguments (a dict, dotted keys allowed) or ``["key=value", ...]``.
+        config: a JSON file of keyword arguments, a dict, or a config object.
+        auto_class: the transformers class to build.
+
+    Raises:
+        TargetError: the spec names no kind of target, or args/config are malformed.
+
+    Example:
+        >>> target_spec("fixtures.models:build_clip", args=["vision_cfg.width=64"]).args
+        {'vision_cfg': {'width': 64}}
+    """
+    from ckptdiff.targets.hf import HF_PREFIX, looks_like_hf_config
+
+    if isinstance(spec, TargetSpec):
+        if args or config is not None or auto_class:
+            merged = deep_merge(spec.args, _kwargs(args, config)[0])
+            return dataclasses.replace(spec, args=merged, auto_class=auto_class or spec.auto_class)
+        return spec
+    kwargs, config_object = _kwargs(args, config)
+    if not isinstance(spec, str):
+        if _is_module(spec):
+            if getattr(spec, "config", None) is not None and hasattr(spec, "base_model_prefix"):
+                cls = type(spec)
+                return TargetSpec(
+                    "hf-class",
+                    f"{cls.__module__}:{cls.__qualname__}",
+                    kwargs,
+                    config_object=spec.config,
+                    module=spec,
+                )
+            cls = type(spec)
+            return TargetSpec("module", f"{cls.__module__}:{cls.__qualname__}", module=spec)
+        raise TargetError(
+            f"Cannot build target {spec!r}: expected a string (pkg.module:callable, "
+            f"hf-config:path) or an nn.Module, got {type(spec).__name__}."
+        )
+    if looks_like_hf_config(spec):
+        return TargetSpec("hf-config", spec, kwargs, auto_class, config_object)
+    if ":" in spec and not spec.startswith(HF_PREFIX):
+        return TargetSpec("factory", spec, kwargs, auto_class, config_object)
+    raise TargetError(
+        f"Cannot build '{spec}': expected pkg.module:callable, path/to/file.py:callable, "
+        "hf-config:path/config.json, or a folder holding a config.json."
+    )
+
+
+def build_model(target: TargetSpec) -> nn.Module:
+    """Build the target's model on the meta device (``module`` targets are returned as given).
+
+    Raises:
+        TargetError: the factory or config cannot be loaded, or building raised.
+    """
+    from ckptdiff.targets.meta import on_meta
+
+    if target.module is not None:  # an instance is checked as it is, never rebuilt here
+        return target.module  # type: ignore[no-any-return]
+    if target.kind == "factory":
+        fn = load_callable(target.spec)
+        call_args = () if target.config_object is None else (target.config_object,)
+        with on_meta():
+            try:
+                built = fn(*call_args, **target.args)
+            except TargetError:
+                raise
+            except Exception as e:
+                raise TargetError(
+                    f"Cannot build '{target.spec}' (calling it on the meta device with "
+                    f"{_describe(target.args)}): {type(e).__name__}: {e}."
+                ) from e
+        return _as_module(built, target.spec)
+    from ckptdiff.targets import hf
+
+    if target.kind == "hf-class":
+        cls = load_callable(target.spec)
+        config = hf.load_config(target.spec, target.args, base=target.config_object)
+        with on_meta(), hf.quiet_transformers():
+            try:
+                return cls._from_config(config)  # type: ignore[attr-defined, no-any-return]
+            except Exception as e:
+                raise TargetError(
+                    f"Cannot build '{target.spec}' (from its config): {type(e).__name__}: {e}."
+                ) from e
+    config = hf.load_config(target.spec, target.args, base=target.config_object)
+    with on_meta():
+        return hf.build_model(target.spec, config, target.auto_class)  # type: ignore[no-any-return]
+
+
+def build_target(
+    spec: str | Any,
+    *,
+    args: Mapping[str, Any] | list[str] | tuple[str, ...] | None = None,
+    config: str | os.PathLike[str] | Mapping[str, Any] | Any = None,
+    auto_class: str | None = None,
+) -> Manifest:
+    """Build a target on meta and describe what loading into it expects.
+
+    Args:
+        spec: see :func:`target_spec`.
+        args: factory keyword arguments / config overrides (dotted keys reach into dicts).
+        config: a JSON file or dict of keyword arguments (under ``args``), or a config object.
+        auto_class: the transformers class (``AutoModel``, ``AutoModelForCausalLM``...).
+
+    Returns:
+        A ``meta-model`` :class:`Manifest`: state-dict keys with shapes and dtypes, buffers,
+        tied groups, transformers' ignore rules, ``config`` (the resolved keyword arguments,
+        or ``config.to_dict()``), and ``metadata["target"]`` (what :func:`rebuild` needs).
+
+    Raises:
+        TargetError: the target cannot be resolved or built.
+
+    Example:
+        >>> m = build_target("fixtures.models:build_llama", args={"num_layers": 2})
+        >>> m.tied
+        (('model.embed_tokens.weight', 'lm_head.weight'),)
+    """
+    target = target_spec(spec, args=args, config=config, auto_class=auto_class)
+    model = build_model(target)
+    return _manifest(target, model)
+
+
+def rebuild(target: TargetSpec | Manifest, overrides: Mapping[str, Any]) -> Manifest:
+    """Build a target again with changed settings, on meta.
+
+    Args:
+        target: the TargetSpec, or a manifest made by :func:`build_target`.
+        overrides: settings to change; dotted keys reach into nested dicts
+            (``{"vision_cfg.width": 1024}`` or ``{"text_config": {"vocab_size": 32001}}``).
+
+    Raises:
+        TargetError: the target cannot be rebuilt (an ``nn.Module`` instance has no config),
+            or building with the overrides failed.
+    """
+    if isinstance(target, Manifest):
+        target = _spec_from_manifest(target)
+    if not target.rebuildable:
+        raise TargetError(
+            f"Cannot rebuild '{target.spec}': an nn.Module instance carries no config to "
+            "change. Name the target by its factory or transformers config to verify fixes."
+        )
+    if target.kind == "hf-class":  # the instance's config is the base; drop the instance
+        target = dataclasses.replace(target, module=None)
+    changed = dataclasses.replace(target, args=deep_merge(target.args, overrides))
+    return _manifest(changed, build_model(changed))
+
+
+def _spec_from_manifest(manifest: Manifest) -> TargetSpec:
+    info = manifest.metadata.get("target")
+    if not isinstance(info, Mapping):
+        raise TargetError(
+            f"Cannot rebuild '{manifest.source}': the manifest was not made by build_target."
+        )
+    kind = info["kind"]
+    config_object = dict(manifest.config or {}) if kind == "hf-class" else None
+    return TargetSpec(
+        kind, info["spec"], dict(info.get("args") or {}), info.get("auto_class"), config_object
+    )
+
+
+def _manifest(target: TargetSpec, model: nn.Module) -> Manifest:
+    from ckptdiff.targets.module import manifest_from_module
+
+    config: Mapping[str, Any] | None
+    if target.kind == "factory":
+        config = dict(target.args)
+    elif target.kind in ("hf-config", "hf-class"):
+        hf_config: Any = getattr(model, "config", None)
+        config = hf_config.to_dict() if hasattr(hf_config, "to_dict") else None
+    else:
+        config = None
+    return manifest_from_module(
+        model, source=target.spec, config=config, metadata={"target": target.to_dict()}
+    )
+
+
+def _kwargs(
+    args: Mapping[str, Any] | list[str] | tuple[str, ...] | None, config: Any
+) -> tuple[dict[str, Any], Any]:
+    """Merge ``config`` (file, dict) under ``args``; a non-dict config is passed through."""
+    base: dict[str, Any] = {}
+    config_object = None
+    if isinstance(config, (str, os.PathLike)):
+        base = load_config_file(config)
+    elif isinstance(config, Mapping):
+        base = dict(config)
+    elif config is not None:
+        config_object = config
+    if args is None:
+        over: Mapping[str, Any] = {}
+    elif isinstance(args, (list, tuple)):
+        over = parse_arg_assignments(args)
+    else:
+        over = args
+    return deep_merge(base, over), config_object
+
+
+def _is_module(obj: Any) -> bool:
+    try:
+        from torch import nn
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return isinstance(obj, nn.Module)
+
+
+def _as_module(built: Any, spec: str) -> nn.Module:
+    from torch import nn
+
+    if isinstance(built, (tuple, list)) and built and isinstance(built[0], nn.Module):
+        built = built[0]  # (model, preprocess, ...) as open_clip's create_model_and_transforms
+    if not isinstance(built, nn.Module):
+        raise TargetError(
+            f"Cannot build '{spec}': it returned {type(built).__name__}, not an nn.Module."
+        )
+    return built
+
+
+def _describe(args: Mapping[str, Any]) -> str:
+    return f"arguments {', '.join(sorted(args))}" if args else "no arguments"

@@ -1,0 +1,202 @@
+"""transformers configs as targets (extra ``hf``): ``hf-config:path``, a folder, ``hf://org/repo``.
+
+The config is read as JSON, overrides are merged into it (dotted keys reach into sub-configs:
+``text_config.vocab_size``), and the model class comes from ``--auto-class`` or the config's
+``architectures[0]`` (``AutoModel`` when it names none). Only ``config.json`` is ever fetched
+from the hub; no repository code is run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ckptdiff.errors import TargetError
+from ckptdiff.targets.factory import deep_merge
+
+__all__ = [
+    "HF_PREFIX",
+    "build_model",
+    "import_transformers",
+    "load_config",
+    "looks_like_hf_config",
+    "model_class_name",
+    "quiet_transformers",
+    "resolve_config_path",
+]
+
+HF_PREFIX = "hf-config:"
+HUB_PREFIXES = ("hf://", "https://huggingface.co/")
+INSTALL_HINT = "Install the extra: pip install 'ckptdiff[hf]'."
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own warnings (config validation...) while building a target."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def import_transformers(spec: str) -> Any:
+    """Import transformers, or say how to install it."""
+    try:
+        import transformers
+    except ImportError as e:
+        raise TargetError(
+            f"Cannot build '{spec}': building a transformers config needs transformers, which "
+            f"is not installed. {INSTALL_HINT}"
+        ) from e
+    return transformers
+
+
+def looks_like_hf_config(spec: str) -> bool:
+    """True for ``hf-config:...``, hub sources, a folder with ``config.json``, or a JSON file
+    that names a ``model_type`` or ``architectures``."""
+    if spec.startswith(HF_PREFIX) or spec.startswith(HUB_PREFIXES):
+        return True
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, "config.json"))
+    if path.endswith(".json") and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and ("model_type" in data or "architectures" in data)
+    return False
+
+
+def resolve_config_path(spec: str) -> str:
+    """The local ``config.json`` a spec names (downloading only that file for hub specs).
+
+    Raises:
+        TargetError: no such file or folder, or the hub could not give the file.
+    """
+    body = spec.removeprefix(HF_PREFIX)
+    if body.startswith(HUB_PREFIXES):
+        return _hub_config(spec, body)
+    path = os.path.expanduser(body)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if not os.path.isfile(path):
+        raise TargetError(
+            f"Cannot build '{spec}': no such config file '{path}'. Name a config.json or a "
+            "folder holding one."
+        )
+    return path
+
+
+def _hub_config(spec: str, body: str) -> str:
+    rest = body.removeprefix("hf://").removeprefix("https://huggingface.co/").strip("/")
+    parts = rest.split("/")
+    if len(parts) < 2:
+        raise TargetError(f"Cannot build '{spec}': expected hf://org/repo[@revision][/subfolder].")
+    repo = f"{parts[0]}/{parts[1]}"
+    revision = None
+    if "@" in repo:
+        repo, revision = repo.split("@", 1)
+    subfolder = "/".join(parts[2:]) or None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return str(hf_hub_download(repo, "config.json", revision=revision, subfolder=subfolder))
+    except Exception as e:
+        raise TargetError(
+            f"Cannot build '{spec}' (fetching config.json from {repo}): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Check the repo name, your token and "
+            "HF_HUB_OFFLINE, or pass a local config: hf-config:path/config.json."
+        ) from e
+
+
+def load_config(spec: str, overrides: Mapping[str, Any] | None = None, base: Any = None) -> Any:
+    """The transformers config of ``spec`` (or of the config object ``base``) with overrides.
+
+    Raises:
+        TargetError: not JSON, no known ``model_type``, or a config that needs repo code.
+    """
+    transformers = import_transformers(spec)
+    if base is not None:
+        data = base.to_dict() if hasattr(base, "to_dict") else dict(base)
+    else:
+        path = resolve_config_path(spec)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise TargetError(f"Cannot read '{path}' (target config): not valid JSON ({e}).") from e
+        if not isinstance(data, dict):
+            raise TargetError(f"Cannot read '{path}' (target config): not a JSON object.")
+    data = deep_merge(data, overrides or {})
+    model_type = data.get("model_type")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if not isinstance(model_type, str) or not model_type:
+        raise TargetError(
+            f"Cannot build '{spec}': the config names no model_type, so transformers cannot "
+            "tell which config class it is. Add \"model_type\" (bert, llama, clip...)."
+        )
+    if model_type not in CONFIG_MAPPING:
+        code = (
+            " It names repository code (auto_map), which ckptdiff does not run."
+            if data.get("auto_map")
+            else ""
+        )
+        raise TargetError(
+            f"Cannot build '{spec}': transformers {transformers.__version__} knows no "
+            f"model_type {model_type!r}.{code} Upgrade transformers, or use a Python factory "
+            "target (pkg.module:callable)."
+        )
+    try:
+        with quiet_transformers():
+            return CONFIG_MAPPING[model_type].from_dict(data)
+    except Exception as e:
+        raise TargetError(
+            f"Cannot build '{spec}' (config of model_type {model_type!r}): {type(e).__name__}: {e}."
+        ) from e
+
+
+def model_class_name(config: Any, auto_class: str | None) -> str:
+    """The class to build: ``auto_class``, else ``architectures[0]``, else ``AutoModel``."""
+    if auto_class:
+        return auto_class
+    architectures = getattr(config, "architectures", None) or []
+    return str(architectures[0]) if architectures else "AutoModel"
+
+
+def build_model(spec: str, config: Any, auto_class: str | None = None) -> Any:
+    """Instantiate the model of ``config`` (call inside :func:`~ckptdiff.targets.meta.on_meta`).
+
+    ``auto_class`` is an auto class (``AutoModel``, ``AutoModelForCausalLM``) or a model class
+    name (``BertForSequenceClassification``).
+
+    Raises:
+        TargetError: transformers has no such class, or building failed.
+    """
+    transformers = import_transformers(spec)
+    name = model_class_name(config, auto_class)
+    cls = getattr(transformers, name, None) if name.isidentifier() else None
+    if cls is None:
+        origin = "--auto-class" if auto_class else "the config's architectures[0]"
+        raise TargetError(
+            f"Cannot build '{spec}': transformers {transformers.__version__} has no class "
+            f"{name!r} ({origin}). Pass --auto-class AutoModel (or AutoModelForCausalLM, ...)."
+        )
+    try:
+        with quiet_transformers():
+            if name.startswith("Auto") and hasattr(cls, "from_config"):
+                return cls.from_config(config)
+            return cls._from_config(config)
+    except Exception as e:
+        raise TargetError(
+            f"Cannot build '{spec}' ({name} from its config): {type(e).__name__}: {e}."
+        ) from e
