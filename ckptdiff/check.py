@@ -1,0 +1,187 @@
+"""``check``: a checkpoint against the model it is meant for, before anything is loaded.
+
+The checkpoint is read lazily (keys, shapes, dtypes; never tensor data) and the target is
+built on torch's ``meta`` device; then the two manifests are diffed. On top of ``diff``, a
+check applies what transformers itself applies at load time (the base-model prefix, tied
+weights, ignore patterns: the last two through the target's manifest) and calls out every
+module the checkpoint supplies nothing of.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ckptdiff.diff import diff_manifests
+from ckptdiff.errors import UsageError
+from ckptdiff.keymap import KeyMap
+from ckptdiff.readers import read
+from ckptdiff.types import Coverage, Finding, Manifest, Report
+
+__all__ = ["check", "base_model_prefix_keymap", "unloaded_module_findings"]
+
+
+def check(
+    model_or_target: Any,
+    source: str | os.PathLike[str] | Manifest,
+    *,
+    key_map: KeyMap | Sequence[Mapping[str, Any]] | None = None,
+    select: str | None = None,
+    depth: int = 2,
+    args: Mapping[str, Any] | Sequence[str] | None = None,
+    config: str | os.PathLike[str] | Mapping[str, Any] | Any = None,
+    auto_class: str | None = None,
+) -> Report:
+    """Check a checkpoint against a model without loading the checkpoint's data.
+
+    Args:
+        model_or_target: an ``nn.Module`` (checked as it is), a target spec string
+            (``pkg.module:callable``, ``path/file.py:callable``, ``hf-config:path``, a folder
+            with a ``config.json``), or a manifest from :func:`ckptdiff.targets.build_target`.
+        source: the checkpoint: a file, a folder, a ``*.index.json``, or a manifest.
+        key_map: rules applied to the checkpoint's keys first (a KeyMap or rule dicts such
+            as ``[{"op": "strip_prefix", "prefix": "module."}]``).
+        select: the state dict inside a nested pickled container (``state_dict``...).
+        depth: module depth of the coverage rows.
+        args: factory keyword arguments or config overrides (dotted keys, or ``"k=v"`` items).
+        config: a JSON file or dict of keyword arguments, or a config object.
+        auto_class: the transformers class to build (``AutoModel``, ...).
+
+    Returns:
+        The :class:`Report`: ``.ok``, ``.missing``, ``.unexpected``, ``.mismatched``,
+        ``.coverage``, ``.raise_for_incompatible()``.
+
+    Raises:
+        SourceNotFoundError, ReadError, SelectError: the checkpoint cannot be read.
+        TargetError: the target cannot be built.
+        UsageError: bad key-map rules, or ``select`` given with a manifest.
+
+    Example:
+        >>> report = ckptdiff.check(model, "pytorch_model.bin")  # doctest: +SKIP
+        >>> report.raise_for_incompatible(allow_missing=True)  # doctest: +SKIP
+        >>> model.load_state_dict(torch.load("pytorch_model.bin"), strict=False)  # doctest: +SKIP
+    """
+    if isinstance(source, Manifest):
+        if select:
+            raise UsageError(
+                f"Cannot use select={select!r} with an already-read manifest ('{source.source}'):"
+                " pass the checkpoint's path instead."
+            )
+        checkpoint = source
+    else:
+        checkpoint = read(os.fspath(source), select=select)
+    if isinstance(model_or_target, Manifest):
+        target = model_or_target
+    else:
+        from ckptdiff.targets import build_target
+
+        target = build_target(model_or_target, args=args, config=config, auto_class=auto_class)
+
+    user_map = _as_keymap(key_map)
+    prefix_map, prefix_finding = base_model_prefix_keymap(checkpoint, target, user_map)
+    combined = (user_map or KeyMap()) + (prefix_map or KeyMap())
+    report = diff_manifests(checkpoint, target, key_map=combined or None, depth=depth)
+    extra = ([prefix_finding] if prefix_finding else []) + unloaded_module_findings(report.coverage)
+    return replace(report, findings=tuple(extra) + report.findings) if extra else report
+
+
+def _as_keymap(key_map: KeyMap | Sequence[Mapping[str, Any]] | None) -> KeyMap | None:
+    if key_map is None or isinstance(key_map, KeyMap):
+        return key_map or None
+    return KeyMap.from_rules(key_map) or None
+
+
+def base_model_prefix_keymap(
+    checkpoint: Manifest, target: Manifest, key_map: KeyMap | None = None
+) -> tuple[KeyMap | None, Finding | None]:
+    """The base-model prefix rule transformers would apply, if it makes more keys match.
+
+    A ``BertModel`` checkpoint (``embeddings.*``) loaded into ``BertForSequenceClassification``
+    (``bert.embeddings.*``) gets ``bert.`` added; the reverse gets it stripped. Checkpoint keys
+    whose first part is one of the target's own top-level modules (``classifier``) are left as
+    they are, as transformers does key by key.
+
+    Args:
+        checkpoint: the checkpoint's manifest.
+        target: the target's manifest (``metadata["base_model_prefix"]``).
+        key_map: the user's rules, applied before deciding.
+
+    Returns:
+        The rule (or None) and an ``info`` finding that says what was done.
+    """
+    prefix = target.metadata.get("base_model_prefix")
+    if not isinstance(prefix, str) or not prefix:
+        return None, None
+    dot = prefix + "."
+    keys = [key_map.apply(k) if key_map else k for k in checkpoint.tensors]
+    if not keys:
+        return None, None
+    ck_has = any(k.startswith(dot) for k in keys)
+    target_has = any(k.startswith(dot) for k in target.tensors)
+    if target_has and not ck_has:
+        heads = sorted({k.split(".", 1)[0] for k in target.tensors if not k.startswith(dot)})
+        own = [h for h in heads if any(k.split(".", 1)[0] == h for k in keys)]
+        if own:
+            pattern = "^(?!(?:" + "|".join(re.escape(h) for h in own) + r")(?:\.|$))"
+            rules = [{"op": "rename", "pattern": pattern, "replacement": dot}]
+        else:
+            rules = [{"op": "add_prefix", "prefix": dot}]
+        what = f"without the '{dot}' prefix the target puts on its base model"
+        done = "adds it"
+    elif ck_has and not target_has:
+        rules = [{"op": "strip_prefix", "prefix": dot}]
+        what = f"under the base-model prefix '{dot}', which the target does not have"
+        done = "strips it"
+    else:
+        return None, None
+    prefix_map = KeyMap.from_rules(rules)
+    before = sum(1 for k in keys if k in target.tensors)
+    after = sum(1 for k in keys if prefix_map.apply(k) in target.tensors)
+    if after <= before:
+        return None, None
+    cls = str(target.metadata.get("class", target.source)).rsplit(".", 1)[-1]
+    option = f"--add-prefix {dot}" if rules[0]["op"] != "strip_prefix" else f"--strip-prefix {dot}"
+    finding = Finding(
+        "base_model_prefix",
+        f"The checkpoint holds the base model {what} ({cls}); transformers {done} when "
+        f"loading, and so does this check ({after - before} more keys match).",
+        (),
+        "info",
+        {"prefix": dot, "rules": rules, "option": option},
+    )
+    return prefix_map, finding
+
+
+def unloaded_module_findings(coverage: Sequence[Coverage]) -> list[Finding]:
+    """A warning for each outermost module the checkpoint supplies nothing of.
+
+    A module whose parent already got a warning is not repeated; when nothing at all loads,
+    one warning covers the whole model.
+    """
+    findings: list[Finding] = []
+    empty: list[str] = []
+    for row in coverage:
+        if not row.expected_tensors or row.supplied_tensors:
+            continue
+        if any(row.module == e or row.module.startswith(e + ".") or e == "" for e in empty):
+            continue
+        empty.append(row.module)
+        where = f"'{row.module}'" if row.module else "the whole model"
+        findings.append(
+            Finding(
+                "module_not_loaded",
+                f"The checkpoint supplies none of {where} ({row.expected_tensors} tensors, "
+                f"{row.expected:,} parameters): it would stay at its initial values.",
+                (row.module,),
+                "warning",
+                {
+                    "module": row.module,
+                    "expected": row.expected,
+                    "expected_tensors": row.expected_tensors,
+                },
+            )
+        )
+    return findings

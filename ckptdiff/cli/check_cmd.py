@@ -1,0 +1,126 @@
+"""``ckptdiff check CKPT --model TARGET``."""
+
+from __future__ import annotations
+
+import click
+
+from ckptdiff.cli.common import (
+    build_keymap,
+    debug_option,
+    emit,
+    format_option,
+    handle_errors,
+    keymap_options,
+)
+
+
+@click.command("check")
+@click.argument("ckpt")
+@click.option(
+    "--model",
+    "-m",
+    "model",
+    required=True,
+    metavar="TARGET",
+    help="The model to load into: pkg.module:callable, path/to/file.py:callable, "
+    "hf-config:path/config.json, or a folder with a config.json.",
+)
+@click.option(
+    "--arg",
+    "args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A keyword argument of the factory (or a transformers config field); VALUE is JSON "
+    "where it parses, dotted keys reach into dicts (vision_cfg.width=1024). Repeatable.",
+)
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="A JSON object of keyword arguments (config fields for transformers); --arg wins.",
+)
+@click.option(
+    "--auto-class",
+    metavar="NAME",
+    help="transformers class to build (AutoModel, AutoModelForCausalLM, "
+    "BertForSequenceClassification...); default: the config's architectures[0].",
+)
+@click.option(
+    "--select", metavar="PATH", help="The state dict inside CKPT (state_dict, model_ema...)."
+)
+@keymap_options("", "the checkpoint")
+@click.option(
+    "--key-map",
+    "key_map_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="JSON key-map rules applied to the checkpoint's keys before the other options.",
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="List every key instead of collapsing layer-indexed runs into one row.",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Module depth of the coverage table.",
+)
+@format_option
+@debug_option
+@handle_errors
+def check(
+    ckpt: str,
+    model: str,
+    args: tuple[str, ...],
+    config: str | None,
+    auto_class: str | None,
+    select: str | None,
+    strip_prefix: tuple[str, ...],
+    add_prefix: tuple[str, ...],
+    rename: tuple[str, ...],
+    key_map_file: str | None,
+    full: bool,
+    depth: int,
+    fmt: str,
+) -> None:
+    """Check checkpoint CKPT against the model you mean to load it into, built on meta.
+
+    Builds the model on torch's meta device (no weight memory, no init time), reads CKPT's
+    keys, shapes and dtypes without its data, and reports what load_state_dict would hit:
+    missing, unexpected and mis-shaped tensors, dtype casts, what loading ignores or ties, and
+    how much of each module the checkpoint supplies (a module at 0% would stay at random
+    init). For a transformers config it applies what from_pretrained does: tied weights,
+    ignore patterns, the base-model prefix.
+
+    \b
+    Examples:
+      ckptdiff check model.safetensors --model hf-config:path/config.json
+      ckptdiff check ckpt.pt --model mypkg.models:build_clip --config ViT-B-16.json \\
+          --arg vision_cfg.image_size=336
+      ckptdiff check last.ckpt --model train.py:make_model --select state_dict --strip-prefix model.
+
+    Exit codes: 0 compatible, 1 differences found, 2 bad input or a target that does not
+    build, 3 a file names code outside the pickle allow-list.
+    """
+    from ckptdiff.check import check as check_checkpoint
+    from ckptdiff.report import render_report
+
+    report = check_checkpoint(
+        model,
+        ckpt,
+        key_map=build_keymap(strip_prefix, add_prefix, rename, key_map_file),
+        select=select,
+        depth=depth,
+        args=list(args),
+        config=config,
+        auto_class=auto_class,
+    )
+    if fmt == "json":
+        emit(render_report(report, "json"))
+    else:
+        emit(render_report(report, fmt, full=full, coverage=True))
+    raise SystemExit(report.exit_code)
