@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -90,7 +90,7 @@ class TargetSpec:
 def target_spec(
     spec: str | Any,
     *,
-    args: Mapping[str, Any] | list[str] | tuple[str, ...] | None = None,
+    args: Mapping[str, Any] | Sequence[str] | None = None,
     config: str | os.PathLike[str] | Mapping[str, Any] | Any = None,
     auto_class: str | None = None,
 ) -> TargetSpec:
@@ -189,7 +189,7 @@ def build_model(target: TargetSpec) -> nn.Module:
 def build_target(
     spec: str | Any,
     *,
-    args: Mapping[str, Any] | list[str] | tuple[str, ...] | None = None,
+    args: Mapping[str, Any] | Sequence[str] | None = None,
     config: str | os.PathLike[str] | Mapping[str, Any] | Any = None,
     auto_class: str | None = None,
 ) -> Manifest:
@@ -274,7 +274,7 @@ def _manifest(target: TargetSpec, model: nn.Module) -> Manifest:
 
 
 def _kwargs(
-    args: Mapping[str, Any] | list[str] | tuple[str, ...] | None, config: Any
+    args: Mapping[str, Any] | Sequence[str] | None, config: Any
 ) -> tuple[dict[str, Any], Any]:
     """Merge ``config`` (file, dict) under ``args``; a non-dict config is passed through."""
     base: dict[str, Any] = {}
@@ -285,12 +285,13 @@ def _kwargs(
         base = dict(config)
     elif config is not None:
         config_object = config
+    over: Mapping[str, Any]
     if args is None:
-        over: Mapping[str, Any] = {}
-    elif isinstance(args, (list, tuple)):
-        over = parse_arg_assignments(args)
-    else:
+        over = {}
+    elif isinstance(args, Mapping):
         over = args
+    else:
+        over = parse_arg_assignments([args] if isinstance(args, str) else args)
     return deep_merge(base, over), config_object
 
 

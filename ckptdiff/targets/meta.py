@@ -16,7 +16,8 @@ of the build only:
   - moves CPU operands to meta when an operation mixes both;
 - ``nn.Module.register_parameter`` / ``register_buffer`` that move real tensors to meta (one
   meta tensor per real one, so tied weights stay tied);
-- the in-place ``torch.nn.init`` functions replaced by no-ops.
+- the in-place ``torch.nn.init`` functions replaced by no-ops;
+- ``torch.get_default_device()`` answering ``meta``.
 
 Everything is restored on exit, also when the build raises.
 """
@@ -252,6 +253,8 @@ def on_meta() -> Iterator[None]:
             if hasattr(nn.init, name):
                 stack.enter_context(_patched(nn.init, name, _noop_init))
         _registration_patches(stack)
+        # torch answers from `torch.tensor([]).device`, a value tensor kept on CPU here
+        stack.enter_context(_patched(torch, "get_default_device", lambda: META))
         stack.enter_context(torch.device(META))
         stack.enter_context(_MetaGuard())
         yield
