@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from ckptdiff.cli.check_cmd import check
 from ckptdiff.cli.diff_cmd import diff
 from ckptdiff.cli.inspect_cmd import inspect
 
@@ -23,10 +24,13 @@ def main() -> None:
     Start here:
       ckptdiff inspect model.safetensors
       ckptdiff diff finetuned.pt base.safetensors
+      ckptdiff check model.safetensors --model hf-config:config.json
+      ckptdiff check ckpt.pt --model mypkg.models:build --arg width=1024
     """
 
 
 main.add_command(inspect)
 main.add_command(diff)
+main.add_command(check)
 
 __all__ = ["main"]
