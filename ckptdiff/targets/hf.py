@@ -143,7 +143,7 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None, base: Any
     if not isinstance(model_type, str) or not model_type:
         raise TargetError(
             f"Cannot build '{spec}': the config names no model_type, so transformers cannot "
-            "tell which config class it is. Add \"model_type\" (bert, llama, clip...)."
+            'tell which config class it is. Add "model_type" (bert, llama, clip...).'
         )
     if model_type not in CONFIG_MAPPING:
         code = (
@@ -191,6 +191,7 @@ def build_model(spec: str, config: Any, auto_class: str | None = None) -> Any:
             f"Cannot build '{spec}': transformers {transformers.__version__} has no class "
             f"{name!r} ({origin}). Pass --auto-class AutoModel (or AutoModelForCausalLM, ...)."
         )
+    config = _sub_config_for(cls, config)
     try:
         with quiet_transformers():
             if name.startswith("Auto") and hasattr(cls, "from_config"):
@@ -200,3 +201,16 @@ def build_model(spec: str, config: Any, auto_class: str | None = None) -> Any:
         raise TargetError(
             f"Cannot build '{spec}' ({name} from its config): {type(e).__name__}: {e}."
         ) from e
+
+
+def _sub_config_for(cls: Any, config: Any) -> Any:
+    """The part of a composite config a tower class takes, as ``from_pretrained`` does.
+
+    ``CLIPVisionModel`` given a ``CLIPConfig`` builds from its ``vision_config``.
+    """
+    config_class = getattr(cls, "config_class", None)
+    if not isinstance(config_class, type) or isinstance(config, config_class):
+        return config
+    key = getattr(config_class, "base_config_key", None)
+    sub = getattr(config, key, None) if isinstance(key, str) and key else None
+    return sub if isinstance(sub, config_class) else config
