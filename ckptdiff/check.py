@@ -173,7 +173,8 @@ def unloaded_module_findings(coverage: Sequence[Coverage]) -> list[Finding]:
         findings.append(
             Finding(
                 "module_not_loaded",
-                f"The checkpoint supplies none of {where} ({row.expected_tensors} tensors, "
+                f"The checkpoint supplies none of {where} ({row.expected_tensors} "
+                f"tensor{'' if row.expected_tensors == 1 else 's'}, "
                 f"{row.expected:,} parameters): it would stay at its initial values.",
                 (row.module,),
                 "warning",

@@ -97,7 +97,9 @@ def test_missing_config_file(tmp_path):
 def test_file_factory_with_sibling_import(tmp_path):
     (tmp_path / "layers.py").write_text(
         "from torch import nn\n\nclass Block(nn.Module):\n"
-        "    def __init__(self, w):\n        super().__init__()\n        self.fc = nn.Linear(w, w)\n"
+        "    def __init__(self, w):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(w, w)\n"
     )
     (tmp_path / "train.py").write_text(
         "from torch import nn\nfrom layers import Block\n\n"

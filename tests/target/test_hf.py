@@ -198,7 +198,7 @@ def test_legacy_persistent_buffers_are_ignored_by_the_models_own_patterns(tmp_pa
     assert [t.key for t in report.ignored] == ["h.0.attn.bias", "h.1.attn.bias"]
 
 
-# --- the real all-MiniLM-L6-v2 checkpoint ---------------------------------------------------------
+# --- the real all-MiniLM-L6-v2 checkpoint -----------------------------------------------------
 
 
 def test_minilm_against_its_own_config_is_compatible(minilm_dir):
@@ -278,7 +278,7 @@ def test_rebuild_a_config_target_with_overrides(tmp_path):
     assert base.tensors["model.embed_tokens.weight"].shape == (99, 32)
 
 
-# --- errors ----------------------------------------------------------------------------------------
+# --- errors ---------------------------------------------------------------------------------
 
 
 def test_transformers_missing_says_how_to_install(tmp_path, monkeypatch):
