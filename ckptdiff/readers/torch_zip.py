@@ -1,0 +1,407 @@
+"""torch's zip format (``torch.save`` since 1.6): ``data.pkl`` and the zip directory, nothing more.
+
+An archive holds ``<prefix>/data.pkl`` (the pickled object, storages by key), one
+``<prefix>/data/<key>`` record per storage, and small records (``version``, ``byteorder``...).
+The reader reads the zip's end record, its central directory and ``data.pkl``; storage records
+are only checked by their declared sizes, never read.
+
+The zip structures are parsed here rather than with :mod:`zipfile`: ``zipfile.ZipFile`` builds a
+``ZipInfo`` per entry, which costs more than the whole pickle for a checkpoint with tens of
+thousands of tensors, and parsing from bytes lets a remote reader feed the same pure steps
+(:func:`parse_end_record`, :func:`parse_central_directory`, :func:`archive_prefix`,
+:func:`manifest_from_zip_parts`) from range requests.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import BinaryIO, NamedTuple
+
+from ckptdiff.errors import ReadError, UnsupportedFormatError
+from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
+from ckptdiff.readers.unpickler import MAX_PICKLE_SIZE, StorageRef, unpickle
+from ckptdiff.types import Finding, Manifest
+
+__all__ = [
+    "MAX_ZIP_ENTRIES",
+    "ZipEntry",
+    "archive_prefix",
+    "check_storage_records",
+    "decode_entry",
+    "display_name",
+    "local_data_offset",
+    "manifest_from_zip_parts",
+    "parse_central_directory",
+    "parse_end_record",
+    "parse_zip64_end_record",
+    "read_torch_zip",
+]
+
+#: Most entries a torch zip may hold (one per storage, plus a handful).
+MAX_ZIP_ENTRIES = 1_000_000
+_FIX_CORRUPT = "The file is truncated or corrupt; download or save it again."
+
+
+def display_name(path: str, source: str) -> str:
+    """The name messages use for ``path``: the source string when it names this very file."""
+    try:
+        same = os.path.samefile(os.path.expanduser(source), path)
+    except OSError:
+        same = False
+    return source if same else path
+
+
+def archive_prefix(names: Iterable[str], name: str) -> str:
+    """The folder of a torch zip that holds ``data.pkl`` (``archive/``, ``<stem>/``...).
+
+    Args:
+        names: every entry name of the zip.
+        name: the file, for messages.
+
+    Returns:
+        The prefix, with its trailing slash (``""`` for a flat archive).
+
+    Raises:
+        UnsupportedFormatError: the archive is a TorchScript module.
+        ReadError: no ``data.pkl``, or several.
+
+    Example:
+        >>> archive_prefix(["archive/data.pkl", "archive/data/0", "archive/version"], "x.pt")
+        'archive/'
+    """
+    names = list(names)
+    pickles = sorted(
+        n for n in names if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)
+    )
+    prefixes = {n[: -len("data.pkl")] for n in pickles}
+    for prefix in sorted(prefixes) or [""]:
+        if f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names):
+            raise UnsupportedFormatError(
+                f"Cannot read '{name}' (TorchScript archive): this is a TorchScript module saved "
+                "with torch.jit.save, not a checkpoint. Load it with torch.jit.load and save its "
+                "state_dict() with torch.save or safetensors."
+            )
+    if not pickles:
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise ReadError(
+            f"Cannot read '{name}' (zip): it holds no data.pkl, so it is not a torch checkpoint "
+            f"(entries: {shown or 'none'}). Pass the checkpoint file itself."
+        )
+    if len(pickles) > 1:
+        raise ReadError(
+            f"Cannot read '{name}' (zip): it holds several data.pkl ({', '.join(pickles)}). "
+            "Extract the checkpoint you mean and pass it alone."
+        )
+    return pickles[0][: -len("data.pkl")]
+
+
+def check_storage_records(
+    storages: Mapping[str, StorageRef], record_sizes: Mapping[str, int], prefix: str, name: str
+) -> None:
+    """Check that every storage the pickle names has a record of exactly its size.
+
+    Raises:
+        ReadError: a record is missing or its size disagrees with the pickle.
+    """
+    for key, storage in storages.items():
+        record = f"{prefix}data/{key}"
+        size = record_sizes.get(record)
+        if size is None:
+            raise ReadError(
+                f"Cannot read '{name}' ({record}): data.pkl names storage '{key}' but the "
+                f"archive has no such record. {_FIX_CORRUPT}"
+            )
+        if size != storage.nbytes:
+            raise ReadError(
+                f"Cannot read '{name}' ({record}): the record holds {size} bytes but data.pkl "
+                f"declares {storage.numel} {storage.dtype.name} elements ({storage.nbytes} "
+                f"bytes). {_FIX_CORRUPT}"
+            )
+
+
+def manifest_from_zip_parts(
+    data_pkl: bytes,
+    record_sizes: Mapping[str, int],
+    prefix: str,
+    *,
+    name: str,
+    source: str,
+    file: str,
+    files: tuple[str, ...],
+    select: str | None = None,
+    byteorder: bytes | None = None,
+) -> Manifest:
+    """Build a torch zip's manifest from its ``data.pkl`` bytes and its record sizes.
+
+    Args:
+        data_pkl: the bytes of ``<prefix>data.pkl``.
+        record_sizes: entry name -> uncompressed size, for every entry of the archive.
+        prefix: the archive folder (see :func:`archive_prefix`).
+        name: the file, for messages.
+        source: the source string, for :attr:`Manifest.source`.
+        file: the name recorded as :attr:`TensorSpec.file`.
+        files: the files read.
+        select: the dotted path of the state dict inside a container.
+        byteorder: the ``byteorder`` record, when present.
+
+    Raises:
+        ReadError: data.pkl is malformed or disagrees with the records.
+        SelectError: see :func:`~ckptdiff.readers.containers.select_state_dict`.
+    """
+    findings: list[Finding] = []
+    if byteorder is not None and byteorder not in (b"little", b"big"):
+        raise ReadError(
+            f"Cannot read '{name}' ({prefix}byteorder): unknown byte order "
+            f"{byteorder[:16]!r}. {_FIX_CORRUPT}"
+        )
+    if byteorder == b"big":
+        findings.append(
+            Finding(
+                kind="byteorder",
+                message="the tensors were saved big-endian; torch swaps them on load",
+                severity="info",
+            )
+        )
+    unpickled = unpickle(data_pkl, name, context=f"{prefix}data.pkl", storage_form="zip")
+    check_storage_records(unpickled.storages, record_sizes, prefix, name)
+    selection = select_state_dict(unpickled.root, name, select=select)
+    return Manifest(
+        source=source,
+        format="torch-zip",
+        tensors=specs_from_tensors(selection.tensors, file),
+        files=files,
+        metadata=selection.metadata,
+        findings=(*unpickled.findings, *findings, *selection.findings),
+        selected=selection.selected,
+        candidates=selection.candidates,
+    )
+
+
+# --- zip structures ----------------------------------------------------------------------------
+
+
+class ZipEntry(NamedTuple):
+    """One central directory entry: what is needed to find and check an entry's bytes."""
+
+    name: str
+    size: int
+    compressed_size: int
+    offset: int
+    method: int
+    crc: int
+    flags: int
+
+
+_END = struct.Struct("<4s4H2LH")
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+_LOCAL = struct.Struct("<4s2B4HL2L2H")
+#: Bytes to read from the end of a zip to find its end record (record + longest comment).
+END_SEARCH_SIZE = _END.size + 0xFFFF
+
+
+def _zip_error(name: str, context: str, problem: str) -> ReadError:
+    return ReadError(f"Cannot read '{name}' ({context}): {problem}. {_FIX_CORRUPT}")
+
+
+def parse_end_record(tail: bytes, tail_offset: int, name: str) -> tuple[int, int, int, int | None]:
+    """Find and decode a zip's end of central directory record.
+
+    Args:
+        tail: the last bytes of the file (up to :data:`END_SEARCH_SIZE`).
+        tail_offset: the file offset of ``tail[0]``.
+        name: the file, for messages.
+
+    Returns:
+        ``(entries, directory_offset, directory_size, zip64_record_offset)``; when the last is
+        not None, the zip64 end record there holds the real values (see
+        :func:`parse_zip64_end_record`).
+
+    Raises:
+        ReadError: no end record (a truncated file or not a zip), or a split archive.
+
+    Example:
+        >>> parse_end_record(b"PK\\x05\\x06" + bytes(18), 100, "x.pt")
+        (0, 0, 0, None)
+    """
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _END.size > len(tail):
+        raise _zip_error(name, "zip directory", "no end of central directory record (truncated?)")
+    _, disk, cd_disk, _, entries, cd_size, cd_offset, _ = _END.unpack_from(tail, at)
+    if disk or cd_disk:
+        raise _zip_error(name, "zip directory", "it is one part of a split archive")
+    if 0xFFFF in (entries,) or 0xFFFFFFFF in (cd_size, cd_offset):
+        locator = at - _END64_LOCATOR.size
+        if locator < 0 or tail[locator : locator + 4] != b"PK\x06\x07":
+            raise _zip_error(name, "zip directory", "the zip64 end record locator is missing")
+        _, _, record, _ = _END64_LOCATOR.unpack_from(tail, locator)
+        return entries, cd_offset, cd_size, record
+    return entries, cd_offset, cd_size, None
+
+
+def parse_zip64_end_record(record: bytes, name: str) -> tuple[int, int, int]:
+    """Decode a zip64 end record: ``(entries, directory_offset, directory_size)``."""
+    if len(record) < _END64.size or record[:4] != b"PK\x06\x06":
+        raise _zip_error(name, "zip directory", "the zip64 end record is missing")
+    fields = _END64.unpack_from(record)
+    return fields[7], fields[9], fields[8]
+
+
+def parse_central_directory(directory: bytes, entries: int, name: str) -> dict[str, ZipEntry]:
+    """Decode a zip's central directory into entries by name.
+
+    Raises:
+        ReadError: a malformed entry or a directory shorter than it declares.
+    """
+    unpack = _CENTRAL.unpack_from
+    size = len(directory)
+    out: dict[str, ZipEntry] = {}
+    pos = 0
+    for _ in range(entries):
+        if pos + _CENTRAL.size > size:
+            raise _zip_error(name, "zip directory", "the central directory is cut short")
+        (sig, _, _, _, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, _, _, _,
+         offset) = unpack(directory, pos)  # fmt: skip
+        if sig != b"PK\x01\x02":
+            raise _zip_error(name, "zip directory", f"bad central directory entry at byte {pos}")
+        start = pos + _CENTRAL.size
+        pos = start + nlen + xlen + clen
+        if pos > size:
+            raise _zip_error(name, "zip directory", "the central directory is cut short")
+        raw = directory[start : start + nlen]
+        entry_name = raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        if 0xFFFFFFFF in (usize, csize, offset):
+            usize, csize, offset = _zip64_extra(
+                directory[start + nlen : start + nlen + xlen], usize, csize, offset, name
+            )
+        out[entry_name] = ZipEntry(entry_name, usize, csize, offset, method, crc, flags)
+    return out
+
+
+def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int, name: str) -> tuple[int, ...]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<2H", extra, pos)
+        if tag == 1:
+            values = list(struct.unpack_from(f"<{length // 8}Q", extra, pos + 4))
+            fields = [usize, csize, offset]
+            for i, v in enumerate(fields):
+                if v == 0xFFFFFFFF:
+                    if not values:
+                        break
+                    fields[i] = values.pop(0)
+            return tuple(fields)
+        pos += 4 + length
+    raise _zip_error(name, "zip directory", "an entry lacks its zip64 sizes")
+
+
+def local_data_offset(header: bytes, entry: ZipEntry, name: str) -> int:
+    """Where an entry's bytes start, from its 30-byte local header."""
+    if len(header) < _LOCAL.size or header[:4] != b"PK\x03\x04":
+        raise _zip_error(name, entry.name, "its local header is missing")
+    fields = _LOCAL.unpack_from(header)
+    return entry.offset + _LOCAL.size + fields[10] + fields[11]
+
+
+def decode_entry(raw: bytes, entry: ZipEntry, name: str) -> bytes:
+    """An entry's bytes from its stored (maybe deflated) bytes, with length and CRC checked."""
+    if entry.flags & 0x1:
+        raise _zip_error(name, entry.name, "the entry is encrypted")
+    if len(raw) != entry.compressed_size:
+        raise _zip_error(name, entry.name, "the file ends inside this entry")
+    if entry.method == 0:
+        data = raw
+    elif entry.method == 8:
+        try:
+            data = zlib.decompressobj(-15).decompress(raw, entry.size + 1)
+        except zlib.error as e:
+            raise _zip_error(name, entry.name, f"it does not inflate ({e})") from e
+    else:
+        raise _zip_error(name, entry.name, f"unsupported compression method {entry.method}")
+    if len(data) != entry.size:
+        raise _zip_error(name, entry.name, f"it holds {len(data)} bytes, not {entry.size}")
+    if zlib.crc32(data) != entry.crc:
+        raise _zip_error(name, entry.name, "its CRC does not match")
+    return data
+
+
+def _read_directory(f: BinaryIO, size: int, name: str) -> dict[str, ZipEntry]:
+    tail_offset = max(0, size - END_SEARCH_SIZE)
+    f.seek(tail_offset)
+    entries, cd_offset, cd_size, record = parse_end_record(f.read(), tail_offset, name)
+    if record is not None:
+        f.seek(record)
+        entries, cd_offset, cd_size = parse_zip64_end_record(f.read(_END64.size), name)
+    if entries > MAX_ZIP_ENTRIES:
+        raise ReadError(
+            f"Cannot read '{name}' (zip directory): it declares {entries} entries, more than "
+            f"the {MAX_ZIP_ENTRIES} a checkpoint reader accepts. Raise "
+            "ckptdiff.readers.torch_zip.MAX_ZIP_ENTRIES if you trust the file."
+        )
+    if cd_offset + cd_size > size:
+        raise _zip_error(name, "zip directory", "the central directory lies past the end")
+    f.seek(cd_offset)
+    return parse_central_directory(f.read(cd_size), entries, name)
+
+
+def _read_entry(f: BinaryIO, entry: ZipEntry, size: int, name: str) -> bytes:
+    if entry.offset + _LOCAL.size > size:
+        raise _zip_error(name, entry.name, "its local header lies past the end")
+    f.seek(entry.offset)
+    start = local_data_offset(f.read(_LOCAL.size), entry, name)
+    f.seek(start)
+    return decode_entry(f.read(entry.compressed_size), entry, name)
+
+
+def read_torch_zip(path: str, source: str, *, select: str | None = None) -> Manifest:
+    """Read a torch zip checkpoint's keys, shapes and dtypes from ``data.pkl`` alone.
+
+    Args:
+        path: the file.
+        source: the source string as the user gave it.
+        select: the dotted path of the state dict inside a container (``model_ema``).
+
+    Returns:
+        A ``torch-zip`` :class:`Manifest`; security findings for globals outside the allow-list.
+
+    Raises:
+        ReadError: truncated or corrupt zip, no data.pkl, a malformed pickle, storage records
+            that disagree with the pickle.
+        UnsupportedFormatError: a TorchScript archive.
+        SelectError: ``select`` names no state dict, or the container is ambiguous.
+
+    Example:
+        >>> m = read_torch_zip("model.pt", "model.pt")  # doctest: +SKIP
+        >>> m.format, m.tensors["fc.weight"].shape  # doctest: +SKIP
+        ('torch-zip', (10, 512))
+    """
+    name = display_name(path, source)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        entries = _read_directory(f, size, name)
+        prefix = archive_prefix(entries, name)
+        pkl = entries[f"{prefix}data.pkl"]
+        if pkl.size > MAX_PICKLE_SIZE:
+            raise ReadError(
+                f"Cannot read '{name}' ({pkl.name}): it is {pkl.size} bytes, over the "
+                f"{MAX_PICKLE_SIZE}-byte limit. Raise ckptdiff.readers.unpickler.MAX_PICKLE_SIZE "
+                "if you trust the file."
+            )
+        data = _read_entry(f, pkl, size, name)
+        order = entries.get(f"{prefix}byteorder")
+        byteorder = _read_entry(f, order, size, name) if order and order.size <= 16 else None
+    return manifest_from_zip_parts(
+        data,
+        {e.name: e.size for e in entries.values()},
+        prefix,
+        name=name,
+        source=source,
+        file=os.path.basename(path),
+        files=(path,),
+        select=select,
+        byteorder=byteorder,
+    )
