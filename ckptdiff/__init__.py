@@ -22,6 +22,11 @@ from ckptdiff.errors import (
     UsageError,
 )
 from ckptdiff.readers import read
+
+# Import the submodules first, then bind the functions: a later ``import ckptdiff.diff`` or
+# ``import ckptdiff.check`` then finds the modules loaded and leaves these names alone.
+from ckptdiff.diff import diff_sources as diff  # isort: skip
+from ckptdiff.check import check  # isort: skip
 from ckptdiff.types import Finding, Manifest, Report, Suggestion, TensorSpec
 
 __version__ = "0.1.0"
@@ -45,17 +50,3 @@ __all__ = [
     "diff",
     "read",
 ]
-
-
-def diff(checkpoint: Any, target: Any, **kwargs: Any) -> Report:
-    """Compare two sources (or manifests); see :func:`ckptdiff.diff.diff_sources`."""
-    from ckptdiff.diff import diff_sources
-
-    return diff_sources(checkpoint, target, **kwargs)
-
-
-def check(model_or_target: Any, source: Any, **kwargs: Any) -> Report:
-    """Check a checkpoint against a model before loading it; see :func:`ckptdiff.check.check`."""
-    from ckptdiff.check import check as _check
-
-    return _check(model_or_target, source, **kwargs)

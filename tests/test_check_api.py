@@ -322,16 +322,12 @@ print("ok")
     assert out.stdout.strip() == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ckptdiff/__init__.py defines check() and lazily imports the submodule "
-    "ckptdiff.check, whose import rebinds the package attribute to the module",
-)
-def test_package_level_check_can_be_called_twice(clip_file):
+def test_package_level_check_and_diff_can_be_called_twice(clip_file):
     code = f"""
 import ckptdiff
 for _ in range(2):
     assert ckptdiff.check("fixtures.models:build_clip", {str(clip_file)!r}, args={TINY_CLIP!r}).ok
+    assert ckptdiff.diff({str(clip_file)!r}, {str(clip_file)!r}).ok
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
