@@ -1,18 +1,32 @@
-"""Key alignment: find the prefix rules that turn unexpected + missing keys into matches.
+"""Key alignment: find the key rules that turn unexpected + missing keys into matches.
 
 Pure and torch-free. Given the keys only one side has, look for a prefix ``p1`` on the
 checkpoint's keys and ``p2`` on the target's such that ``p1 + rest`` and ``p2 + rest`` pair
 them up (``module.`` / ``_orig_mod.`` wrappers, a Lightning ``model.`` attribute, a branch moved
-under ``text_branch.``...).
+under ``text_branch.``...); beyond prefixes, one-to-one renames (``gamma`` -> ``weight``),
+fused vs split q/k/v projections and transposed (``Conv1D``) weights, each with its transform.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["PrefixMatch", "WRAPPER_PREFIXES", "find_prefix_matches"]
+__all__ = [
+    "FUSED_QKV",
+    "KeyTransform",
+    "PrefixMatch",
+    "SPLIT_QKV",
+    "WRAPPER_PREFIXES",
+    "find_fused_qkv",
+    "find_prefix_matches",
+    "find_renames",
+    "find_transposed",
+]
 
 #: Prefixes that wrappers add to every key (DDP, torch.compile, FSDP, Lightning, PEFT).
 WRAPPER_PREFIXES = (
@@ -152,3 +166,377 @@ def find_prefix_matches(
         used_m.update(t for _, t in pairs)
     out.sort(key=lambda m: -len(m.pairs))
     return out
+
+
+# --- renames, fused q/k/v and transposed weights ------------------------------------------------
+
+Shape = tuple[int, ...]
+
+#: Renames worth proposing even when only one key shows them.
+KNOWN_RENAMES = {("gamma",): ("weight",), ("beta",): ("bias",)}
+
+#: Names of split query/key/value projections, as (q, k, v).
+SPLIT_QKV = (
+    ("q_proj", "k_proj", "v_proj"),
+    ("query", "key", "value"),
+    ("q", "k", "v"),
+    ("to_q", "to_k", "to_v"),
+    ("wq", "wk", "wv"),
+    ("q_lin", "k_lin", "v_lin"),
+)
+#: Names of fused projections (a module holding ``weight``/``bias``); ``in_proj`` is
+#: ``nn.MultiheadAttention``'s ``in_proj_weight``/``in_proj_bias`` attribute style.
+FUSED_QKV = ("in_proj", "qkv", "qkv_proj", "query_key_value", "Wqkv", "wqkv", "to_qkv", "c_attn")
+
+
+@dataclass(frozen=True)
+class KeyTransform:
+    """A key rule (or a few) found by alignment, with the keys it pairs up.
+
+    Attributes:
+        kind: ``rename``, ``transpose``, ``split`` (one checkpoint tensor becomes several
+            target tensors) or ``concat`` (several become one).
+        rules: the key-map rules (see :mod:`ckptdiff.keymap`).
+        pairs: ``(checkpoint keys, target keys)`` it explains.
+        message: one sentence naming the transform.
+        data: extra detail (the keys a transpose also touches that shapes cannot tell...).
+    """
+
+    kind: str
+    rules: tuple[dict[str, Any], ...]
+    pairs: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_keys(self) -> list[str]:
+        """Every target key it supplies."""
+        return [t for _, ts in self.pairs for t in ts]
+
+
+def _template(key: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``("a", "#", "w"), ("3",)`` for ``a.3.w``: components with indices as ``#``, and indices."""
+    parts = key.split(".")
+    return tuple("#" if p.isdigit() else p for p in parts), tuple(p for p in parts if p.isdigit())
+
+
+def _tail_regex(old: Sequence[str], new: Sequence[str]) -> tuple[str, str] | None:
+    """A ``re.sub`` pattern and replacement turning components ``old`` into ``new``.
+
+    The pattern starts at a component boundary (``(?P<pre>^|\\.)``); ``#`` components become
+    named groups, which must appear in the same order on both sides.
+    """
+    if old.count("#") != new.count("#"):
+        return None
+    pat = [r"(?P<pre>^|\.)"]
+    rep = [r"\g<pre>"]
+    n = 0
+    for i, p in enumerate(old):
+        if i:
+            pat.append(r"\.")
+        if p == "#":
+            pat.append(f"(?P<i{n}>\\d+)")
+            n += 1
+        else:
+            pat.append(re.escape(p))
+    n = 0
+    for i, p in enumerate(new):
+        if i:
+            rep.append(".")
+        if p == "#":
+            rep.append(f"\\g<i{n}>")
+            n += 1
+        else:
+            rep.append(p)
+    return "".join(pat) + r"(?=\.|$)", "".join(rep)
+
+
+def _rename_candidates(
+    unexpected: Mapping[str, Shape], missing: Mapping[str, Shape]
+) -> dict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, str]]]:
+    buckets: dict[tuple[Shape, tuple[str, ...]], list[str]] = defaultdict(list)
+    for m, shape in missing.items():
+        buckets[(shape, _template(m)[1])].append(m)
+    groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, str]]] = defaultdict(list)
+    budget = 400_000
+    for u, shape in unexpected.items():
+        tu, idx = _template(u)
+        for m in buckets.get((shape, idx), ()):
+            budget -= 1
+            if budget < 0:
+                return groups
+            tm = _template(m)[0]
+            p = 0
+            while p < min(len(tu), len(tm)) and tu[p] == tm[p]:
+                p += 1
+            s = 0
+            while s < min(len(tu), len(tm)) - p and tu[-1 - s] == tm[-1 - s]:
+                s += 1
+            x, y = tu[p : len(tu) - s], tm[p : len(tm) - s]
+            if not x or not y or x.count("#") != y.count("#"):
+                continue
+            groups[(x, y)].append((u, m))
+    return groups
+
+
+def find_renames(
+    unexpected: Mapping[str, Shape], missing: Mapping[str, Shape], *, min_pairs: int = 2
+) -> list[KeyTransform]:
+    """One-to-one renames: checkpoint-only and target-only keys with one shape, whose names
+    differ in one run of components, when the same rename holds for several keys.
+
+    ``ln.gamma`` -> ``ln.weight`` and ``beta`` -> ``bias`` are proposed even for one key; other
+    renames need ``min_pairs`` keys showing the same pattern. Layer indices must agree.
+
+    Args:
+        unexpected: ``key -> shape`` of the keys only the checkpoint has.
+        missing: ``key -> shape`` of the keys only the target has.
+        min_pairs: keys a rename must explain to be proposed.
+
+    Returns:
+        One ``rename`` :class:`KeyTransform` per pattern, most keys first.
+
+    Example:
+        >>> r = find_renames({"n.gamma": (4,), "n.beta": (4,)}, {"n.weight": (4,), "n.bias": (4,)})
+        >>> [t.rules[0]["replacement"] for t in r]
+        ['\\\\g<pre>weight', '\\\\g<pre>bias']
+    """
+    groups = _rename_candidates(unexpected, missing)
+
+    def rank(item: tuple[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, str]]]) -> Any:
+        (x, y), pairs = item
+        known = KNOWN_RENAMES.get(x) == y
+        sim = difflib.SequenceMatcher(None, ".".join(x), ".".join(y)).ratio()
+        return (not known, -len(pairs), len(x) + len(y), -sim, x, y)
+
+    used_u: set[str] = set()
+    used_m: set[str] = set()
+    out: list[KeyTransform] = []
+    for (x, y), pairs in sorted(groups.items(), key=rank):
+        free = [(u, m) for u, m in pairs if u not in used_u and m not in used_m]
+        # one checkpoint key may pair with one target key only
+        seen_u: set[str] = set()
+        seen_m: set[str] = set()
+        unique = []
+        for u, m in free:
+            if u in seen_u or m in seen_m:
+                continue
+            seen_u.add(u)
+            seen_m.add(m)
+            unique.append((u, m))
+        known = KNOWN_RENAMES.get(x) == y
+        if not unique or (len(unique) < min_pairs and not known):
+            continue
+        rx = _tail_regex(x, y)
+        if rx is None:
+            continue
+        pattern, replacement = rx
+        compiled = re.compile(pattern)
+        # the rule is applied to every key: keep it only if it sends the paired keys home
+        if any(compiled.sub(replacement, u, count=1) != m for u, m in unique):
+            continue
+        used_u.update(u for u, _ in unique)
+        used_m.update(m for _, m in unique)
+        old, new = ".".join(x), ".".join(y)
+        out.append(
+            KeyTransform(
+                "rename",
+                ({"op": "rename", "pattern": pattern, "replacement": replacement},),
+                tuple(((u,), (m,)) for u, m in unique),
+                f"{len(unique)} checkpoint keys name '{old}' what the target calls '{new}' "
+                f"(same shapes): rename it",
+                {"from": old, "to": new},
+            )
+        )
+    out.sort(key=lambda t: -len(t.pairs))
+    return out
+
+
+def _qkv_parse(key: str) -> tuple[str, str, str, str] | None:
+    """``(kind, parent, name, leaf)``: ``("fused", "a.attn", "in_proj", "weight")`` or
+    ``("q"|"k"|"v", "a.attn", "q_proj", "weight")``; None for other keys."""
+    parts = key.split(".")
+    last = parts[-1]
+    if last in ("in_proj_weight", "in_proj_bias"):
+        return "fused", ".".join(parts[:-1]), "in_proj", last[len("in_proj_") :]
+    if len(parts) < 2 or last not in ("weight", "bias"):
+        return None
+    name, parent = parts[-2], ".".join(parts[:-2])
+    if name in FUSED_QKV and name != "in_proj":
+        return "fused", parent, name, last
+    for names in SPLIT_QKV:
+        if name in names:
+            return "qkv"[names.index(name)], parent, name, last
+    return None
+
+
+def _qkv_key(parent: str, name: str, leaf: str) -> str:
+    body = f"{name}_{leaf}" if name == "in_proj" else f"{name}.{leaf}"
+    return f"{parent}.{body}" if parent else body
+
+
+def find_fused_qkv(
+    unexpected: Mapping[str, Shape], missing: Mapping[str, Shape]
+) -> list[KeyTransform]:
+    """Fused ``in_proj_weight`` / ``qkv`` / ``query_key_value`` [q+k+v, d] on one side and split
+    ``q_proj``/``k_proj``/``v_proj`` (or ``query``/``key``/``value``) on the other, under the
+    same parent module (or parents that differ the same way for every layer).
+
+    Shapes decide: the fused rows must be the sum of the split rows, other dims equal (GQA's
+    smaller k/v rows give a split with ``sizes``). The order q, k, v is assumed; a shape diff
+    cannot prove the packing of a fused tensor.
+
+    Returns:
+        ``split`` transforms (checkpoint fused, target split) and ``concat`` ones (the reverse).
+    """
+    out: list[KeyTransform] = []
+    for fused_side, split_side, kind in ((unexpected, missing, "split"),
+                                         (missing, unexpected, "concat")):
+        fused: dict[tuple[str, str], tuple[str, str]] = {}  # (parent, leaf) -> (name, key)
+        split: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
+        for key in fused_side:
+            p = _qkv_parse(key)
+            if p and p[0] == "fused":
+                fused[(p[1], p[3])] = (p[2], key)
+        for key in split_side:
+            p = _qkv_parse(key)
+            if p and p[0] != "fused":
+                split[(p[1], p[3], _split_family(p[2]))][p[0]] = key
+        groups: dict[tuple[Any, ...], list[tuple[str, tuple[str, str, str], Shape]]] = defaultdict(list)
+        for (sparent, leaf, family), roles in split.items():
+            if len(roles) != 3:
+                continue
+            keys3 = (roles["q"], roles["k"], roles["v"])
+            shapes = [split_side[k] for k in keys3]
+            if len({s[1:] for s in shapes}) != 1 or not shapes[0]:
+                continue
+            rows = tuple(s[0] for s in shapes)
+            for (fparent, fleaf), (fname, fkey) in fused.items():
+                fshape = fused_side[fkey]
+                if fleaf != leaf or not fshape or fshape[0] != sum(rows) or fshape[1:] != shapes[0][1:]:
+                    continue
+                ft, fi = _template(fparent) if fparent else ((), ())
+                st, si = _template(sparent) if sparent else ((), ())
+                if fi != si:
+                    continue
+                p = 0
+                while p < min(len(ft), len(st)) and ft[p] == st[p]:
+                    p += 1
+                diff = (ft[p:], st[p:])
+                sizes = None if len(set(rows)) == 1 else rows
+                groups[(diff, fname, family, leaf, sizes)].append((fkey, keys3, fshape))
+        for (diff, fname, family, leaf, sizes), items in groups.items():
+            items = _one_to_one(items)
+            if not items:
+                continue
+            fdiff, sdiff = diff
+            names = next(n for n in SPLIT_QKV if _split_family(n[0]) == family)
+            fused_tail = list(fdiff) + (
+                [f"in_proj_{leaf}"] if fname == "in_proj" else [fname, leaf]
+            )
+            rx_f = _tail_regex(fused_tail, fused_tail)
+            if rx_f is None:
+                continue
+            fpat = rx_f[0].removesuffix(r"(?=\.|$)") + "$"
+            rule: dict[str, Any]
+            if kind == "split":
+                into = []
+                for n in names:
+                    rx = _tail_regex(fused_tail, list(sdiff) + [n, leaf])
+                    if rx is None:
+                        break
+                    into.append(rx[1])
+                else:
+                    rule = {"op": "split", "pattern": fpat, "into": into, "dim": 0}
+                    if sizes:
+                        rule["sizes"] = list(sizes)
+                    how = "split into 3 along dim 0" + (f" (sizes {list(sizes)})" if sizes else "")
+                    out.append(_qkv_transform("split", rule, items, how, fname, names))
+            else:
+                split_tail = list(sdiff) + ["__PART__", leaf]
+                rx = _tail_regex(split_tail, fused_tail)
+                if rx is None:
+                    continue
+                part = "(?P<part>" + "|".join(re.escape(n) for n in names) + ")"
+                pattern = rx[0].replace("__PART__", part).removesuffix(r"(?=\.|$)") + "$"
+                rule = {"op": "concat", "pattern": pattern, "parts": list(names),
+                        "replacement": rx[1], "dim": 0}
+                out.append(_qkv_transform("concat", rule, items,
+                                          "concatenate along dim 0 in q, k, v order", fname, names))
+    return out
+
+
+def _split_family(name: str) -> str:
+    for names in SPLIT_QKV:
+        if name in names:
+            return names[0]
+    return name
+
+
+def _one_to_one(items: list[tuple[str, tuple[str, str, str], Shape]]) -> list[
+    tuple[str, tuple[str, str, str], Shape]
+]:
+    seen_f: set[str] = set()
+    seen_s: set[str] = set()
+    out = []
+    for f, s, shape in items:
+        if f in seen_f or any(k in seen_s for k in s):
+            continue
+        seen_f.add(f)
+        seen_s.update(s)
+        out.append((f, s, shape))
+    return out
+
+
+def _qkv_transform(kind: str, rule: dict[str, Any], items: list[tuple[str, tuple[str, str, str], Shape]],
+                   how: str, fname: str, names: Sequence[str]) -> KeyTransform:
+    if kind == "split":
+        pairs = tuple(((f,), s) for f, s, _ in items)
+        what = f"the checkpoint's fused '{fname}' holds the target's {'/'.join(names)}"
+    else:
+        pairs = tuple((s, (f,)) for f, s, _ in items)
+        what = f"the checkpoint's {'/'.join(names)} are the target's fused '{fname}'"
+    shape = items[0][2]
+    return KeyTransform(
+        kind,
+        (rule,),
+        pairs,
+        f"{len(items)} times {what} ({list(shape)}): {how}; the q, k, v order is assumed, "
+        "shapes cannot prove it",
+        {"transform": how, "fused_shape": list(shape)},
+    )
+
+
+def find_transposed(
+    mismatched: Iterable[tuple[str, Shape, Shape]], matched: Mapping[str, Shape] | None = None
+) -> KeyTransform | None:
+    """Weights stored [in, out] (GPT-2's ``Conv1D``) where the target has [out, in] (``Linear``).
+
+    One rule covers every key ending like a transposed one (``c_attn.weight``,
+    ``c_fc.weight``): square weights with those endings (``attn.c_proj.weight``) are
+    transposed too, as the layout is a property of the module type, and are listed in
+    ``data["square"]`` because their shapes alone cannot show it.
+
+    Args:
+        mismatched: ``(key, checkpoint_shape, target_shape)`` for keys on both sides.
+        matched: ``key -> shape`` of keys that already load, to find the square ones.
+    """
+    keys = [k for k, a, b in mismatched if len(a) == 2 and a != b and a == b[::-1]]
+    if not keys:
+        return None
+    endings = sorted({".".join(k.split(".")[-2:]) for k in keys})
+    alternatives = "|".join(re.escape(e) for e in endings)
+    pattern = rf"(^|\.)({alternatives})$"
+    compiled = re.compile(pattern)
+    square = sorted(k for k, s in (matched or {}).items()
+                    if len(s) == 2 and s[0] == s[1] and compiled.search(k))
+    note = (f"; {len(square)} square weights with the same names are transposed too "
+            "(shapes cannot tell)" if square else "")
+    return KeyTransform(
+        "transpose",
+        ({"op": "transpose", "pattern": pattern},),
+        tuple(((k,), (k,)) for k in keys),
+        f"{len(keys)} weights are stored transposed ([in, out], as GPT-2's Conv1D) where the "
+        f"target has [out, in] (Linear): apply .t(){note}",
+        {"transform": ".t()", "square": square},
+    )

@@ -220,18 +220,25 @@ def diff_manifests(
     *,
     key_map: KeyMap | None = None,
     depth: int = 2,
+    explain: bool = True,
+    suggest: bool = True,
 ) -> Report:
-    """Compare a checkpoint with a target, after an optional key map, and explain key prefixes.
+    """Compare a checkpoint with a target, after an optional key map, and explain the result.
 
     Args:
         checkpoint: the side that is loaded (A).
         target: the side it is loaded into (B, or a built model).
         key_map: rules applied to the checkpoint's keys first.
         depth: coverage depth.
+        explain: also align keys beyond prefixes, name causes and lint
+            (:func:`ckptdiff.explain.explain`).
+        suggest: infer and verify config fixes when the target was built by
+            :func:`ckptdiff.targets.build_target` (this rebuilds it on meta, with torch).
 
     Returns:
         The :class:`Report`, with findings and verified ``key_map`` suggestions for keys that
-        only differ by a prefix.
+        only differ by a prefix; with ``explain``, ``cause`` findings, further key maps, and
+        verified ``config`` suggestions.
 
     Example:
         >>> from ckptdiff.types import Manifest, TensorSpec
@@ -244,6 +251,12 @@ def diff_manifests(
         checkpoint = key_map.apply_to_manifest(checkpoint)
     report = compare(checkpoint, target, depth=depth)
     findings, suggestions = _prefix_findings(report, checkpoint, target, depth)
+    if explain:
+        from ckptdiff.explain import explain as explain_report
+
+        more = explain_report(report, checkpoint, target, depth=depth, suggest=suggest)
+        findings += more.findings
+        suggestions += more.suggestions
     return replace(
         report,
         findings=report.findings + tuple(findings),

@@ -6,6 +6,14 @@ paste into their load code:
 - ``{"op": "strip_prefix", "prefix": "module."}``
 - ``{"op": "add_prefix", "prefix": "text_branch."}``
 - ``{"op": "rename", "pattern": "\\\\.gamma$", "replacement": ".weight"}`` (``re.sub``)
+
+and rules that also change shapes (a fused or transposed layout):
+
+- ``{"op": "transpose", "pattern": "\\\\.c_fc\\\\.weight$"}``: a 2-D tensor becomes ``.t()``;
+- ``{"op": "split", "pattern": "in_proj_weight$", "into": ["q_proj.weight", "k_proj.weight",
+  "v_proj.weight"], "dim": 0}``: one tensor becomes several (``sizes`` for unequal parts);
+- ``{"op": "concat", "pattern": "(?P<part>q|k|v)_proj\\\\.weight$", "parts": ["q", "k", "v"],
+  "replacement": "in_proj_weight", "dim": 0}``: the parts, in that order, become one tensor.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from ckptdiff.types import Finding, Manifest, TensorSpec
 __all__ = ["KeyMap", "KEYMAP_SCHEMA"]
 
 KEYMAP_SCHEMA = "ckptdiff.keymap/1"
-_OPS = ("strip_prefix", "add_prefix", "rename")
+_OPS = ("strip_prefix", "add_prefix", "rename", "transpose", "split", "concat")
+_SHAPE_OPS = ("transpose", "split", "concat")
 
 
 @dataclass(frozen=True)
@@ -31,19 +40,36 @@ class _Rule:
     prefix: str = ""
     pattern: re.Pattern[str] | None = None
     replacement: str = ""
+    into: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()
+    dim: int = 0
+    sizes: tuple[int, ...] | None = None
 
     def apply(self, key: str) -> str:
         if self.op == "strip_prefix":
             return key[len(self.prefix) :] if key.startswith(self.prefix) else key
         if self.op == "add_prefix":
             return self.prefix + key
+        if self.op in ("transpose", "split"):
+            return key  # the key stays (transpose) or becomes several (split): see the manifest
         assert self.pattern is not None  # noqa: S101 - constructed only with a pattern
         return self.pattern.sub(self.replacement, key)
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
+        assert self.op in ("strip_prefix", "add_prefix") or self.pattern is not None  # noqa: S101
         if self.op == "rename":
-            assert self.pattern is not None  # noqa: S101
             return {"op": "rename", "pattern": self.pattern.pattern, "replacement": self.replacement}
+        if self.op == "transpose":
+            return {"op": "transpose", "pattern": self.pattern.pattern}
+        if self.op == "split":
+            out: dict[str, Any] = {"op": "split", "pattern": self.pattern.pattern,
+                                   "into": list(self.into), "dim": self.dim}
+            if self.sizes is not None:
+                out["sizes"] = list(self.sizes)
+            return out
+        if self.op == "concat":
+            return {"op": "concat", "pattern": self.pattern.pattern, "parts": list(self.parts),
+                    "replacement": self.replacement, "dim": self.dim}
         return {"op": self.op, "prefix": self.prefix}
 
 
@@ -89,6 +115,8 @@ class KeyMap:
                         f"Key map rule {i + 1}: {pattern!r} is not a valid regular expression ({e})."
                     ) from e
                 out.append(_Rule("rename", pattern=compiled, replacement=str(r.get("replacement", ""))))
+            elif op in _SHAPE_OPS:
+                out.append(_shape_rule(i, r))
             else:
                 prefix = r.get("prefix")
                 if not isinstance(prefix, str) or not prefix:
@@ -141,6 +169,11 @@ class KeyMap:
             )
         return cls.from_rules(rules)
 
+    @property
+    def changes_shapes(self) -> bool:
+        """True when a rule transposes, splits or concatenates tensors (not only renames)."""
+        return any(r.op in _SHAPE_OPS for r in self.rules)
+
     def __add__(self, other: KeyMap) -> KeyMap:
         return KeyMap(self.rules + other.rules)
 
@@ -162,6 +195,8 @@ class KeyMap:
         """
         if not self.rules:
             return manifest
+        if self.changes_shapes:
+            return _apply_with_shapes(self.rules, manifest)
         tensors: dict[str, TensorSpec] = {}
         collisions: list[str] = []
         origin: dict[str, str] = {}
@@ -187,7 +222,13 @@ class KeyMap:
         return replace(manifest, tensors=tensors, findings=tuple(findings), aliases=aliases)
 
     def python_snippet(self) -> str:
-        """Python that applies these rules to a ``state_dict`` before ``load_state_dict``."""
+        """Python that applies these rules to a ``state_dict`` before ``load_state_dict``.
+
+        Key-only rules give a ``remap(key)`` function; rules that transpose, split or
+        concatenate tensors give ``remap(state_dict)``, which needs torch.
+        """
+        if self.changes_shapes:
+            return _state_dict_snippet(self.rules)
         lines = ["import re", "", "def remap(key):"]
         for r in self.rules:
             if r.op == "strip_prefix":
@@ -204,3 +245,189 @@ class KeyMap:
             "model.load_state_dict(state_dict)",
         ]
         return "\n".join(lines)
+
+
+def _shape_rule(i: int, r: Mapping[str, Any]) -> _Rule:
+    """A ``transpose``, ``split`` or ``concat`` rule from its dict."""
+    op = str(r["op"])
+    pattern = r.get("pattern")
+    if not isinstance(pattern, str):
+        raise UsageError(f"Key map rule {i + 1} ({op}) needs a 'pattern' string.")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise UsageError(
+            f"Key map rule {i + 1}: {pattern!r} is not a valid regular expression ({e})."
+        ) from e
+    dim = r.get("dim", 0)
+    if not isinstance(dim, int):
+        raise UsageError(f"Key map rule {i + 1} ({op}): 'dim' must be an integer.")
+    if op == "transpose":
+        return _Rule("transpose", pattern=compiled)
+    if op == "split":
+        into = r.get("into")
+        sizes = r.get("sizes")
+        if not isinstance(into, list) or len(into) < 2 or not all(isinstance(x, str) for x in into):
+            raise UsageError(f"Key map rule {i + 1} (split) needs 'into': a list of 2+ replacements.")
+        if sizes is not None and (
+            not isinstance(sizes, list) or len(sizes) != len(into)
+            or not all(isinstance(x, int) and x > 0 for x in sizes)
+        ):
+            raise UsageError(
+                f"Key map rule {i + 1} (split): 'sizes' must list one positive size per part."
+            )
+        return _Rule("split", pattern=compiled, into=tuple(into), dim=dim,
+                     sizes=tuple(sizes) if sizes is not None else None)
+    parts = r.get("parts")
+    replacement = r.get("replacement")
+    if "part" not in compiled.groupindex:
+        raise UsageError(f"Key map rule {i + 1} (concat): the pattern needs a group (?P<part>...).")
+    if not isinstance(parts, list) or len(parts) < 2 or not isinstance(replacement, str):
+        raise UsageError(
+            f"Key map rule {i + 1} (concat) needs 'parts' (2+ names) and a 'replacement'."
+        )
+    return _Rule("concat", pattern=compiled, parts=tuple(str(p) for p in parts),
+                 replacement=replacement, dim=dim)
+
+
+def _split_sizes(rule: _Rule, total: int) -> tuple[int, ...] | None:
+    if rule.sizes is not None:
+        return rule.sizes if sum(rule.sizes) == total else None
+    n = len(rule.into)
+    return (total // n,) * n if total % n == 0 else None
+
+
+def _apply_with_shapes(rules: tuple[_Rule, ...], manifest: Manifest) -> Manifest:
+    """Apply rules one after the other to keys and shapes (see :meth:`KeyMap.apply_to_manifest`)."""
+    tensors: dict[str, TensorSpec] = dict(manifest.tensors)
+    problems: list[str] = []
+    for rule in rules:
+        out: dict[str, TensorSpec] = {}
+        if rule.op == "concat":
+            assert rule.pattern is not None  # noqa: S101
+            groups: dict[str, dict[str, TensorSpec]] = {}
+            for key, spec in tensors.items():
+                m = rule.pattern.search(key)
+                if m and m.group("part") in rule.parts:
+                    groups.setdefault(rule.pattern.sub(rule.replacement, key), {})[m.group("part")] = spec
+            done: set[str] = set()
+            for key, spec in tensors.items():
+                m = rule.pattern.search(key)
+                if not (m and m.group("part") in rule.parts):
+                    out.setdefault(key, spec)
+                    continue
+                new = rule.pattern.sub(rule.replacement, key)
+                group = groups[new]
+                shapes = [group[p].shape for p in rule.parts if p in group]
+                ok = len(group) == len(rule.parts) and len({len(s) for s in shapes}) == 1 and all(
+                    s[:rule.dim] + s[rule.dim + 1:] == shapes[0][:rule.dim] + shapes[0][rule.dim + 1:]
+                    for s in shapes) and rule.dim < len(shapes[0])
+                if not ok:
+                    out.setdefault(key, spec)
+                    continue
+                if new in done:
+                    continue
+                done.add(new)
+                first = group[rule.parts[0]]
+                shape = list(first.shape)
+                shape[rule.dim] = sum(s[rule.dim] for s in shapes)
+                out[new] = replace(first, key=new, shape=tuple(shape), nbytes=None)
+        else:
+            for key, spec in tensors.items():
+                if rule.op == "transpose":
+                    assert rule.pattern is not None  # noqa: S101
+                    if rule.pattern.search(key) and len(spec.shape) == 2:
+                        spec = replace(spec, shape=spec.shape[::-1])
+                    out[key] = spec
+                    continue
+                if rule.op == "split":
+                    assert rule.pattern is not None  # noqa: S101
+                    sizes = None
+                    if rule.pattern.search(key) and rule.dim < len(spec.shape):
+                        sizes = _split_sizes(rule, spec.shape[rule.dim])
+                    if sizes is None:
+                        out.setdefault(key, spec)
+                        continue
+                    for repl, size in zip(rule.into, sizes):
+                        new = rule.pattern.sub(repl, key)
+                        shape = list(spec.shape)
+                        shape[rule.dim] = size
+                        out[new] = replace(spec, key=new, shape=tuple(shape), nbytes=None)
+                    continue
+                new = rule.apply(key)
+                if new in out:
+                    problems.append(f"'{key}' -> '{new}'")
+                    continue
+                out[new] = replace(spec, key=new) if new != key else spec
+        tensors = out
+    findings = list(manifest.findings)
+    if problems:
+        findings.append(
+            Finding(
+                "key_map_collision",
+                f"The key map sends {len(problems)} keys to a name already taken: "
+                f"{'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}.",
+                tuple(problems),
+                "error",
+            )
+        )
+    aliases = {}
+    for k, v in manifest.aliases.items():
+        for rule in rules:
+            k, v = rule.apply(k), rule.apply(v)
+        aliases[k] = v
+    return replace(manifest, tensors=tensors, findings=tuple(findings), aliases=aliases)
+
+
+def _state_dict_snippet(rules: tuple[_Rule, ...]) -> str:
+    """``remap(state_dict)``: every rule as a loop over the state dict, in order."""
+    lines = ["import re", "", "import torch", "", "", "def remap(state_dict):",
+             "    sd = dict(state_dict)"]
+    for r in rules:
+        pat = r.pattern.pattern if r.pattern is not None else ""
+        if r.op == "strip_prefix":
+            lines.append(f"    sd = {{(k[{len(r.prefix)}:] if k.startswith({r.prefix!r}) else k): v "
+                         "for k, v in sd.items()}")
+        elif r.op == "add_prefix":
+            lines.append(f"    sd = {{{r.prefix!r} + k: v for k, v in sd.items()}}")
+        elif r.op == "rename":
+            lines.append(f"    sd = {{re.sub({pat!r}, {r.replacement!r}, k): v for k, v in sd.items()}}")
+        elif r.op == "transpose":
+            lines.append(f"    sd = {{k: (v.t().contiguous() if re.search({pat!r}, k) and v.dim() == 2 "
+                         "else v) for k, v in sd.items()}")
+        elif r.op == "split":
+            how = (f"torch.split(v, {list(r.sizes)}, dim={r.dim})" if r.sizes
+                   else f"v.chunk({len(r.into)}, dim={r.dim})")
+            lines += [
+                f"    # split one fused tensor into {len(r.into)} along dim {r.dim}",
+                "    out = {}",
+                "    for k, v in sd.items():",
+                f"        if re.search({pat!r}, k):",
+                f"            for repl, part in zip({list(r.into)!r}, {how}):",
+                f"                out[re.sub({pat!r}, repl, k)] = part.contiguous()",
+                "        else:",
+                "            out[k] = v",
+                "    sd = out",
+            ]
+        elif r.op == "concat":
+            lines += [
+                f"    # concatenate {', '.join(r.parts)} along dim {r.dim}",
+                "    out, groups = {}, {}",
+                "    for k, v in sd.items():",
+                f"        m = re.search({pat!r}, k)",
+                f"        if m and m.group('part') in {list(r.parts)!r}:",
+                f"            groups.setdefault(re.sub({pat!r}, {r.replacement!r}, k), {{}})"
+                "[m.group('part')] = v",
+                "        else:",
+                "            out[k] = v",
+                "    for k, parts in groups.items():",
+                f"        out[k] = torch.cat([parts[p] for p in {list(r.parts)!r}], dim={r.dim})",
+                "    sd = out",
+            ]
+    lines += [
+        "    return sd",
+        "",
+        "",
+        "model.load_state_dict(remap(state_dict))",
+    ]
+    return "\n".join(lines)

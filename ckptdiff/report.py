@@ -147,6 +147,25 @@ def _finding_line(f: Finding) -> str:
     return f"[{f.severity}] {f.message}"
 
 
+#: Findings that carry data for machines only (the fixed config behind --emit-config).
+_HIDDEN_FINDINGS = ("fixed_config",)
+
+
+def _cause_line(f: Finding) -> str:
+    return f.message
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _evidence(evidence: Sequence[str]) -> str:
+    if not evidence:
+        return ""
+    more = f" (+{len(evidence) - 1})" if len(evidence) > 1 else ""
+    return _short(evidence[0], 70) + more
+
+
 def render_report_table(report: Report, *, fmt: str = "table", full: bool = False,
                         coverage: bool = False) -> str:
     """The report as text (``fmt="table"``) or markdown.
@@ -161,16 +180,21 @@ def render_report_table(report: Report, *, fmt: str = "table", full: bool = Fals
     head = f"checkpoint: {report.checkpoint} ({report.checkpoint_format})\n" \
            f"target:     {report.target} ({report.target_format})\n"
     parts.append(("```\n" + head + "```\n") if fmt == "markdown" else head)
-    shown = [f for f in report.findings if f.severity != "info" or f.kind != "non_tensor_object"]
+    bullet = "- " if fmt == "markdown" else "  "
+    shown = [f for f in report.findings if f.kind not in _HIDDEN_FINDINGS and f.kind != "cause"
+             and (f.severity != "info" or f.kind != "non_tensor_object")]
     if shown:
-        bullet = "- " if fmt == "markdown" else "  "
         parts.append("Findings\n" + "\n".join(bullet + _finding_line(f) for f in shown) + "\n")
+    causes = [f for f in report.findings if f.kind == "cause"]
+    if causes:
+        parts.append("Causes\n" + "\n".join(bullet + _cause_line(f) for f in causes) + "\n")
     if report.suggestions:
         rows = [[s.kind, s.field, "" if s.current is None else json.dumps(s.current),
-                 s.suggested if isinstance(s.suggested, str) else json.dumps(s.suggested),
-                 "yes" if s.verified else "no"] for s in report.suggestions]
+                 _short(s.suggested if isinstance(s.suggested, str) else json.dumps(s.suggested)),
+                 _evidence(s.evidence), "yes" if s.verified else "no"]
+                for s in report.suggestions]
         parts.append(_section("Suggestions", ["kind", "field / option", "current", "suggested",
-                                              "verified"], rows, fmt))
+                                              "evidence", "verified"], rows, fmt))
     if report.mismatched:
         if full:
             rows = [[m.key, shape_str(m.checkpoint_shape), shape_str(m.target_shape), ""]

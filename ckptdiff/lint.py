@@ -1,0 +1,235 @@
+"""Consistency lint: a model (a checkpoint, or a built target, and its config) that disagrees
+with itself, even when every key loads. Pure and torch-free.
+
+- the text tower's vocabulary (embedding rows) vs a decoder head's classes (OpenCLIP's CoCa
+  with a RoBERTa tower: 50265 token rows beside a 49408-class decoder);
+- one setting given twice with two values (``text_cfg.context_length`` 77 vs
+  ``multimodal_cfg.context_length`` 76; ``vocab_size`` vs ``text_config.vocab_size``);
+- the config's ``vocab_size`` vs the embedding and head rows, and the tokenizer's size.
+
+Each disagreement is a ``kind="inconsistent"`` :class:`~ckptdiff.types.Finding` with both
+numbers and the keys or config fields involved. Architectures that differ on purpose are
+known: mllama's input embedding has ``vocab_size + 8`` rows while its head has ``vocab_size``
+(and a built target shows such offsets by itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ckptdiff.types import Finding, Manifest
+
+__all__ = ["DESIGN_OFFSETS", "lint", "lint_config", "read_tokenizer_size", "vocab_tensors"]
+
+#: ``model_type -> embedding rows - head rows`` by design.
+DESIGN_OFFSETS: Mapping[str, int] = {"mllama": 8}
+
+#: Settings that must agree wherever a config repeats them.
+SHARED_SETTINGS = ("context_length", "vocab_size", "context_len")
+
+_EMBED = ("embed_tokens", "word_embeddings", "token_embedding", "wte", "tok_embeddings",
+          "embed_in", "word_embedding", "tok_embedding")
+_HEAD_ROWS = ("lm_head", "embed_out")
+_HEAD_COLS = ("text_projection", "output_projection", "proj_out", "lm_head", "output")
+
+
+def vocab_tensors(m: Manifest) -> tuple[dict[str, int], dict[str, int]]:
+    """``(embeddings, heads)``: ``key -> vocabulary size`` read from shapes.
+
+    Embeddings: rows of ``embed_tokens``/``word_embeddings``/``token_embedding``/``wte``...
+    Heads: rows of ``lm_head``/``embed_out``, or the wide dim of a decoder's output projection
+    (``text_decoder.text_projection [768, 49408]``).
+    """
+    embeds: dict[str, int] = {}
+    heads: dict[str, int] = {}
+    for key, t in m.tensors.items():
+        parts = key.split(".")
+        if len(t.shape) != 2 or key.endswith("bias"):
+            continue
+        if any(p in _EMBED for p in parts):
+            embeds[key] = t.shape[0]
+        elif any(p in _HEAD_ROWS for p in parts) and parts[-1] == "weight":
+            heads[key] = t.shape[0]
+        elif "decoder" in key and parts[-1] in _HEAD_COLS and t.shape[1] >= 2 * t.shape[0]:
+            heads[key] = t.shape[1]
+    return embeds, heads
+
+
+def _model_type(config: Mapping[str, Any] | None) -> str | None:
+    v = (config or {}).get("model_type")
+    return v if isinstance(v, str) else None
+
+
+def _design_offset(target: Manifest | None, config: Mapping[str, Any] | None) -> int | None:
+    if target is not None:
+        e, h = vocab_tensors(target)
+        if len(set(e.values())) == 1 and len(set(h.values())) == 1:
+            offset = next(iter(e.values())) - next(iter(h.values()))
+            if abs(offset) <= 64:  # a by-design offset, not a target that disagrees itself
+                return offset
+    mt = _model_type(config)
+    return DESIGN_OFFSETS.get(mt) if mt else None
+
+
+def _tensor_lint(m: Manifest, side: str, offset: int | None) -> list[Finding]:
+    embeds, heads = vocab_tensors(m)
+    out = []
+    for hk, hv in heads.items():
+        for ek, ev in embeds.items():
+            if ev == hv or (offset is not None and ev - hv == offset):
+                continue
+            why = (f" (token ids from {hv} up would be out of range for the head)"
+                   if ev > hv else "")
+            out.append(Finding(
+                "inconsistent",
+                f"The {side}'s vocabulary disagrees with itself: {ek} has {ev} token rows but "
+                f"{hk} has {hv} classes{why}.",
+                (ek, hk), "warning",
+                {"what": "vocab", "side": side, "values": {ek: ev, hk: hv}},
+            ))
+            break
+    return out
+
+
+def _leaves(config: Mapping[str, Any], path: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in config.items():
+        dotted = f"{path}.{k}" if path else str(k)
+        if isinstance(v, Mapping):
+            yield from _leaves(v, dotted)
+        else:
+            yield dotted, v
+
+
+def lint_config(config: Mapping[str, Any], *, side: str = "config") -> list[Finding]:
+    """A setting the config gives twice with two values (``text_cfg.context_length`` 77 and
+    ``multimodal_cfg.context_length`` 76).
+
+    Example:
+        >>> cfg = {"text_cfg": {"context_length": 77}, "multimodal_cfg": {"context_length": 76}}
+        >>> lint_config(cfg)[0].keys
+        ('text_cfg.context_length', 'multimodal_cfg.context_length')
+    """
+    seen: dict[str, dict[str, Any]] = defaultdict(dict)
+    for dotted, v in _leaves(config):
+        name = dotted.rsplit(".", 1)[-1]
+        if name in SHARED_SETTINGS and isinstance(v, int) and not isinstance(v, bool):
+            seen[name][dotted] = v
+    out = []
+    for name, fields in seen.items():
+        if len(set(fields.values())) < 2:
+            continue
+        shown = ", ".join(f"{f} = {v}" for f, v in fields.items())
+        out.append(Finding(
+            "inconsistent",
+            f"The {side} gives {name} twice with different values: {shown}; they must agree "
+            "(one module is built with one value and fed inputs sized by the other).",
+            tuple(fields), "warning",
+            {"what": name, "side": side, "values": dict(fields)},
+        ))
+    return out
+
+
+def _config_vs_rows(config: Mapping[str, Any], m: Manifest, side: str,
+                    offset: int | None) -> list[Finding]:
+    embeds, heads = vocab_tensors(m)
+    rows = {**embeds, **heads}
+    if not rows:
+        return []
+    out = []
+    for dotted, v in _leaves(config):
+        if dotted.rsplit(".", 1)[-1] != "vocab_size" or not isinstance(v, int):
+            continue
+        if any(r == v or (offset is not None and r - v == offset) for r in rows.values()):
+            continue
+        key, r = next(iter(rows.items()))
+        out.append(Finding(
+            "inconsistent",
+            f"The {side}'s config says {dotted} = {v} but {key} has {r} rows: set {dotted} to "
+            f"{r - (offset or 0) if key in embeds else r}.",
+            (dotted, key), "warning",
+            {"what": "vocab_size", "side": side, "values": {dotted: v, key: r}},
+        ))
+    return out
+
+
+def read_tokenizer_size(folder: str) -> int | None:
+    """The number of token ids of a ``tokenizer.json`` in ``folder`` (added tokens included).
+
+    Returns None when there is no readable ``tokenizer.json``.
+    """
+    path = os.path.join(folder, "tokenizer.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    ids: list[int] = []
+    vocab = (data.get("model") or {}).get("vocab")
+    if isinstance(vocab, Mapping):
+        ids += [v for v in vocab.values() if isinstance(v, int)]
+    elif isinstance(vocab, list):  # unigram: [[piece, score], ...]
+        ids.append(len(vocab) - 1)
+    ids += [t["id"] for t in data.get("added_tokens") or () if isinstance(t.get("id"), int)]
+    return max(ids) + 1 if ids else None
+
+
+def _tokenizer_lint(size: int, m: Manifest, side: str) -> list[Finding]:
+    embeds, _ = vocab_tensors(m)
+    out = []
+    for key, rows in embeds.items():
+        if rows == size:
+            continue
+        if size > rows:
+            msg = (f"The tokenizer has {size} token ids but {key} has {rows} rows: ids from "
+                   f"{rows} up are out of range; call model.resize_token_embeddings({size}).")
+            severity = "error"
+        else:
+            msg = (f"{key} has {rows} rows for a tokenizer of {size} ids "
+                   f"({rows - size} unused rows: padding, or a tokenizer that lost tokens).")
+            severity = "info"
+        out.append(Finding("inconsistent", msg, (key, "tokenizer.json"), severity,  # type: ignore[arg-type]
+                           {"what": "tokenizer", "side": side,
+                            "values": {key: rows, "tokenizer.json": size}}))
+    return out
+
+
+def lint(
+    checkpoint: Manifest | None = None,
+    config: Mapping[str, Any] | None = None,
+    *,
+    target: Manifest | None = None,
+    tokenizer_size: int | None = None,
+) -> list[Finding]:
+    """Every disagreement of a model with itself: its tensors, its config, its tokenizer.
+
+    Args:
+        checkpoint: the checkpoint's manifest (its ``config`` is used when ``config`` is None).
+        config: the checkpoint's own config (a ``config.json`` as a dict, factory arguments).
+        target: a target built on meta; it is linted too, and it shows by-design offsets
+            (mllama's embedding has 8 rows more than its head).
+        tokenizer_size: the tokenizer's number of ids (:func:`read_tokenizer_size`).
+
+    Returns:
+        ``kind="inconsistent"`` findings, checkpoint first.
+    """
+    out: list[Finding] = []
+    target_config = target.config if target is not None else None
+    if checkpoint is not None:
+        config = config if config is not None else checkpoint.config
+        offset = _design_offset(target, config or target_config)
+        out += _tensor_lint(checkpoint, "checkpoint", offset)
+        if config:
+            out += lint_config(config, side="checkpoint config")
+            out += _config_vs_rows(config, checkpoint, "checkpoint", offset)
+        if tokenizer_size:
+            out += _tokenizer_lint(tokenizer_size, checkpoint, "checkpoint")
+    if target is not None:
+        offset = _design_offset(None, target_config)
+        out += _tensor_lint(target, "target", offset)
+        if target_config:
+            out += lint_config(target_config, side="target config")
+    return out

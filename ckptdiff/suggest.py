@@ -1,0 +1,634 @@
+"""Config fixes, inferred by probing the target's builder on meta and verified by rebuilding.
+
+For a target with a config (a factory's keyword arguments, a transformers config) this finds
+the config values that reproduce the checkpoint's shapes:
+
+1. probe: rebuild the target on meta with one numeric field changed (doubled) and see which
+   dimensions of which keys move, and which layer containers grow (probes are cached);
+2. solve: a dimension (or layer count) moved by one field alone gives that field's value by a
+   linear fit (``rows = vocab_size + 8`` for mllama's embedding, ``3 * width`` for a fused
+   ``in_proj``); dimensions moved by several fields (``(image / patch)**2 + 1`` positions) are
+   solved after the others, by a search on rebuilds;
+3. verify: rebuild with every proposed value and diff again; a suggestion is ``verified`` only
+   when the keys (and dimensions) it explains now match.
+
+What the shapes cannot tell (heads when q/k/v are square, activations, epsilons, dropout) is
+listed as "not determined by the checkpoint"; when nothing reproduces the shapes the answer is
+a ``no_fix`` finding with the reason, never a guess. Rebuilding imports torch; this module
+itself does not at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckptdiff.errors import CkptDiffError
+from ckptdiff.types import Finding, Manifest, Report, Suggestion
+
+__all__ = [
+    "SuggestResult",
+    "clear_cache",
+    "fixed_config",
+    "numeric_fields",
+    "suggest_config",
+]
+
+Rebuild = Callable[[Manifest, Mapping[str, Any]], Manifest]
+DimKey = tuple[str, int]
+
+#: Config leaves never probed (ids, seeds, floats that shape nothing).
+_SKIP_SUFFIXES = ("_id", "_ids", "seed", "_index", "_idx")
+_SKIP_WORDS = ("eps", "dropout", "theta", "range", "std", "temperature", "prob", "factor",
+               "scale", "epsilon", "version", "chunk", "bucket", "max_length", "min_length",
+               "beams", "beam", "top_k", "top_p", "penalty", "window", "sliding", "return",
+               "output", "no_repeat", "length_penalty", "batch", "dtype", "cross_attention_layers")
+#: Names that shapes cannot determine, listed when present in the config.
+_UNDETERMINED_HINTS = ("act", "activation", "eps", "dropout", "quick_gelu", "heads", "head_dim",
+                       "rope", "norm")
+
+_CACHE: OrderedDict[str, Manifest | str] = OrderedDict()
+_CACHE_SIZE = 512
+
+
+@dataclass
+class SuggestResult:
+    """What :func:`suggest_config` found.
+
+    Attributes:
+        findings: ``no_fix`` (the reason there is no verified fix), ``undetermined`` (fields
+            shapes cannot tell) and ``fixed_config`` (the whole fixed config, hidden in tables).
+        suggestions: ``config`` and ``call`` suggestions; only verified ones are kept.
+        config: the fixed config (None when nothing was verified).
+        overrides: ``dotted field -> value`` of every verified change.
+    """
+
+    findings: list[Finding] = field(default_factory=list)
+    suggestions: list[Suggestion] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _leaves(config: Mapping[str, Any], path: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in config.items():
+        dotted = f"{path}.{k}" if path else str(k)
+        if isinstance(v, Mapping):
+            yield from _leaves(v, dotted)
+        else:
+            yield dotted, v
+
+
+def numeric_fields(config: Mapping[str, Any]) -> dict[str, int | float]:
+    """The config leaves worth probing: positive ints (and ``*ratio*`` floats), by dotted path.
+
+    Example:
+        >>> numeric_fields({"vision_cfg": {"width": 768, "mlp_ratio": 4.0}, "eps": 1e-5})
+        {'vision_cfg.width': 768, 'vision_cfg.mlp_ratio': 4.0}
+    """
+    out: dict[str, int | float] = {}
+    for dotted, v in _leaves(config):
+        name = dotted.rsplit(".", 1)[-1].lower()
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            continue
+        if name.endswith(_SKIP_SUFFIXES) or any(w in name for w in _SKIP_WORDS):
+            continue
+        if any(p.isdigit() for p in dotted.split(".")):
+            continue  # id2label.0 and the like
+        if isinstance(v, float) and "ratio" not in name and "mult" not in name:
+            continue
+        out[dotted] = v
+    return out
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for p in dotted.split("."):
+        node = node[p]
+    return node
+
+
+def fixed_config(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with ``overrides`` (dotted keys) applied; neither is modified."""
+    from ckptdiff.targets.factory import deep_merge
+
+    return deep_merge(config, overrides)
+
+
+# --- probing ---------------------------------------------------------------------------------------
+
+
+class _Prober:
+    """Builds the target with overrides on meta, with a process-wide cache."""
+
+    def __init__(self, target: Manifest, rebuild: Rebuild | None) -> None:
+        self.target = target
+        self._rebuild = rebuild
+        self.builds = 0
+        self.ident = json.dumps(target.metadata.get("target"), sort_keys=True, default=str)
+        self.errors: dict[str, str] = {}
+
+    def build(self, overrides: Mapping[str, Any]) -> Manifest | None:
+        if not overrides:
+            return self.target
+        key = self.ident + json.dumps(dict(overrides), sort_keys=True, default=str)
+        hit = _CACHE.get(key)
+        if hit is None:
+            rebuild = self._rebuild
+            if rebuild is None:
+                from ckptdiff.targets import rebuild as default_rebuild
+
+                rebuild = default_rebuild
+            self.builds += 1
+            try:
+                hit = rebuild(self.target, dict(overrides))
+            except CkptDiffError as e:
+                hit = str(e)
+            except Exception as e:  # noqa: BLE001 - a probe that does not build is an answer
+                hit = f"{type(e).__name__}: {e}"
+            _CACHE[key] = hit
+            if len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        else:
+            _CACHE.move_to_end(key)
+        if isinstance(hit, str):
+            self.errors[json.dumps(dict(overrides), sort_keys=True, default=str)] = hit
+            return None
+        return hit
+
+
+@dataclass
+class _Sensitivity:
+    """What changing one field (from ``v0`` to ``v1``) moves."""
+
+    v0: float
+    v1: float
+    dims: dict[DimKey, tuple[int, int]]  # (key, dim) -> (d0, d1)
+    containers: dict[str, tuple[int, int]]  # container -> (n0, n1)
+
+    @property
+    def moves_nothing(self) -> bool:
+        return not self.dims and not self.containers
+
+
+def _shape_changes(a: Manifest, b: Manifest) -> dict[DimKey, tuple[int, int]]:
+    out = {}
+    for key, t in a.tensors.items():
+        u = b.tensors.get(key)
+        if u is None or len(u.shape) != len(t.shape):
+            continue
+        for i, (x, y) in enumerate(zip(t.shape, u.shape)):
+            if x != y:
+                out[(key, i)] = (x, y)
+    return out
+
+
+def _container_counts(m: Manifest) -> dict[str, int]:
+    from ckptdiff.explain import _containers
+
+    return {k: len(v) for k, v in _containers(m.tensors).items()}
+
+
+def _probe_value(v: int | float) -> int | float:
+    return v * 2 if isinstance(v, int) else round(v * 2, 6)
+
+
+def _sensitivity(prober: _Prober, base: Mapping[str, Any], cur: Manifest, fld: str,
+                 v0: int | float) -> _Sensitivity | None:
+    for v1 in (_probe_value(v0), v0 + 1 if isinstance(v0, int) else v0 + 0.5):
+        m = prober.build({**base, fld: v1})
+        if m is None:
+            continue
+        ca, cb = _container_counts(cur), _container_counts(m)
+        containers = {c: (ca[c], cb[c]) for c in ca if c in cb and ca[c] != cb[c]}
+        return _Sensitivity(v0, v1, _shape_changes(cur, m), containers)
+    return None
+
+
+# --- observations and solving ----------------------------------------------------------------------
+
+
+def _observations(ck: Manifest, cur: Manifest) -> tuple[dict[DimKey, tuple[int, int]],
+                                                        dict[str, tuple[int, int]]]:
+    """``(key, dim) -> (checkpoint, current)`` and ``container -> (checkpoint, current)``."""
+    dims = _shape_changes(cur, ck)
+    dims = {k: (c, t) for k, (t, c) in dims.items()}
+    ca, cc = _container_counts(ck), _container_counts(cur)
+    containers = {c: (ca[c], cc[c]) for c in cc if c in ca and ca[c] != cc[c]}
+    return dims, containers
+
+
+def _solve_linear(v0: float, v1: float, d0: int, d1: int, want: int) -> float | None:
+    if d1 == d0:
+        return None
+    slope = (d1 - d0) / (v1 - v0)
+    return v0 + (want - d0) / slope
+
+
+def _as_value(v: float, like: int | float) -> int | float | None:
+    if isinstance(like, int):
+        r = round(v)
+        return int(r) if abs(v - r) < 1e-9 and r > 0 else None
+    return round(v, 6) if v > 0 else None
+
+
+@dataclass
+class _Solved:
+    value: int | float
+    dims: list[DimKey]
+    containers: list[str]
+
+
+def _solve_fields(
+    sens: Mapping[str, _Sensitivity],
+    dims: Mapping[DimKey, tuple[int, int]],
+    containers: Mapping[str, tuple[int, int]],
+    values: Mapping[str, int | float],
+) -> tuple[dict[str, _Solved], list[str]]:
+    """Fields whose value follows from observations they move alone; and conflicts."""
+    movers_d = {d: [f for f, s in sens.items() if d in s.dims] for d in dims}
+    movers_c = {c: [f for f, s in sens.items() if c in s.containers] for c in containers}
+    out: dict[str, _Solved] = {}
+    conflicts: list[str] = []
+    for f, s in sens.items():
+        got: list[float] = []
+        used_d: list[DimKey] = []
+        used_c: list[str] = []
+        for d, (want, _) in dims.items():
+            if movers_d[d] == [f]:
+                d0, d1 = s.dims[d]
+                v = _solve_linear(s.v0, s.v1, d0, d1, want)
+                if v is not None:
+                    got.append(v)
+                    used_d.append(d)
+        for c, (want, _) in containers.items():
+            if movers_c[c] == [f]:
+                n0, n1 = s.containers[c]
+                v = _solve_linear(s.v0, s.v1, n0, n1, want)
+                if v is not None:
+                    got.append(v)
+                    used_c.append(c)
+        if not got:
+            continue
+        vals = {_as_value(v, values[f]) for v in got}
+        if len(vals) != 1 or None in vals:
+            conflicts.append(f)
+            continue
+        value = vals.pop()
+        assert value is not None  # noqa: S101 - checked above
+        if value != values[f]:
+            out[f] = _Solved(value, used_d, used_c)
+    return out, conflicts
+
+
+def _search(prober: _Prober, base: Mapping[str, Any], fld: str, v0: int,
+            dims: Mapping[DimKey, tuple[int, int]], s: _Sensitivity) -> _Solved | None:
+    """The smallest integer value of ``fld`` that reproduces the dims it moves, by bisection
+    (for dims moved by several fields, e.g. positions from image and patch size)."""
+    mine = [d for d in dims if d in s.dims]
+    if not mine or not isinstance(v0, int):
+        return None
+    d = mine[0]
+    want = dims[d][0]
+    d0, d1 = s.dims[d]
+    increasing = (d1 - d0) * (s.v1 - s.v0) > 0
+
+    def at(v: int) -> int | None:
+        m = prober.build({**base, fld: v})
+        if m is None or d[0] not in m.tensors or len(m.tensors[d[0]].shape) <= d[1]:
+            return None
+        return m.tensors[d[0]].shape[d[1]]
+
+    lo, hi = 1, max(v0, 1)
+    # grow hi until the dim passes the wanted value (monotone in the direction seen)
+    for _ in range(12):
+        got = at(hi)
+        if got is None:
+            return None
+        if (got >= want) if increasing else (got <= want):
+            break
+        lo, hi = hi, hi * 2
+    else:
+        return None
+    for _ in range(24):
+        if lo >= hi:
+            break
+        mid = (lo + hi) // 2
+        got = at(mid)
+        if got is None:
+            return None
+        if (got >= want) if increasing else (got <= want):
+            hi = mid
+        else:
+            lo = mid + 1
+    m = prober.build({**base, fld: hi})
+    if m is None:
+        return None
+    ok = [x for x in mine if m.tensors.get(x[0]) is not None
+          and len(m.tensors[x[0]].shape) > x[1] and m.tensors[x[0]].shape[x[1]] == dims[x][0]]
+    if not ok or hi == v0:
+        return None
+    return _Solved(hi, ok, [])
+
+
+def _companions(prober: _Prober, base: dict[str, Any], changed: Mapping[str, Any],
+                values: Mapping[str, int | float], quiet: Sequence[str],
+                moved: Mapping[str, int]) -> tuple[dict[str, Any], Manifest] | None:
+    """When the proposed values do not build (width 1024 with 12 heads), adjust fields the
+    shapes cannot determine (heads) in the same sub-config, keeping their ratio to the width."""
+    trial: dict[str, Any] = {}
+    for h in quiet:
+        hp = h.rsplit(".", 1)[0] if "." in h else ""
+        hv = values.get(h)
+        if "head" not in h.rsplit(".", 1)[-1] or not isinstance(hv, int):
+            continue
+        # the width of the same sub-config: the changed field that moves the most dims
+        widths = [f for f in changed if (f.rsplit(".", 1)[0] if "." in f else "") == hp
+                  and isinstance(values.get(f), int) and isinstance(changed[f], int)]
+        if not widths:
+            continue
+        f = max(widths, key=lambda x: moved.get(x, 0))
+        old, new = int(values[f]), int(changed[f])
+        if (hv * new) % old == 0 and old % hv == 0:
+            trial[h] = hv * new // old  # keep the head dim
+    if not trial:
+        return None
+    m = prober.build({**base, **changed, **trial})
+    if m is None:
+        return None
+    for h in list(trial):  # keep only the adjustments the build needs
+        fewer = {k: v for k, v in trial.items() if k != h}
+        m2 = prober.build({**base, **changed, **fewer})
+        if m2 is not None:
+            trial, m = fewer, m2
+    return trial, m
+
+
+def _shape_text(m: Manifest, key: str) -> str:
+    t = m.tensors.get(key)
+    return "[" + ", ".join(map(str, t.shape)) + "]" if t is not None else "-"
+
+
+# --- the whole step -------------------------------------------------------------------------------
+
+
+def suggest_config(
+    report: Report,
+    checkpoint: Manifest,
+    target: Manifest,
+    *,
+    key_map: Any = None,
+    rebuild: Rebuild | None = None,
+    max_rounds: int = 4,
+) -> SuggestResult:
+    """Infer the config values that make the target's shapes the checkpoint's; verify on meta.
+
+    Args:
+        report: the comparison of ``checkpoint`` and ``target`` (after key alignment).
+        checkpoint: the checkpoint's manifest (keys already mapped).
+        target: a ``meta-model`` manifest with ``config`` and ``metadata["target"]``.
+        key_map: the key map already applied (shown in messages only).
+        rebuild: ``(target, overrides) -> Manifest``; default :func:`ckptdiff.targets.rebuild`.
+        max_rounds: solve/rebuild rounds (each round solves what the previous one unlocked).
+
+    Returns:
+        A :class:`SuggestResult`: verified ``config`` (and ``call``) suggestions, and findings.
+
+    Example:
+        >>> result = suggest_config(report, ck, built)  # doctest: +SKIP
+        >>> [(s.field, s.suggested) for s in result.suggestions]  # doctest: +SKIP
+        [('vision_cfg.width', 1024), ('vision_cfg.layers', 24), ...]
+    """
+    from ckptdiff.diff import compare
+
+    out = SuggestResult()
+    config = dict(target.config or {})
+    values = numeric_fields(config)
+    prober = _Prober(target, rebuild)
+    overrides: dict[str, Any] = {}
+    evidence: dict[str, _Solved] = {}
+    companions: dict[str, Any] = {}
+    cur = target
+    quiet: list[str] = []
+    first_sens: dict[str, _Sensitivity] = {}
+    failure = ""
+    for rnd in range(max_rounds):
+        dims, containers = _observations(checkpoint, cur)
+        if not dims and not containers:
+            break
+        pool = [f for f in values if f not in overrides]
+        if rnd:  # later rounds: only the fields the first probes saw moving something left
+            pool = [f for f in pool if f in first_sens and (
+                any(d in first_sens[f].dims for d in dims)
+                or any(c in first_sens[f].containers for c in containers))]
+        base = {**overrides, **companions}
+        sens: dict[str, _Sensitivity] = {}
+        for f in pool:
+            s = _sensitivity(prober, base, cur, f, values[f])
+            if s is not None:
+                sens[f] = s
+        if not rnd:
+            first_sens = dict(sens)
+            quiet = [f for f, s in sens.items() if s.moves_nothing]
+        solved, _ = _solve_fields(sens, dims, containers, values)
+        if not solved:
+            for f, s in sorted(sens.items(), key=lambda kv: -len(kv[1].dims)):
+                if any(d in s.dims for d in dims) and isinstance(values[f], int):
+                    hit = _search(prober, base, f, int(values[f]), dims, s)
+                    if hit is not None:
+                        solved = {f: hit}
+                        break
+        if not solved:
+            break
+        changed = {f: s.value for f, s in solved.items()}
+        m = prober.build({**base, **changed})
+        if m is None:
+            moved = {f: len(s.dims) for f, s in first_sens.items()}
+            fix = _companions(prober, base, changed, values, quiet, moved)
+            if fix is None:
+                shown = ", ".join(f"{f}={v}" for f, v in changed.items())
+                err = next(reversed(prober.errors.values()), "")
+                failure = f"the target does not build with {shown} ({err})"
+                break
+            trial, m = fix
+            companions.update(trial)
+        overrides.update(changed)
+        evidence.update(solved)
+        cur = m
+
+    final = compare(checkpoint, cur)
+    # a suggestion is verified when every dim / container it explains now matches
+    dims_left, containers_left = _observations(checkpoint, cur)
+    left_keys = {t.key for t in final.missing} | {t.key for t in final.unexpected}
+    for f, sol in evidence.items():
+        ok = not any(d in dims_left for d in sol.dims) and not any(
+            c in containers_left for c in sol.containers)
+        ok = ok and not any(_under(k, c) for c in sol.containers for k in left_keys)
+        keys = [k for k, _ in sol.dims] + [f"{c}.{{0-{_count(checkpoint, c) - 1}}}"
+                                            for c in sol.containers]
+        ev = _evidence(keys, checkpoint, target, sol)
+        if not ok:
+            out.findings.append(Finding(
+                "no_fix", f"No verified fix from {f} = {sol.value}: rebuilt with it, "
+                f"{', '.join(keys[:3])} still differ.", tuple(keys[:20]), "warning",
+                {"field": f, "tried": sol.value}))
+            continue
+        out.overrides[f] = sol.value
+        out.suggestions.append(Suggestion(
+            "config", f, _get(config, f), sol.value, True,
+            f"set {f} = {sol.value} (now {_get(config, f)}): {_reason(sol, checkpoint, target)}",
+            tuple(ev), {"explains": len(keys)}))
+    for h, v in companions.items():
+        if out.overrides:
+            out.overrides[h] = v
+            out.suggestions.append(Suggestion(
+                "config", h, _get(config, h), v, True,
+                f"set {h} = {v} so the model builds with the widths above (keeping the head "
+                "dim); not determined by the checkpoint: check it against the model card",
+                (), {"determined": False}))
+    _vocab_extras(out, config, values, checkpoint, target, prober, cur)
+
+    residual = compare(checkpoint, cur)
+    leftover = [m.key for m in residual.mismatched] + [t.key for t in residual.missing] + \
+        [t.key for t in residual.unexpected]
+    if leftover:
+        reason = failure or _why_not(leftover, first_sens, values, prober)
+        out.findings.append(Finding(
+            "no_fix", f"No verified config fix for {len(leftover)} keys ({_ex(leftover)}): "
+            f"{reason}.", tuple(leftover[:50]), "warning", {"reason": reason}))
+    undetermined = _undetermined(config, quiet, out.overrides)
+    if undetermined and (out.suggestions or leftover):
+        out.findings.append(Finding(
+            "undetermined", "Not determined by the checkpoint (shapes cannot tell; keep the "
+            f"values the model was trained with): {', '.join(undetermined)}.",
+            tuple(undetermined), "info", {"fields": undetermined}))
+    if out.overrides:
+        out.config = fixed_config(config, out.overrides)
+        out.findings.append(Finding(
+            "fixed_config", f"The config with the {len(out.overrides)} verified changes "
+            "(write it with --emit-config).", tuple(out.overrides), "info",
+            {"config": out.config, "overrides": dict(out.overrides), "builds": prober.builds}))
+    return out
+
+
+def _under(key: str, container: str) -> bool:
+    rx = "^" + re.escape(container).replace("\\#", r"\d+") + r"\.\d+(\.|$)"
+    return re.match(rx, key) is not None
+
+
+def _count(m: Manifest, container: str) -> int:
+    return _container_counts(m).get(container, 0)
+
+
+def _ex(keys: Sequence[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def _evidence(keys: Sequence[str], ck: Manifest, target: Manifest, sol: _Solved) -> list[str]:
+    out = []
+    seen = set()
+    for k, _ in sol.dims:
+        if k in seen:
+            continue
+        seen.add(k)
+        out.append(f"{k}: {_shape_text(ck, k)} vs {_shape_text(target, k)}")
+    for c in sol.containers:
+        out.append(f"{c}: {_count(ck, c)} layers vs {_count(target, c)}")
+    return out[:6] + ([f"... {len(out) - 6} more"] if len(out) > 6 else [])
+
+
+def _reason(sol: _Solved, ck: Manifest, target: Manifest) -> str:
+    if sol.containers:
+        c = sol.containers[0]
+        return f"the checkpoint has {_count(ck, c)} layers in {c}, the target {_count(target, c)}"
+    k, i = sol.dims[0]
+    n = len({k for k, _ in sol.dims})
+    return (f"{n} key{'s' if n != 1 else ''} move{'s' if n == 1 else ''} with it, e.g. {k} "
+            f"{_shape_text(ck, k)} vs {_shape_text(target, k)}")
+
+
+def _why_not(keys: Sequence[str], sens: Mapping[str, _Sensitivity],
+             values: Mapping[str, Any], prober: _Prober) -> str:
+    moved = {k for s in sens.values() for k, _ in s.dims}
+    if not values:
+        return "the target's config has no numeric fields to change"
+    if not any(k in moved for k in keys):
+        return ("no numeric config field of the target changes these shapes, so the checkpoint "
+                "is not this model at another size (another architecture, or another key layout)")
+    return "no single value of the fields that move these shapes reproduces them"
+
+
+def _undetermined(config: Mapping[str, Any], quiet: Sequence[str],
+                  chosen: Mapping[str, Any]) -> list[str]:
+    names = list(quiet)
+    for dotted, v in _leaves(config):
+        leaf = dotted.rsplit(".", 1)[-1].lower()
+        if dotted in names or any(p.isdigit() for p in dotted.split(".")):
+            continue
+        if isinstance(v, (str, float, bool)) and any(
+                leaf == h or leaf.startswith(h + "_") or leaf.endswith("_" + h) or h in leaf
+                for h in ("act", "activation", "eps", "dropout", "quick_gelu")):
+            names.append(dotted)
+    return names
+
+
+def _vocab_extras(out: SuggestResult, config: Mapping[str, Any],
+                  values: Mapping[str, int | float], ck: Manifest, target: Manifest,
+                  prober: _Prober, cur: Manifest) -> None:
+    """Every other vocab field that must follow, and the resize call users make."""
+    from ckptdiff.lint import vocab_tensors
+
+    vocab = [s for s in out.suggestions if s.kind == "config"
+             and s.field.rsplit(".", 1)[-1] in ("vocab_size", "n_vocab", "vocab")]
+    if not vocab:
+        return
+    first = vocab[0]
+    followers = [f for f, v in values.items() if f.rsplit(".", 1)[-1] == "vocab_size"
+                 and v == first.current and f not in out.overrides]
+    if followers:
+        trial = {**out.overrides, **{f: first.suggested for f in followers}}
+        m = prober.build(trial)
+        from ckptdiff.diff import compare
+
+        if m is not None and len(compare(ck, m).matched) >= len(compare(ck, cur).matched):
+            for f in followers:
+                out.overrides[f] = first.suggested
+                out.suggestions.append(Suggestion(
+                    "config", f, first.current, first.suggested, True,
+                    f"set {f} = {first.suggested} as well: it repeats {first.field} (the loss "
+                    "and generation read it), and a stale copy breaks training after a resize",
+                    first.evidence, {"follows": first.field}))
+    embeds, heads = vocab_tensors(ck)
+    rows = sorted(set(embeds.values()))
+    if len(rows) != 1:
+        return
+    n = rows[0]
+    if heads and set(heads.values()) != {n}:
+        out.findings.append(Finding(
+            "vocab_offset", f"The embedding has {n} rows and the head "
+            f"{sorted(set(heads.values()))[0]}: by design for this architecture (the rebuild "
+            f"with {first.field} = {first.suggested} reproduces both); do not resize to the "
+            "embedding's rows.", tuple(list(embeds) + list(heads)), "info"))
+        return
+    base_rows = sorted(set(vocab_tensors(target)[0].values()))
+    data: dict[str, Any] = {"new_num_tokens": n}
+    message = f"resize the embeddings to the checkpoint's {n} rows before loading"
+    if base_rows and n != base_rows[0]:
+        data["grown_by"] = n - base_rows[0]
+    pad = 64 if n % 64 == 0 else 8 if n % 8 == 0 else None
+    if pad and base_rows and n != base_rows[0]:
+        data["pad_to_multiple_of"] = pad
+        message += (f"; {n} is a multiple of {pad}: if it came from len(tokenizer) with "
+                    f"padding, call resize_token_embeddings(len(tokenizer), "
+                    f"pad_to_multiple_of={pad}) and set vocab_size = {n}")
+    out.suggestions.append(Suggestion(
+        "call", "resize_token_embeddings", None, f"model.resize_token_embeddings({n})",
+        first.verified, message, first.evidence, data))
+
+
+def clear_cache() -> None:
+    """Forget every cached probe build."""
+    _CACHE.clear()
