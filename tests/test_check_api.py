@@ -313,7 +313,7 @@ import ckptdiff, ckptdiff.check, ckptdiff.targets, ckptdiff.cli.check_cmd
 from ckptdiff.readers import read
 read({str(minilm_dir)!r})
 assert "torch" not in sys.modules, "torch imported before a target was built"
-ckptdiff.check.check("fixtures.models:build_clip", {str(minilm_dir)!r}, args={TINY_CLIP!r})
+ckptdiff.check("fixtures.models:build_clip", {str(minilm_dir)!r}, args={TINY_CLIP!r})
 assert "torch" in sys.modules
 print("ok")
 """
