@@ -306,15 +306,26 @@ def _count_with_human(n: int) -> str:
 
 
 def _tree_rows(specs: Sequence[TensorSpec], depth: int) -> list[list[Any]]:
+    """Every module down to ``depth`` components, each with the totals of everything under it.
+
+    Rows are in tree order; a top-level tensor (``logit_scale``) is a row of its own.
+    """
+    from ckptdiff.sorting import natural_key
+
     rows: dict[str, list[Any]] = {}
     for s in specs:
         parts = s.key.split(".")
-        name = ".".join(parts[: min(depth, len(parts) - 1)]) or s.key
-        row = rows.setdefault(name, [0, 0, set()])
-        row[0] += 1
-        row[1] += s.numel
-        row[2].add(s.dtype)
-    return [[k, v[0], _count_with_human(v[1]), ",".join(sorted(v[2]))] for k, v in rows.items()]
+        levels = [".".join(parts[:n]) for n in range(1, min(depth, len(parts) - 1) + 1)]
+        for name in levels or [s.key]:
+            row = rows.setdefault(name, [0, 0, set()])
+            row[0] += 1
+            row[1] += s.numel
+            row[2].add(s.dtype)
+    out = []
+    for name in sorted(rows, key=natural_key):
+        tensors, numel, dtypes = rows[name]
+        out.append([name, tensors, _count_with_human(numel), ",".join(sorted(dtypes))])
+    return out
 
 
 def render_manifest(m: Manifest, fmt: str = "table", *, tensors: Sequence[TensorSpec] | None = None,
