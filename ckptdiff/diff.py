@@ -145,6 +145,15 @@ def module_coverage(
     return tuple(Coverage(m, *rows[m]) for m in ordered)
 
 
+def _coverage_moves(before: Report, after: Report) -> list[dict[str, Any]]:
+    """Top-level modules whose coverage a key map changes: ``{"module", "before", "after"}``."""
+    b = {c.module: c.share for c in before.coverage if c.module and "." not in c.module}
+    return [{"module": c.module, "before": round(b.get(c.module, 0.0), 6),
+             "after": round(c.share, 6)}
+            for c in after.coverage if c.module and "." not in c.module
+            and round(c.share, 6) != round(b.get(c.module, 0.0), 6)]
+
+
 def _prefix_findings(
     report: Report, checkpoint: Manifest, target: Manifest, depth: int
 ) -> tuple[list[Finding], list[Suggestion]]:
@@ -183,12 +192,14 @@ def _prefix_findings(
             f"{len(m.pairs)} checkpoint keys are target keys {what}{shape_note}; "
             f"fix with '{option}'"
         )
+        by_module = _coverage_moves(report, after_report)
         data = {
             "option": option,
             "rules": m.rules(),
             "explains": len(m.pairs),
             "coverage_before": round(before, 6),
             "coverage_after": round(after, 6),
+            "coverage_by_module": by_module,
         }
         findings.append(
             Finding(
@@ -208,7 +219,8 @@ def _prefix_findings(
                 verified,
                 message,
                 tuple(f"{u} -> {t}" for u, t in m.pairs[:5]),
-                {"coverage_before": round(before, 6), "coverage_after": round(after, 6)},
+                {"coverage_before": round(before, 6), "coverage_after": round(after, 6),
+                 "coverage_by_module": by_module},
             )
         )
     return findings, suggestions

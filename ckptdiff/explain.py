@@ -36,7 +36,10 @@ __all__ = [
     "align",
     "causes",
     "explain",
+    "fixed_config_of",
     "key_map_to_emit",
+    "write_fixed_config",
+    "write_key_map",
 ]
 
 Shape = tuple[int, ...]
@@ -620,3 +623,43 @@ def with_explanation(report: Report, ex: Explanation) -> Report:
     """The report with the explanation's findings and suggestions appended."""
     return replace(report, findings=report.findings + tuple(ex.findings),
                    suggestions=report.suggestions + tuple(ex.suggestions))
+
+
+def fixed_config_of(report: Report) -> dict[str, Any] | None:
+    """The target's config with every verified config fix (for ``--emit-config``), or None."""
+    for f in report.findings:
+        if f.kind == "fixed_config" and isinstance(f.data.get("config"), Mapping):
+            return dict(f.data["config"])
+    return None
+
+
+def write_key_map(report: Report, path: str) -> bool:
+    """Write the report's verified key map as ``{"schema": "ckptdiff.keymap/1", "rules"}``.
+
+    Returns:
+        False (and writes nothing) when the report has no verified key map.
+    """
+    import json
+
+    from ckptdiff.keymap import KEYMAP_SCHEMA
+
+    rules = key_map_to_emit(report)
+    if not rules:
+        return False
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"schema": KEYMAP_SCHEMA, "rules": rules}, f, indent=2)
+        f.write("\n")
+    return True
+
+
+def write_fixed_config(report: Report, path: str) -> bool:
+    """Write the fixed config (see :func:`fixed_config_of`); False when there is none."""
+    import json
+
+    config = fixed_config_of(report)
+    if config is None:
+        return False
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, default=str)
+        f.write("\n")
+    return True

@@ -9,6 +9,7 @@ import click
 
 from ckptdiff.cli.check_cmd import check
 from ckptdiff.cli.diff_cmd import diff
+from ckptdiff.cli.identify_cmd import identify
 from ckptdiff.cli.inspect_cmd import inspect
 
 
@@ -32,5 +33,6 @@ def main() -> None:
 main.add_command(inspect)
 main.add_command(diff)
 main.add_command(check)
+main.add_command(identify)
 
 __all__ = ["main"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ckptdiff.cli.common import (
@@ -57,6 +59,23 @@ from ckptdiff.cli.common import (
     type=click.Path(dir_okay=False),
     help="JSON key-map rules applied to the checkpoint's keys before the other options.",
 )
+# --- written files: the verified key map and the fixed config -----------------------------------
+@click.option(
+    "--emit-key-map",
+    "emit_key_map",
+    metavar="OUT.json",
+    type=click.Path(dir_okay=False),
+    help="Write the verified key map found (prefixes, renames, fused/split q/k/v, transposes) "
+    "to OUT.json, for --key-map.",
+)
+@click.option(
+    "--emit-config",
+    "emit_config",
+    metavar="OUT.json",
+    type=click.Path(dir_okay=False),
+    help="Write the target's config with every verified fix to OUT.json, for --config.",
+)
+# ---------------------------------------------------------------------------------------------------
 @click.option(
     "--full",
     is_flag=True,
@@ -83,6 +102,8 @@ def check(
     add_prefix: tuple[str, ...],
     rename: tuple[str, ...],
     key_map_file: str | None,
+    emit_key_map: str | None,
+    emit_config: str | None,
     full: bool,
     depth: int,
     fmt: str,
@@ -123,4 +144,15 @@ def check(
         emit(render_report(report, "json"))
     else:
         emit(render_report(report, fmt, full=full, coverage=True))
+    _write_emitted(report, emit_key_map, emit_config)
     raise SystemExit(report.exit_code)
+
+
+def _write_emitted(report: Any, key_map_path: str | None, config_path: str | None) -> None:
+    """``--emit-key-map`` / ``--emit-config``: write what was verified, or say there is none."""
+    from ckptdiff.explain import write_fixed_config, write_key_map
+
+    if key_map_path and not write_key_map(report, key_map_path):
+        click.echo(f"ckptdiff: no verified key map to write to {key_map_path}.", err=True)
+    if config_path and not write_fixed_config(report, config_path):
+        click.echo(f"ckptdiff: no verified config fix to write to {config_path}.", err=True)

@@ -23,6 +23,9 @@ from ckptdiff.cli.common import (
 @keymap_options("b-", "B")
 @click.option("--key-map", "key_map_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="JSON key-map rules applied to A's keys before the other options.")
+@click.option("--emit-key-map", "emit_key_map", metavar="OUT.json", type=click.Path(dir_okay=False),
+              help="Write the verified key map found (prefixes, renames, fused/split q/k/v, "
+                   "transposes) to OUT.json, for --key-map.")
 @click.option("--full", is_flag=True,
               help="List every key; by default keys that differ only in a layer index are "
                    "collapsed into one row (resblocks.{0-23}.ln_1.weight).")
@@ -35,7 +38,8 @@ from ckptdiff.cli.common import (
 def diff(a: str, b: str, select: str | None, b_select: str | None,
          strip_prefix: tuple[str, ...], add_prefix: tuple[str, ...], rename: tuple[str, ...],
          b_strip_prefix: tuple[str, ...], b_add_prefix: tuple[str, ...], b_rename: tuple[str, ...],
-         key_map_file: str | None, full: bool, coverage: bool, depth: int, fmt: str) -> None:
+         key_map_file: str | None, emit_key_map: str | None, full: bool, coverage: bool,
+         depth: int, fmt: str) -> None:
     """Compare checkpoint A with B, the checkpoint or layout you mean to load it into.
 
     Reports what loading A into a model shaped like B would hit: keys B expects that A lacks
@@ -65,4 +69,9 @@ def diff(a: str, b: str, select: str | None, b_select: str | None,
         emit(render_report(report, "json"))
     else:
         emit(render_report(report, fmt, full=full, coverage=coverage))
+    if emit_key_map:
+        from ckptdiff.explain import write_key_map
+
+        if not write_key_map(report, emit_key_map):
+            click.echo(f"ckptdiff: no verified key map to write to {emit_key_map}.", err=True)
     raise SystemExit(report.exit_code)
