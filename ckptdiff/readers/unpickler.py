@@ -225,7 +225,7 @@ class TensorRef(tuple):
 
     def as_parameter(self) -> TensorRef:
         """The same tensor marked as an ``nn.Parameter``."""
-        return TensorRef(*self[:5], True)
+        return TensorRef(self[0], self[1], self[2], self[3], self[4], True)
 
     def __repr__(self) -> str:
         return f"TensorRef({self[3].name}{list(self[0])})"
@@ -262,7 +262,8 @@ class _OpaqueMeta(type):
         raise AttributeError(f"placeholder class {cls.__name__} is read-only")
 
     def __repr__(cls) -> str:
-        return f"<placeholder {cls.pickle_module}.{cls.pickle_name}>"
+        module, name = getattr(cls, "pickle_module", ""), getattr(cls, "pickle_name", "")
+        return f"<placeholder {module}.{name}>"
 
 
 class Opaque(metaclass=_OpaqueMeta):
@@ -328,7 +329,7 @@ class Opaque(metaclass=_OpaqueMeta):
 
 def _placeholder(module: str, name: str) -> type[Opaque]:
     cls_name = re.sub(r"\W", "_", name)[:64] or "_"
-    return _OpaqueMeta(
+    return _OpaqueMeta(  # type: ignore[return-value]
         cls_name,
         (Opaque,),
         {"__slots__": (), "pickle_module": module, "pickle_name": name},
@@ -683,7 +684,7 @@ def _py3_name(module: str, name: str) -> tuple[str, str]:
 _ARG_SIZE: list[int | None] = [None] * 256
 for _op in pickletools.opcodes:
     _ARG_SIZE[ord(_op.code)] = 0 if _op.arg is None else _op.arg.n
-_STOP, _LONG_BINPUT, _PUT, _GLOBAL, _INST = b".rpci"
+_STOP, _LONG_BINPUT, _PUT, _GLOBAL, _INST, _BINUNICODE = b".rpciX"
 #: One or more opcodes whose arguments have fixed sizes and cannot be harmful, matched at C speed;
 #: ``LONG_BINPUT`` is included when its index is below 2**20 (16 MB of memo at worst).
 _SAFE_RUN = re.compile(
@@ -729,10 +730,15 @@ def scan_pickle(data: bytes, start: int = 0) -> int | None:
     match = _SAFE_RUN.match
     from_bytes = int.from_bytes
     while True:
-        pos = match(data, pos).end()
+        pos = match(data, pos).end()  # type: ignore[union-attr]  # the pattern matches ""
         if pos >= n:
             return None
         op = data[pos]
+        if op == _BINUNICODE:  # the common case in torch pickles: keys
+            pos += 5 + from_bytes(data[pos + 1 : pos + 5], "little")
+            if pos > n:
+                return None
+            continue
         pos += 1
         size = arg_size[op]
         if size is None:
@@ -787,7 +793,7 @@ class Unpickled:
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BufferedReader, storage_form: StorageForm) -> None:
+    def __init__(self, file: io.BufferedIOBase, storage_form: StorageForm) -> None:
         super().__init__(file, encoding="utf-8", errors="surrogateescape")
         self.storage_form = storage_form
         self.storages: dict[str, StorageRef] = {}

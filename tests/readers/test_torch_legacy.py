@@ -16,7 +16,13 @@ from ckptdiff.errors import ReadError
 from ckptdiff.readers import read
 from ckptdiff.readers import torch_legacy as torch_legacy_module
 from ckptdiff.readers.torch_legacy import read_pickle_file
-from fixtures.torch_files import BENIGN, load_with_torch, write_legacy, write_legacy_container
+from fixtures.torch_files import (
+    BENIGN,
+    TinyNet,
+    load_with_torch,
+    write_legacy,
+    write_legacy_container,
+)
 
 LEGACY_FIXTURES = sorted(name for name, fixture in BENIGN.items() if not fixture.is_zip)
 
@@ -173,3 +179,12 @@ def test_plain_pickle_with_storage_record_is_refused(tmp_path: Path) -> None:
         ReadError, match=re.escape(f"Cannot read '{path}' (pickle): unexpected persistent id")
     ):
         read(str(path))
+
+
+def test_whole_pickled_module_in_legacy_format(tmp_path: Path) -> None:
+    path = tmp_path / "model_legacy.pt"
+    torch.save(TinyNet(), path, _use_new_zipfile_serialization=False)
+    manifest = read(str(path))
+    assert _specs(manifest) == _torch_specs(TinyNet().state_dict())
+    flagged = {f.keys[0] for f in manifest.security_findings}
+    assert "fixtures.torch_files.TinyNet" in flagged

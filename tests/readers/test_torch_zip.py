@@ -335,7 +335,10 @@ def test_python2_module_name_is_mapped_before_the_check(tmp_path: Path) -> None:
     extra = (
         b"X\x04\x00\x00\x00hook"
         + b"ccommands\ngetoutput\n"
-        + b"(X" + len(command).to_bytes(4, "little") + command + b"tR"
+        + b"(X"
+        + len(command).to_bytes(4, "little")
+        + command
+        + b"tR"
     )
     path = tmp_path / "py2.pt"
     replace_zip_entry(src, path, "/data.pkl", data[:-2] + extra + b"u.")
@@ -362,3 +365,60 @@ def test_reading_never_calls_pickle_load(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(builtins, "__import__", spy)
     assert len(read(str(path)).tensors) == 9
     assert not [n for n in imported if n.startswith("torch")]
+
+
+# --- zip variants ----------------------------------------------------------------------------
+
+
+def _rewrite(src: Path, dst: Path, compression: int = zipfile.ZIP_STORED) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+
+
+def test_zip64_entries_and_deflated_records(tmp_path: Path, monkeypatch) -> None:
+    src = write_zip(tmp_path)
+    expected = _specs(read(str(src)))
+    deflated = tmp_path / "deflated.pt"
+    _rewrite(src, deflated, zipfile.ZIP_DEFLATED)
+    assert _specs(read(str(deflated))) == expected
+    zip64 = tmp_path / "zip64.pt"
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 16)  # every larger entry gets zip64 sizes
+    _rewrite(src, zip64)
+    monkeypatch.undo()
+    with zipfile.ZipFile(zip64) as z:
+        assert all(len(i.extra) >= 12 for i in z.infolist() if i.file_size > 16)
+    assert _specs(read(str(zip64))) == expected
+
+
+def test_zip64_end_record_for_many_entries(tmp_path: Path) -> None:
+    path = tmp_path / "many_entries.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        for i in range(70_000):
+            z.writestr(f"archive/extra/{i}", b"")
+    assert read(str(path)).tensors == {}
+
+
+def test_entry_count_cap(tmp_path: Path, monkeypatch) -> None:
+    path = write_zip(tmp_path)
+    monkeypatch.setattr(torch_zip_module, "MAX_ZIP_ENTRIES", 3)
+    with pytest.raises(ReadError, match=_cannot_read(path) + r" \(zip directory\): it declares"):
+        read(str(path))
+
+
+def test_corrupt_data_pkl_crc(tmp_path: Path) -> None:
+    path = write_zip(tmp_path)
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("tiny/data.pkl")
+    offset = info.header_offset
+    with open(path, "r+b") as f:
+        f.seek(offset + 26)
+        name_len = int.from_bytes(f.read(2), "little")
+        extra_len = int.from_bytes(f.read(2), "little")
+        f.seek(offset + 30 + name_len + extra_len + 10)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ReadError, match=_cannot_read(path) + r" \(tiny/data.pkl\): its CRC"):
+        read(str(path))
