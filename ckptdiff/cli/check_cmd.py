@@ -75,7 +75,7 @@ from ckptdiff.cli.common import (
     type=click.Path(dir_okay=False),
     help="Write the target's config with every verified fix to OUT.json, for --config.",
 )
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 @click.option(
     "--full",
     is_flag=True,

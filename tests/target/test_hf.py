@@ -265,6 +265,8 @@ def test_hf_model_instance_is_checked_as_it_is_and_rebuilds_from_its_config(tmp_
     assert spec.kind == "hf-class"
     wider = rebuild(spec, {"intermediate_size": 48})
     assert wider.tensors["encoder.layer.0.intermediate.dense.weight"].shape == (48, 32)
+    again = rebuild(build_target(model), {"intermediate_size": 40})  # from the manifest alone
+    assert again.tensors["encoder.layer.0.intermediate.dense.weight"].shape == (40, 32)
     assert next(model.parameters()).device.type == "cpu"  # the instance was not touched
 
 
