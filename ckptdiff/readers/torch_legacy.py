@@ -16,10 +16,10 @@ import os
 from typing import Any, BinaryIO
 
 from ckptdiff.errors import ReadError
+from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
 from ckptdiff.readers.torch_zip import display_name
 from ckptdiff.readers.unpickler import (
-    MAX_PICKLE_SIZE,
     PickleDataError,
     StorageRef,
     Unpickled,
@@ -76,10 +76,10 @@ class _PickleStream:
                     f"Cannot read '{self.name}' ({context}): the file ends inside this pickle. "
                     f"{_FIX_CORRUPT}"
                 )
-            if pending > MAX_PICKLE_SIZE:
+            if pending > _unpickler.MAX_PICKLE_SIZE:
                 raise ReadError(
                     f"Cannot read '{self.name}' ({context}): the pickle is over the "
-                    f"{MAX_PICKLE_SIZE}-byte limit. Raise "
+                    f"{_unpickler.MAX_PICKLE_SIZE}-byte limit. Raise "
                     "ckptdiff.readers.unpickler.MAX_PICKLE_SIZE if you trust the file."
                 )
             more = self.f.read(max(pending, CHUNK_SIZE))

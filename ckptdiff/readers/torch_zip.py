@@ -21,8 +21,9 @@ from collections.abc import Iterable, Mapping
 from typing import BinaryIO, NamedTuple
 
 from ckptdiff.errors import ReadError, UnsupportedFormatError
+from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
-from ckptdiff.readers.unpickler import MAX_PICKLE_SIZE, StorageRef, unpickle
+from ckptdiff.readers.unpickler import StorageRef, unpickle
 from ckptdiff.types import Finding, Manifest
 
 __all__ = [
@@ -385,11 +386,11 @@ def read_torch_zip(path: str, source: str, *, select: str | None = None) -> Mani
         entries = _read_directory(f, size, name)
         prefix = archive_prefix(entries, name)
         pkl = entries[f"{prefix}data.pkl"]
-        if pkl.size > MAX_PICKLE_SIZE:
+        if pkl.size > _unpickler.MAX_PICKLE_SIZE:
             raise ReadError(
                 f"Cannot read '{name}' ({pkl.name}): it is {pkl.size} bytes, over the "
-                f"{MAX_PICKLE_SIZE}-byte limit. Raise ckptdiff.readers.unpickler.MAX_PICKLE_SIZE "
-                "if you trust the file."
+                f"{_unpickler.MAX_PICKLE_SIZE}-byte limit. Raise "
+                "ckptdiff.readers.unpickler.MAX_PICKLE_SIZE if you trust the file."
             )
         data = _read_entry(f, pkl, size, name)
         order = entries.get(f"{prefix}byteorder")

@@ -58,6 +58,8 @@ MAX_NUMEL = 1 << 62
 MAX_NDIM = 64
 #: Largest ``bytes``/``bytearray`` a pickle may ask us to build from a count.
 MAX_BYTES_ARG = 1 << 20
+#: Distinct globals outside the allow-list reported one by one; the rest share one placeholder.
+MAX_DISTINCT_GLOBALS = 10_000
 
 StorageForm = Literal["zip", "legacy", "none"]
 
@@ -808,6 +810,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return fake
         cls = self.placeholders.get((module, name))
         if cls is None:
+            if len(self.placeholders) >= MAX_DISTINCT_GLOBALS:
+                module, name = "<more globals>", "<not listed>"
+                cls = self.placeholders.get((module, name))
+                if cls is not None:
+                    return cls
             cls = self.placeholders[(module, name)] = _placeholder(module, name)
             self.findings.append(_global_finding(module, name))
         return cls
@@ -889,7 +896,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` on one line and at most ``limit`` characters, for messages and keys."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _global_finding(module: str, name: str) -> Finding:
+    module, name = _printable(module), _printable(name)
     qualified = f"{module}.{name}"
     data = {"module": module, "name": name}
     if is_benign(module, name):

@@ -422,3 +422,13 @@ def test_corrupt_data_pkl_crc(tmp_path: Path) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(ReadError, match=_cannot_read(path) + r" \(tiny/data.pkl\): its CRC"):
         read(str(path))
+
+
+def test_data_pkl_size_cap(tmp_path: Path, monkeypatch) -> None:
+    from ckptdiff.readers import unpickler
+
+    path = write_zip(tmp_path)
+    monkeypatch.setattr(unpickler, "MAX_PICKLE_SIZE", 100)
+    expected = _cannot_read(path) + r" \(tiny/data.pkl\): it is \d+ bytes, over the 100-byte"
+    with pytest.raises(ReadError, match=expected):
+        read(str(path))

@@ -391,3 +391,22 @@ def test_scan_finds_the_end_of_each_pickle() -> None:
     assert scan_pickle(first[:-1]) is None
     with pytest.raises(PickleDataError, match="unknown pickle opcode 0xfe"):
         scan_pickle(b"\x80\x02\xfe.")
+
+
+def test_distinct_globals_are_capped(monkeypatch) -> None:
+    monkeypatch.setattr(unpickler_module, "MAX_DISTINCT_GLOBALS", 3)
+    body = b"(" + b"".join(call(G("mod", f"f{i}")) for i in range(6)) + b"t"
+    findings = load(body).findings
+    assert [f.keys[0] for f in findings] == [
+        "mod.f0",
+        "mod.f1",
+        "mod.f2",
+        "<more globals>.<not listed>",
+    ]
+
+
+def test_global_names_are_printable_in_findings() -> None:
+    body = enc("os\nx") + enc("y" * 1000) + b"\x93"
+    (finding,) = unpickle(b"\x80\x04" + body + b".", "x.pt").findings
+    assert "\n" not in finding.message and len(finding.keys[0]) < 420
+    assert finding.data["module"] == "os\\nx"
