@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckptdiff.align import (
+    KNOWN_RENAMES,
     KeyTransform,
     find_fused_qkv,
     find_prefix_matches,
@@ -130,7 +131,27 @@ def align(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Alignmen
     take(find_renames(*_only(report)))
     take(find_fused_qkv(*_only(report)))
     take(find_renames(*_only(report)))
+    take(_known_renames_then_prefix(report))
     return Alignment(tuple(prefix_rules), tuple(transforms), km, before, report, ck)
+
+
+def _known_renames_then_prefix(report: Report) -> list[KeyTransform]:
+    """``module.ln.gamma`` vs ``ln.weight``: a known rename hides a prefix; try both at once."""
+    unexpected, missing = _only(report)
+    rules = [{"op": "rename", "pattern": rf"(?P<pre>^|\.){old[0]}$",
+              "replacement": rf"\g<pre>{new[0]}"} for old, new in KNOWN_RENAMES.items()]
+    km = KeyMap.from_rules(rules)
+    renamed = {km.apply(u): u for u in unexpected}
+    if all(k == v for k, v in renamed.items()):
+        return []
+    out = []
+    for m in find_prefix_matches(renamed, missing):
+        pairs = tuple(((renamed[u],), (t,)) for u, t in m.pairs)
+        out.append(KeyTransform("rename", tuple(rules) + tuple(m.rules()), pairs,
+                                f"{len(pairs)} checkpoint keys are target keys after renaming "
+                                f"gamma/beta to weight/bias and '{m.options()}'",
+                                {"option": m.options()}))
+    return out
 
 
 def _module_shares(report: Report) -> dict[str, float]:

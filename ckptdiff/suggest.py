@@ -367,6 +367,29 @@ def _companions(prober: _Prober, base: dict[str, Any], changed: Mapping[str, Any
     return trial, m
 
 
+def _drop_breaking(prober: _Prober, base: Mapping[str, Any], changed: dict[str, Any],
+                   sens: Mapping[str, _Sensitivity], ck: Manifest,
+                   loads: set[str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Drop proposed values that break keys which load now; a wrong fix is worse than none."""
+    from ckptdiff.diff import compare
+
+    broke: dict[str, list[str]] = {}
+    while changed:
+        m = prober.build({**base, **changed})
+        if m is None:
+            return changed, broke  # the caller tries companions, then gives up with the error
+        r = compare(ck, m)
+        bad = sorted(loads & ({x.key for x in r.mismatched} | {t.key for t in r.missing}))
+        if not bad:
+            return changed, broke
+        guilty = [f for f in changed if f in sens and any(
+            k in bad for k, _ in sens[f].dims)] or list(changed)
+        for f in guilty:
+            broke[f] = bad
+            del changed[f]
+    return changed, broke
+
+
 def _shape_text(m: Manifest, key: str) -> str:
     t = m.tensors.get(key)
     return "[" + ", ".join(map(str, t.shape)) + "]" if t is not None else "-"
@@ -415,6 +438,8 @@ def suggest_config(
     quiet: list[str] = []
     first_sens: dict[str, _Sensitivity] = {}
     failure = ""
+    loads = set(report.matched)
+    rejected: dict[str, tuple[Any, list[str]]] = {}
     for rnd in range(max_rounds):
         dims, containers = _observations(checkpoint, cur)
         if not dims and not containers:
@@ -444,6 +469,12 @@ def suggest_config(
         if not solved:
             break
         changed = {f: s.value for f, s in solved.items()}
+        changed, broke = _drop_breaking(prober, base, changed, sens, checkpoint, loads)
+        for f, keys in broke.items():
+            rejected[f] = (solved[f].value, keys)
+        if not changed:
+            break
+        solved = {f: solved[f] for f in changed}
         m = prober.build({**base, **changed})
         if m is None:
             moved = {f: len(s.dims) for f, s in first_sens.items()}
@@ -489,6 +520,11 @@ def suggest_config(
                 f"set {h} = {v} so the model builds with the widths above (keeping the head "
                 "dim); not determined by the checkpoint: check it against the model card",
                 (), {"determined": False}))
+    for f, (v, keys) in rejected.items():
+        out.findings.append(Finding(
+            "no_fix", f"No verified fix from {f} = {v}: it would reproduce some shapes but "
+            f"break {len(keys)} keys that load now ({_ex(keys)}).", tuple(keys[:20]), "warning",
+            {"field": f, "tried": v}))
     _vocab_extras(out, config, values, checkpoint, target, prober, cur)
 
     residual = compare(checkpoint, cur)
