@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import SelectError
-from ckptdiff.readers.unpickler import DType, Opaque, TensorRef, UnsizedTensor, is_tensor
+from ckptdiff.readers.unpickler import (
+    DType,
+    Opaque,
+    TensorRef,
+    UnsizedTensor,
+    is_tensor,
+    short_repr,
+)
 from ckptdiff.types import Finding, TensorSpec
 
 __all__ = [
@@ -170,7 +177,7 @@ def _flatten(
         _flatten_module(obj, prefix, out, skipped, seen, depth)
         return
     for k, v in obj.items():
-        key = f"{prefix}{k}" if type(k) is str else f"{prefix}{k!r}"
+        key = f"{prefix}{k}" if type(k) is str else f"{prefix}{short_repr(k)}"
         if is_tensor(v):
             out[key] = v
         elif isinstance(v, dict) and v and type(k) is str and id(v) not in seen:

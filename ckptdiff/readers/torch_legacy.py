@@ -24,6 +24,7 @@ from ckptdiff.readers.unpickler import (
     StorageRef,
     Unpickled,
     scan_pickle,
+    short_repr,
     unpickle,
 )
 from ckptdiff.types import Finding, Manifest
@@ -143,8 +144,8 @@ def _read_legacy(
     version = _small(stream, name, "protocol version")
     if version != PROTOCOL_VERSION:
         raise ReadError(
-            f"Cannot read '{name}' (legacy torch header): protocol version {version!r}, not "
-            f"{PROTOCOL_VERSION}. {_FIX_CORRUPT}"
+            f"Cannot read '{name}' (legacy torch header): protocol version "
+            f"{short_repr(version)}, not {PROTOCOL_VERSION}. {_FIX_CORRUPT}"
         )
     sys_info = _small(stream, name, "sys_info")
     findings: list[Finding] = []

@@ -26,6 +26,7 @@ import io
 import pickle
 import pickletools
 import re
+import reprlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
     "Unpickled",
     "is_tensor",
     "scan_pickle",
+    "short_repr",
     "unpickle",
 ]
 
@@ -381,7 +383,7 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
 
 def _dtype(value: Any, what: str) -> DType:
     if not isinstance(value, DType):
-        raise PickleDataError(f"{what} must be a torch dtype, got {value!r}")
+        raise PickleDataError(f"{what} must be a torch dtype, got {_short(value)}")
     return value
 
 
@@ -465,7 +467,7 @@ def _rebuild_qtensor(
 
 def _as_tensor(data: Any) -> TensorRef:
     if not isinstance(data, TensorRef):
-        raise PickleDataError(f"a parameter's data must be a tensor, got {data!r}")
+        raise PickleDataError(f"a parameter's data must be a tensor, got {_short(data)}")
     return data
 
 
@@ -530,7 +532,9 @@ def _size(value: Any = ()) -> tuple[int, ...]:
 
 def _device(*args: Any) -> str:
     if not args or not all(isinstance(a, (str, int)) for a in args):
-        raise PickleDataError(f"torch.device arguments must be a string and an index, got {args!r}")
+        raise PickleDataError(
+            f"torch.device arguments must be a string and an index, got {_short(args)}"
+        )
     return ":".join(str(a) for a in args)
 
 
@@ -546,7 +550,7 @@ def _codecs_encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") ->
     if not isinstance(obj, str) or not isinstance(encoding, str):
         raise PickleDataError("_codecs.encode is given something other than text")
     if encoding.lower() not in _TEXT_CODECS:
-        raise PickleDataError(f"_codecs.encode asks for the codec {encoding!r}")
+        raise PickleDataError(f"_codecs.encode asks for the codec {_short(encoding)}")
     return obj.encode(encoding)
 
 
@@ -891,9 +895,17 @@ def _ascii(value: Any) -> Any:
     return value
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 40, 40, 40
+
+
+def short_repr(value: Any) -> str:
+    """A bounded one-line repr of a value from the pickle, for messages."""
+    text = _REPR.repr(value).replace("\n", "\\n")
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+_short = short_repr
 
 
 def _printable(text: str, limit: int = 200) -> str:
