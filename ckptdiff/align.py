@@ -26,6 +26,7 @@ __all__ = [
     "find_prefix_matches",
     "find_renames",
     "find_transposed",
+    "scoped_prefix_rules",
 ]
 
 #: Prefixes that wrappers add to every key (DDP, torch.compile, FSDP, Lightning, PEFT).
@@ -540,3 +541,25 @@ def find_transposed(
         f"target has [out, in] (Linear): apply .t(){note}",
         {"transform": ".t()", "square": square},
     )
+
+
+def scoped_prefix_rules(match: PrefixMatch, checkpoint_keys: Iterable[str]) -> list[dict[str, Any]]:
+    """The rules of a prefix match, limited to the keys it pairs when it would touch others.
+
+    ``--add-prefix text_branch.`` moves every key, also an ``audio_branch.*`` that loads as it
+    is; then the rule becomes a rename of the paired keys' first components only
+    (``^(?=(?:embeddings|encoder)\\.)`` -> ``text_branch.``).
+
+    Example:
+        >>> m = PrefixMatch("", "text_branch.", (("embeddings.w", "text_branch.embeddings.w"),))
+        >>> scoped_prefix_rules(m, ["embeddings.w", "audio_branch.w"])[0]["pattern"]
+        '^(?=(?:embeddings)(?:\\\\.|$))'
+    """
+    paired = {u for u, _ in match.pairs}
+    if not match.add or all(k in paired for k in checkpoint_keys if k.startswith(match.strip)):
+        return match.rules()
+    heads = sorted({u[len(match.strip):].split(".", 1)[0] for u in paired})
+    alternatives = "|".join(re.escape(h) for h in heads)
+    return [{"op": "rename",
+             "pattern": f"^{re.escape(match.strip)}(?=(?:{alternatives})(?:\\.|$))",
+             "replacement": match.add}]

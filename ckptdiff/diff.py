@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from ckptdiff.align import PrefixMatch, find_prefix_matches
+from ckptdiff.align import PrefixMatch, find_prefix_matches, scoped_prefix_rules
 from ckptdiff.keymap import KeyMap
 from ckptdiff.sorting import natural_key
 from ckptdiff.types import (
@@ -164,7 +164,8 @@ def _prefix_findings(
     suggestions: list[Suggestion] = []
     before = report.coverage[0].share if report.coverage else 0.0
     for m in matches:
-        km = KeyMap.from_rules(m.rules())
+        rules = scoped_prefix_rules(m, checkpoint.tensors)
+        km = KeyMap.from_rules(rules)
         after_report = compare(km.apply_to_manifest(checkpoint), target, depth=depth)
         explained = [t for _, t in m.pairs]
         now_present = set(after_report.matched) | set(after_report.tied)
@@ -188,14 +189,18 @@ def _prefix_findings(
         shape_note = (
             "" if loads == len(explained) else f" ({len(explained) - loads} of them then differ in shape)"
         )
+        scope = ""
+        if rules != m.rules():
+            heads = sorted({u[len(m.strip):].split(".", 1)[0] for u, _ in m.pairs})
+            scope = f" (only for keys under {', '.join(h + '.' for h in heads)}: use the rules)"
         message = (
             f"{len(m.pairs)} checkpoint keys are target keys {what}{shape_note}; "
-            f"fix with '{option}'"
+            f"fix with '{option}'{scope}"
         )
         by_module = _coverage_moves(report, after_report)
         data = {
             "option": option,
-            "rules": m.rules(),
+            "rules": rules,
             "explains": len(m.pairs),
             "coverage_before": round(before, 6),
             "coverage_after": round(after, 6),
@@ -215,7 +220,7 @@ def _prefix_findings(
                 "key_map",
                 option,
                 None,
-                m.rules(),
+                rules,
                 verified,
                 message,
                 tuple(f"{u} -> {t}" for u, t in m.pairs[:5]),

@@ -27,6 +27,7 @@ from ckptdiff.align import (
     find_prefix_matches,
     find_renames,
     find_transposed,
+    scoped_prefix_rules,
 )
 from ckptdiff.keymap import KeyMap
 from ckptdiff.types import Finding, Manifest, Mismatch, Report, Suggestion
@@ -108,7 +109,7 @@ def align(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Alignmen
     prefix_rules: list[dict[str, Any]] = []
     for m in find_prefix_matches((t.key for t in before.unexpected),
                                  (t.key for t in before.missing)):
-        prefix_rules += m.rules()
+        prefix_rules += scoped_prefix_rules(m, checkpoint.tensors)
     km = KeyMap.from_rules(prefix_rules)
     ck = km.apply_to_manifest(checkpoint)
     report = compare(ck, target, depth=depth) if prefix_rules else before
