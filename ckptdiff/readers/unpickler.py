@@ -942,19 +942,6 @@ def _global_finding(module: str, name: str) -> Finding:
     )
 
 
-_STRUCTURAL_ERRORS = (
-    pickle.UnpicklingError,
-    EOFError,
-    ValueError,
-    TypeError,
-    AttributeError,
-    KeyError,
-    IndexError,
-    RecursionError,
-    MemoryError,
-    OverflowError,
-    UnicodeDecodeError,
-)
 
 
 def unpickle(
@@ -1004,8 +991,8 @@ def unpickle(
                 gc.enable()
     except ReadError:
         raise
-    except _STRUCTURAL_ERRORS as e:
-        problem = str(e) or type(e).__name__
+    except Exception as e:  # anything the C unpickler or a fake raises on bad data
+        problem = " ".join(str(e).split())[:300] or type(e).__name__
         if isinstance(e, (RecursionError, MemoryError)):
             problem = f"{type(e).__name__}: the pickle nests too deep or is too large"
         raise ReadError(
