@@ -298,8 +298,9 @@ def depth(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | Non
         if not keys:
             continue
         n, m = len(a[tmpl]), len(b[tmpl])
+        extra = f"{abs(n - m)} layer{'s' if abs(n - m) != 1 else ''}"
         out.append(_cause("depth", f"depth: the checkpoint has {n} layers in {tmpl}, the target "
-                          f"{m} ({abs(n - m)} layers' keys are "
+                          f"{m} (the keys of {extra} are "
                           f"{'unexpected' if n > m else 'missing'})", keys, n, m,
                           container=tmpl))
     # nested containers repeat their parent's story: keep the outermost
