@@ -331,9 +331,14 @@ def decode_entry(raw: bytes, entry: ZipEntry, name: str) -> bytes:
 
 
 def _read_directory(f: BinaryIO, size: int, name: str) -> dict[str, ZipEntry]:
-    tail_offset = max(0, size - END_SEARCH_SIZE)
-    f.seek(tail_offset)
-    entries, cd_offset, cd_size, record = parse_end_record(f.read(), tail_offset, name)
+    # torch writes no archive comment: the end record is in the last bytes; look further only
+    # when it is not
+    for span in (min(size, 1024), min(size, END_SEARCH_SIZE)):
+        f.seek(size - span)
+        tail = f.read(span)
+        if b"PK\x05\x06" in tail or span == size:
+            break
+    entries, cd_offset, cd_size, record = parse_end_record(tail, size - span, name)
     if record is not None:
         f.seek(record)
         entries, cd_offset, cd_size = parse_zip64_end_record(f.read(_END64.size), name)
