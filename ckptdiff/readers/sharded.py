@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from ckptdiff.errors import ReadError, UnsafeCheckpointError
 from ckptdiff.types import Finding, Manifest, TensorSpec
 
-__all__ = ["read_sharded", "MAX_INDEX_FILE_SIZE", "confined_path"]
+__all__ = [
+    "MAX_INDEX_FILE_SIZE",
+    "confined_path",
+    "index_manifest",
+    "parse_index",
+    "read_sharded",
+    "shard_name_parts",
+]
 
 #: Largest index file accepted (the one of a 1T-parameter model is ~10 MB).
 MAX_INDEX_FILE_SIZE = 100 * 1024 * 1024
@@ -27,17 +35,7 @@ def confined_path(folder: str, name: str, source: str) -> str:
         UnsafeCheckpointError: an absolute name, a ``..`` component, or a symlink whose
             target lies outside the folder.
     """
-    if not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name:
-        raise UnsafeCheckpointError(
-            f"Cannot read '{source}' (index): shard name {name!r} is not a relative file name. "
-            "Refusing to read outside the checkpoint's folder."
-        )
-    parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise UnsafeCheckpointError(
-            f"Cannot read '{source}' (index): shard name {name!r} leaves the checkpoint's "
-            "folder. Refusing to follow it."
-        )
+    parts = shard_name_parts(name, source)
     root = os.path.realpath(folder)
     path = os.path.join(root, *parts)
     real = os.path.realpath(path)
@@ -56,9 +54,27 @@ def _load_index(path: str, source: str) -> tuple[dict[str, str], dict[str, Any]]
             f"Cannot read '{source}' (index): {size} bytes exceeds the {MAX_INDEX_FILE_SIZE}-byte "
             "limit for an index file."
         )
+    with open(path, "rb") as f:
+        return parse_index(f.read(), source)
+
+
+def parse_index(raw: bytes, source: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """Decode an index file: ``(weight_map, metadata)``.
+
+    Raises:
+        ReadError: not JSON, or no ``{"weight_map": {key: shard file}}``.
+
+    Example:
+        >>> parse_index(b'{"weight_map": {"w": "a.safetensors"}}', "x")
+        ({'w': 'a.safetensors'}, {})
+    """
+    if len(raw) > MAX_INDEX_FILE_SIZE:
+        raise ReadError(
+            f"Cannot read '{source}' (index): {len(raw)} bytes exceeds the "
+            f"{MAX_INDEX_FILE_SIZE}-byte limit for an index file."
+        )
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ReadError(f"Cannot read '{source}' (index): not valid JSON ({e}).") from e
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
@@ -72,6 +88,27 @@ def _load_index(path: str, source: str) -> tuple[dict[str, str], dict[str, Any]]
     if not isinstance(metadata, dict):
         metadata = {}
     return weight_map, metadata
+
+
+def shard_name_parts(name: Any, source: str) -> list[str]:
+    """The components of a shard name, refusing absolute names and ``..`` (no file access).
+
+    Raises:
+        UnsafeCheckpointError: an absolute name, a backslash, or an empty, ``.`` or ``..``
+            component.
+    """
+    if not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name:
+        raise UnsafeCheckpointError(
+            f"Cannot read '{source}' (index): shard name {name!r} is not a relative file name. "
+            "Refusing to read outside the checkpoint's folder."
+        )
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafeCheckpointError(
+            f"Cannot read '{source}' (index): shard name {name!r} leaves the checkpoint's "
+            "folder. Refusing to follow it."
+        )
+    return parts
 
 
 def _read_shard(path: str, name: str, source: str) -> dict[str, TensorSpec]:
@@ -110,19 +147,59 @@ def read_sharded(index_path: str, source: str, *, select: str | None = None) -> 
         )
     folder = os.path.dirname(os.path.abspath(index_path))
     weight_map, index_meta = _load_index(index_path, source)
+    shard_specs: dict[str, dict[str, TensorSpec]] = {}
+    files: list[str] = [index_path]
+    for name in dict.fromkeys(weight_map.values()):
+        path = confined_path(folder, name, source)
+        if not os.path.isfile(path):
+            continue
+        files.append(path)
+        shard_specs[name] = _read_shard(path, name, source)
+    return index_manifest(weight_map, index_meta, shard_specs, source=source, files=tuple(files))
+
+
+def index_manifest(
+    weight_map: Mapping[str, str],
+    index_meta: Mapping[str, Any],
+    shard_specs: Mapping[str, Mapping[str, TensorSpec]],
+    *,
+    source: str,
+    files: tuple[str, ...],
+) -> Manifest:
+    """Check an index against its shards and build the sharded manifest (pure: no file access).
+
+    Shared by the local reader and the hub reader, which differ only in how they fetch shards.
+
+    Args:
+        weight_map: the index's ``key -> shard file``.
+        index_meta: the index's ``metadata`` (``total_size``).
+        shard_specs: ``shard file -> its tensors`` for every shard that could be found; a shard
+            of the index absent from it is reported missing.
+        source: the source string.
+        files: the files read, for :attr:`Manifest.files`.
+
+    Returns:
+        The manifest (index order first, then unlisted keys in shard order), with a finding for
+        each disagreement: ``shard_missing``, ``index_key_absent``, ``index_key_misplaced``,
+        ``index_key_unlisted``, ``duplicate_key``, ``total_size``.
+
+    Example:
+        >>> w = TensorSpec("w", (2,), "float32", 8, "a.safetensors")
+        >>> m = index_manifest({"w": "a.safetensors", "v": "b.safetensors"}, {},
+        ...                    {"a.safetensors": {"w": w}}, source="x", files=())
+        >>> [f.kind for f in m.findings]
+        ['shard_missing']
+    """
     shards = list(dict.fromkeys(weight_map.values()))
     findings: list[Finding] = []
-    files: list[str] = [index_path]
     found: dict[str, TensorSpec] = {}
     where: dict[str, list[str]] = {}
     missing_files: list[str] = []
     for name in shards:
-        path = confined_path(folder, name, source)
-        if not os.path.isfile(path):
+        if name not in shard_specs:
             missing_files.append(name)
             continue
-        files.append(path)
-        for key, spec in _read_shard(path, name, source).items():
+        for key, spec in shard_specs[name].items():
             where.setdefault(key, []).append(name)
             found.setdefault(key, spec)
 
@@ -164,10 +241,9 @@ def read_sharded(index_path: str, source: str, *, select: str | None = None) -> 
 
     # index order first, then unlisted keys in shard order
     tensors: dict[str, TensorSpec] = {}
-    for key, shard in weight_map.items():
+    for key in weight_map:
         if key in found:
-            spec = found[key]
-            tensors[key] = spec
+            tensors[key] = found[key]
     for key in unlisted:
         tensors[key] = found[key]
 
