@@ -223,7 +223,8 @@ def _prefix_findings(
                 rules,
                 verified,
                 message,
-                tuple(f"{u} -> {t}" for u, t in m.pairs[:5]),
+                tuple(f"{u} -> {t}" for u, t in m.pairs[:5])
+                + ((f"... {len(m.pairs) - 5} more",) if len(m.pairs) > 5 else ()),
                 {"coverage_before": round(before, 6), "coverage_after": round(after, 6),
                  "coverage_by_module": by_module},
             )
@@ -268,14 +269,17 @@ def diff_manifests(
         checkpoint = key_map.apply_to_manifest(checkpoint)
     report = compare(checkpoint, target, depth=depth)
     findings, suggestions = _prefix_findings(report, checkpoint, target, depth)
+    aligned = None
     if explain:
         from ckptdiff.explain import explain as explain_report
 
         more = explain_report(report, checkpoint, target, depth=depth, suggest=suggest)
         findings += more.findings
         suggestions += more.suggestions
+        aligned = more.aligned
     return replace(
         report,
+        aligned=aligned,
         findings=report.findings + tuple(findings),
         suggestions=report.suggestions + tuple(suggestions),
         key_map=tuple(key_map.to_list()) if key_map else (),

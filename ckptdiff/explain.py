@@ -606,6 +606,7 @@ class Explanation:
 
     findings: list[Finding] = field(default_factory=list)
     suggestions: list[Suggestion] = field(default_factory=list)
+    aligned: Report | None = None
 
 
 def explain(report: Report, checkpoint: Manifest, target: Manifest, *, depth: int = 2,
@@ -624,6 +625,8 @@ def explain(report: Report, checkpoint: Manifest, target: Manifest, *, depth: in
         out.findings += f
         out.suggestions += s
         aligned = al.after
+        if al.key_map:
+            out.aligned = replace(aligned, key_map=tuple(al.key_map.to_list()))
         out.findings += causes(aligned, al.checkpoint, target)
         if suggest and _rebuildable(target) and not aligned.ok:
             from ckptdiff.suggest import suggest_config

@@ -162,7 +162,11 @@ def _short(text: str, width: int = 60) -> str:
 def _evidence(evidence: Sequence[str]) -> str:
     if not evidence:
         return ""
-    more = f" (+{len(evidence) - 1})" if len(evidence) > 1 else ""
+    extra = len(evidence) - 1
+    tail = evidence[-1]
+    if tail.startswith("... ") and tail.endswith(" more"):  # "... N more" counts the rest
+        extra += int(tail.split()[1]) - 1
+    more = f" (+{extra} more)" if extra > 0 else ""
     return _short(evidence[0], 70) + more
 
 
@@ -195,6 +199,29 @@ def render_report_table(report: Report, *, fmt: str = "table", full: bool = Fals
                 for s in report.suggestions]
         parts.append(_section("Suggestions", ["kind", "field / option", "current", "suggested",
                                               "evidence", "verified"], rows, fmt))
+    body = report
+    if report.aligned is not None and not full:
+        body = report.aligned
+        moved = len(report.unexpected) - len(body.unexpected)
+        parts.append(
+            f"Below, with the suggested key map applied ({moved} checkpoint keys renamed); "
+            "--full lists the keys as they are.\n"
+        )
+    parts += _key_sections(body, full, fmt)
+    if coverage and report.coverage:
+        parts.append(_section("Coverage by module (tensors and parameters the checkpoint supplies)",
+                              ["module", "tensors", "parameters", "share"],
+                              _coverage_rows(report.coverage), fmt))
+    summary = _summary(report)
+    if report.aligned is not None:
+        summary += "After the key map: " + _summary(report.aligned).removeprefix("Summary: ")
+    parts.append(summary)
+    return "\n".join(parts)
+
+
+def _key_sections(report: Report, full: bool, fmt: str) -> list[str]:
+    """The key lists of a report: mismatched, missing, unexpected, buffers, dtypes, ignored."""
+    parts: list[str] = []
     if report.mismatched:
         if full:
             rows = [[m.key, shape_str(m.checkpoint_shape), shape_str(m.target_shape), ""]
@@ -236,12 +263,7 @@ def render_report_table(report: Report, *, fmt: str = "table", full: bool = Fals
         parts.append(_section(
             f"Ignored ({len(report.ignored)}): buffers and keys loading skips, harmless",
             ["key", "shape", "dtype", ""], _spec_rows(report.ignored, full), fmt))
-    if coverage and report.coverage:
-        parts.append(_section("Coverage by module (tensors and parameters the checkpoint supplies)",
-                              ["module", "tensors", "parameters", "share"],
-                              _coverage_rows(report.coverage), fmt))
-    parts.append(_summary(report))
-    return "\n".join(parts)
+    return parts
 
 
 def _summary(report: Report) -> str:

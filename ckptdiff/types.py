@@ -304,6 +304,8 @@ class Report:
         findings: what the comparison noticed (wrapper prefixes, ...), reader findings too.
         suggestions: fixes, each with ``verified``.
         key_map: the key rules applied to the checkpoint side before comparing.
+        aligned: the same comparison with the suggested key map applied, when one was found
+            (its ``key_map`` holds those rules): what loading looks like after the fix.
     """
 
     checkpoint: str
@@ -322,6 +324,7 @@ class Report:
     findings: tuple[Finding, ...] = ()
     suggestions: tuple[Suggestion, ...] = ()
     key_map: tuple[Mapping[str, Any], ...] = ()
+    aligned: Report | None = None
 
     @property
     def ok(self) -> bool:
@@ -368,6 +371,14 @@ class Report:
             "findings": [f.to_dict() for f in self.findings],
             "suggestions": [s.to_dict() for s in self.suggestions],
             "key_map": [dict(r) for r in self.key_map],
+            "after_key_map": None if self.aligned is None else {
+                "key_map": [dict(r) for r in self.aligned.key_map],
+                "ok": self.aligned.ok,
+                "counts": self.aligned.to_dict()["counts"],
+                "mismatched": [m.to_dict() for m in self.aligned.mismatched],
+                "missing": [t.to_dict() for t in self.aligned.missing],
+                "unexpected": [t.to_dict() for t in self.aligned.unexpected],
+            },
         }
 
     def to_json(self, indent: int | None = 2) -> str:
