@@ -28,7 +28,7 @@ import pickletools
 import re
 import reprlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal
@@ -799,9 +799,15 @@ class Unpickled:
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BufferedIOBase, storage_form: StorageForm) -> None:
+    def __init__(
+        self,
+        file: io.BufferedIOBase,
+        storage_form: StorageForm,
+        extra_globals: Mapping[tuple[str, str], Any] | None = None,
+    ) -> None:
         super().__init__(file, encoding="utf-8", errors="surrogateescape")
         self.storage_form = storage_form
+        self.extra_globals = extra_globals or {}
         self.storages: dict[str, StorageRef] = {}
         self.views: dict[str, StorageRef] = {}
         self.placeholders: dict[tuple[str, str], type[Opaque]] = {}
@@ -810,6 +816,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         module, name = _py3_name(module, name)
         fake = ALLOWED_GLOBALS.get((module, name))
+        if fake is None:
+            fake = self.extra_globals.get((module, name))
         if fake is not None:
             return fake
         cls = self.placeholders.get((module, name))
@@ -950,6 +958,7 @@ def unpickle(
     *,
     context: str = "data.pkl",
     storage_form: StorageForm = "zip",
+    extra_globals: Mapping[tuple[str, str], Any] | None = None,
 ) -> Unpickled:
     """Unpickle one pickle with fakes: nothing is imported, nothing is run.
 
@@ -959,6 +968,9 @@ def unpickle(
         context: which pickle of the file this is, for messages (``data.pkl``).
         storage_form: the storage records to accept: ``zip`` (torch >= 1.6), ``legacy``
             (torch < 1.6) or ``none`` (a plain pickle: any storage record is an error).
+        extra_globals: more ``(module, name) -> fake`` entries allowed for this pickle only
+            (a format's own record types, e.g. torch.distributed.checkpoint's metadata); the
+            fakes must be immutable or placeholder classes, and are never imported.
 
     Returns:
         The root object, the storages it declared and the findings.
@@ -981,7 +993,7 @@ def unpickle(
         if end is None:
             raise PickleDataError("the pickle ends before its STOP opcode (truncated?)")
         reader = io.BufferedReader(io.BytesIO(data), buffer_size=1 << 17)
-        unpickler = _RestrictedUnpickler(reader, storage_form)
+        unpickler = _RestrictedUnpickler(reader, storage_form, extra_globals)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # the load creates many small objects and no cycles worth collecting
         try:
