@@ -23,7 +23,7 @@ from typing import BinaryIO, NamedTuple
 from ckptdiff.errors import ReadError, UnsupportedFormatError
 from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
-from ckptdiff.readers.unpickler import StorageRef, unpickle
+from ckptdiff.readers.unpickler import StorageRef, Unpickled, unpickle
 from ckptdiff.types import Finding, Manifest
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "parse_end_record",
     "parse_zip64_end_record",
     "read_torch_zip",
+    "unpickle_torch_zip",
 ]
 
 #: Most entries a torch zip may hold (one per storage, plus a handful).
@@ -411,3 +412,31 @@ def read_torch_zip(path: str, source: str, *, select: str | None = None) -> Mani
         select=select,
         byteorder=byteorder,
     )
+
+
+def unpickle_torch_zip(path: str, source: str) -> Unpickled:
+    """The whole unpickled ``data.pkl`` of a torch zip file, storage records checked.
+
+    For readers of training-stack layouts that need the entries around the state dict
+    (DeepSpeed's ``param_shapes``, ``buffer_names``...), not only the state dict itself.
+
+    Raises:
+        ReadError: as :func:`read_torch_zip`.
+    """
+    name = display_name(path, source)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        entries = _read_directory(f, size, name)
+        prefix = archive_prefix(entries, name)
+        pkl = entries[f"{prefix}data.pkl"]
+        if pkl.size > _unpickler.MAX_PICKLE_SIZE:
+            raise ReadError(
+                f"Cannot read '{name}' ({pkl.name}): it is {pkl.size} bytes, over the "
+                f"{_unpickler.MAX_PICKLE_SIZE}-byte limit. Raise "
+                "ckptdiff.readers.unpickler.MAX_PICKLE_SIZE if you trust the file."
+            )
+        data = _read_entry(f, pkl, size, name)
+    unpickled = unpickle(data, name, context=f"{prefix}data.pkl", storage_form="zip")
+    check_storage_records(unpickled.storages, {e.name: e.size for e in entries.values()},
+                          prefix, name)
+    return unpickled
