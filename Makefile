@@ -22,13 +22,19 @@ CKPTDIFF = $(VENV)/bin/ckptdiff
 demo: install
 	@$(PY) -m fixtures.examples $(EXAMPLES)
 	@echo
-	@echo '$$ ckptdiff inspect $(EXAMPLES)/minilm --depth 2'
-	@$(CKPTDIFF) inspect $(EXAMPLES)/minilm --depth 2
+	@echo '$$ ckptdiff inspect $(EXAMPLES)/minilm --depth 1'
+	@$(CKPTDIFF) inspect $(EXAMPLES)/minilm --depth 1
 	@echo '$$ ckptdiff diff $(EXAMPLES)/finetuned_ddp.pt $(EXAMPLES)/minilm'
 	@$(CKPTDIFF) diff $(EXAMPLES)/finetuned_ddp.pt $(EXAMPLES)/minilm; echo "(exit code $$?)"
 	@echo
-	@echo '$$ ckptdiff diff $(EXAMPLES)/finetuned_ddp.pt $(EXAMPLES)/minilm --strip-prefix module.'
-	@$(CKPTDIFF) diff $(EXAMPLES)/finetuned_ddp.pt $(EXAMPLES)/minilm --strip-prefix module.; echo "(exit code $$?)"
+	@echo '$$ ckptdiff check $(EXAMPLES)/minilm --model hf-config:$(EXAMPLES)/minilm/config.json'
+	@$(CKPTDIFF) check $(EXAMPLES)/minilm --model hf-config:$(EXAMPLES)/minilm/config.json --depth 1; echo "(exit code $$?)"
+	@echo
+	@echo '$$ ckptdiff check $(EXAMPLES)/clip_l14_336.safetensors --model fixtures.models:build_clip --config $(EXAMPLES)/clip/ViT-B-16.json'
+	@$(CKPTDIFF) check $(EXAMPLES)/clip_l14_336.safetensors --model fixtures.models:build_clip --config $(EXAMPLES)/clip/ViT-B-16.json --depth 1; echo "(exit code $$?)"
+	@echo
+	@echo '$$ ckptdiff identify $(EXAMPLES)/clip_l14_336.safetensors --candidates $(EXAMPLES)/clip --model fixtures.models:build_clip'
+	@$(CKPTDIFF) identify $(EXAMPLES)/clip_l14_336.safetensors --candidates $(EXAMPLES)/clip --model fixtures.models:build_clip; echo "(exit code $$?)"
 
 test: install
 	$(PY) -m pytest -q

@@ -199,6 +199,12 @@ def render_report_table(report: Report, *, fmt: str = "table", full: bool = Fals
                 for s in report.suggestions]
         parts.append(_section("Suggestions", ["kind", "field / option", "current", "suggested",
                                               "evidence", "verified"], rows, fmt))
+        if any(s.kind == "config" and s.verified for s in report.suggestions):
+            parts.append(
+                "verified = the target rebuilt on meta with the suggested values matches the "
+                "checkpoint on the keys they explain.\nWrite the fixed config with "
+                "--emit-config FILE, the key map with --emit-key-map FILE.\n"
+            )
     body = report
     if report.aligned is not None and not full:
         body = report.aligned

@@ -26,7 +26,7 @@ def render_candidates(ranked: list, fmt: str) -> str:
                      f"{100 * c.coverage:.1f}%", f"{c.fit:.3f}",
                      "fits exactly" if c.report.ok else ""])
     headers = ["rank", "candidate", "matched", "mismatched", "missing", "unexpected",
-               "coverage", "fit", ""]
+               "coverage", "fit", "verdict"]
     return tabulate(rows, headers, tablefmt="github" if fmt == "markdown" else "simple",
                     disable_numparse=True) + "\n"
 
