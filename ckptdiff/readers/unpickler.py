@@ -27,6 +27,8 @@ import pickle
 import pickletools
 import re
 import reprlib
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -288,6 +290,7 @@ class Opaque(metaclass=_OpaqueMeta):
     listitems: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Opaque:
+        _tick()
         self = object.__new__(cls)
         object.__setattr__(self, "args", args)
         object.__setattr__(self, "kwargs", kwargs)
@@ -306,13 +309,16 @@ class Opaque(metaclass=_OpaqueMeta):
         raise AttributeError("placeholder objects are read-only")
 
     def __setstate__(self, state: Any) -> None:
+        _tick()
         object.__setattr__(self, "state", state)
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        _tick()
         self.items.append((key, value))
 
     def append(self, value: Any) -> None:
         """Record an item (``APPEND`` on a list subclass)."""
+        _tick()
         self.listitems.append(value)
 
     def extend(self, values: Iterable[Any]) -> None:
@@ -354,6 +360,7 @@ class _Fake(_Frozen):
         self._init(qualname=qualname, fn=fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        _tick()
         if self.fn is None:
             raise PickleDataError(f"'{self.qualname}' is called, which a torch pickle never does")
         return self.fn(*args, **kwargs)
@@ -691,28 +698,51 @@ _ARG_SIZE: list[int | None] = [None] * 256
 for _op in pickletools.opcodes:
     _ARG_SIZE[ord(_op.code)] = 0 if _op.arg is None else _op.arg.n
 _STOP, _LONG_BINPUT, _PUT, _GLOBAL, _INST, _BINUNICODE = b".rpciX"
+_FRAME = 0x95
+#: copyreg's extension-code opcodes: resolved through a process-wide registry and cache, so a
+#: file using them is read with :class:`_PyRestrictedUnpickler` (see :func:`unpickle`).
+_EXT_OPS = frozenset((0x82, 0x83, 0x84))
+_SLOW_OPS = frozenset((_STOP, _LONG_BINPUT, _FRAME, *_EXT_OPS))
 #: One or more opcodes whose arguments have fixed sizes and cannot be harmful, matched at C speed;
-#: ``LONG_BINPUT`` is included when its index is below 2**20 (16 MB of memo at worst).
+#: ``LONG_BINPUT`` is included when its index is below 2**20 (16 MB of memo at worst). Runs of
+#: argument-less opcodes are taken in one step (an opcode flood costs one regex iteration).
 _SAFE_RUN = re.compile(
-    b"(?:"
+    b"(?:["
+    + b"".join(re.escape(bytes([c])) for c, n in enumerate(_ARG_SIZE) if n == 0
+               and c not in _SLOW_OPS)
+    + b"]+|"
     + b"|".join(
         b"["
         + b"".join(re.escape(bytes([c])) for c, n in enumerate(_ARG_SIZE) if n == size
-                   and c not in (_STOP, _LONG_BINPUT))
+                   and c not in _SLOW_OPS)
         + b"]"
         + b"." * size
-        for size in sorted({n for n in _ARG_SIZE if n is not None and n >= 0})
+        for size in sorted({n for n in _ARG_SIZE if n is not None and n > 0})
     )
     + rb"|r..[\x00-\x0f]\x00)*",
     re.DOTALL,
 )  # fmt: skip
+#: Bytes the opcode scan walks between two looks at the clock.
+_SCAN_CHUNK = 1 << 20
+#: Most seconds one pickle may take to scan and unpickle (read at call time); a file built to
+#: be slow is refused instead of hanging the caller.
+MAX_SECONDS = 60.0
+
+_clock = threading.local()
+
+
+def _tick() -> None:
+    """Raise once the current unpickle has run past its deadline (cheap; called often)."""
+    if time.monotonic() > getattr(_clock, "deadline", float("inf")):
+        raise PickleDataError(f"reading the pickle took more than {MAX_SECONDS:g} seconds")
 
 
 def scan_pickle(data: bytes, start: int = 0) -> int | None:
     """Walk one pickle's opcodes without building anything, and find its end.
 
-    Checks that every opcode is known, that every length-prefixed argument fits in the data, and
-    that no memo index is larger than the data (the C unpickler would allocate memory for it).
+    Checks that every opcode is known, that every length-prefixed argument (and every frame)
+    fits in the data, and that no memo index is larger than the data (the C unpickler would
+    allocate memory for it).
 
     Args:
         data: bytes holding the pickle from ``start``.
@@ -729,21 +759,32 @@ def scan_pickle(data: bytes, start: int = 0) -> int | None:
         >>> scan_pickle(b"\\x80\\x02K\\x01.")
         5
     """
+    return _scan(data, start)[0]
+
+
+def _scan(data: bytes, start: int = 0) -> tuple[int | None, bool]:
+    """:func:`scan_pickle`, also telling whether the pickle uses extension codes."""
     n = len(data)
     limit = max(n, 1 << 16)
     pos = start
     arg_size = _ARG_SIZE
     match = _SAFE_RUN.match
     from_bytes = int.from_bytes
+    uses_ext = False
+    next_tick = pos + _SCAN_CHUNK
     while True:
-        pos = match(data, pos).end()  # type: ignore[union-attr]  # the pattern matches ""
+        pos = match(data, pos, min(n, next_tick)).end()  # type: ignore[union-attr]
+        if pos >= next_tick:
+            _tick()
+            next_tick = pos + _SCAN_CHUNK
+            continue
         if pos >= n:
-            return None
+            return None, uses_ext
         op = data[pos]
         if op == _BINUNICODE:  # the common case in torch pickles: keys
             pos += 5 + from_bytes(data[pos + 1 : pos + 5], "little")
             if pos > n:
-                return None
+                return None, uses_ext
             continue
         pos += 1
         size = arg_size[op]
@@ -751,14 +792,17 @@ def scan_pickle(data: bytes, start: int = 0) -> int | None:
             raise PickleDataError(f"unknown pickle opcode 0x{op:02x} at byte {pos - 1}")
         if size >= 0:
             if op == _STOP:
-                return pos
+                return pos, uses_ext
             if op == _LONG_BINPUT and from_bytes(data[pos : pos + 4], "little") > limit:
                 raise PickleDataError(f"memo index at byte {pos - 1} is absurdly large")
+            if op == _FRAME and pos + 8 + from_bytes(data[pos : pos + 8], "little") > n:
+                return None, uses_ext  # the frame's bytes are not all there
+            uses_ext = uses_ext or op in _EXT_OPS
             pos += size
         elif size == pickletools.UP_TO_NEWLINE:
             end = data.find(b"\n", pos)
             if end < 0:
-                return None
+                return None, uses_ext
             if op == _PUT:
                 digits = bytes(data[pos:end]).strip()
                 if len(digits) > 12 or (digits.isdigit() and int(digits) > limit):
@@ -766,18 +810,18 @@ def scan_pickle(data: bytes, start: int = 0) -> int | None:
             if op in (_GLOBAL, _INST):
                 end = data.find(b"\n", end + 1)
                 if end < 0:
-                    return None
+                    return None, uses_ext
             pos = end + 1
         elif size == pickletools.TAKEN_FROM_ARGUMENT1:
             if pos >= n:
-                return None
+                return None, uses_ext
             pos += 1 + data[pos]
         elif size in (pickletools.TAKEN_FROM_ARGUMENT4, pickletools.TAKEN_FROM_ARGUMENT4U):
             pos += 4 + from_bytes(data[pos : pos + 4], "little", signed=False)
         else:  # TAKEN_FROM_ARGUMENT8U
             pos += 8 + from_bytes(data[pos : pos + 8], "little", signed=False)
         if pos > n:
-            return None
+            return None, uses_ext
 
 
 # --- the unpickler ------------------------------------------------------------------------------
@@ -798,14 +842,16 @@ class Unpickled:
     findings: list[Finding] = field(default_factory=list)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _Restricted:
+    """``find_class`` and ``persistent_load`` of both unpicklers below."""
+
     def __init__(
         self,
         file: io.BufferedIOBase,
         storage_form: StorageForm,
         extra_globals: Mapping[tuple[str, str], Any] | None = None,
     ) -> None:
-        super().__init__(file, encoding="utf-8", errors="surrogateescape")
+        super().__init__(file, encoding="utf-8", errors="surrogateescape")  # type: ignore[call-arg]
         self.storage_form = storage_form
         self.extra_globals = extra_globals or {}
         self.storages: dict[str, StorageRef] = {}
@@ -814,6 +860,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.findings: list[Finding] = []
 
     def find_class(self, module: str, name: str) -> Any:
+        _tick()
         module, name = _py3_name(module, name)
         fake = ALLOWED_GLOBALS.get((module, name))
         if fake is None:
@@ -832,6 +879,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return cls
 
     def persistent_load(self, pid: Any) -> Any:
+        _tick()
         if type(pid) is not tuple or not pid:
             raise PickleDataError(f"unexpected persistent id {_short(pid)}")
         kind = pid[0]
@@ -892,6 +940,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self.views.setdefault(
             key, StorageRef(key, root.dtype, size, root.location, root.key)
         )
+
+
+
+class _RestrictedUnpickler(_Restricted, pickle.Unpickler):
+    """The C unpickler with our ``find_class`` and ``persistent_load``."""
+
+
+class _PyRestrictedUnpickler(_Restricted, pickle._Unpickler):  # type: ignore[name-defined,misc]
+    """The pure-Python unpickler, for pickles that use copyreg extension codes.
+
+    The C unpickler resolves ``EXT1``/``EXT2``/``EXT4`` through :mod:`copyreg`'s process-wide
+    registry and a process-wide cache of resolved objects: a code another library registered
+    (or another unpickler already resolved) would reach a real global without ``find_class``.
+    Here a code never consults either: it is a global outside the allow-list, reported by its
+    number, and becomes a placeholder.
+    """
+
+    def get_extension(self, code: int) -> None:
+        self.append(self.find_class("copyreg._extension_registry", f"code {code}"))
 
 
 def _ascii(value: Any) -> Any:
@@ -989,16 +1056,19 @@ def unpickle(
             "you trust its size."
         )
     try:
-        end = scan_pickle(data)
+        _clock.deadline = time.monotonic() + MAX_SECONDS
+        end, uses_ext = _scan(data)
         if end is None:
             raise PickleDataError("the pickle ends before its STOP opcode (truncated?)")
         reader = io.BufferedReader(io.BytesIO(data), buffer_size=1 << 17)
-        unpickler = _RestrictedUnpickler(reader, storage_form, extra_globals)
+        kind = _PyRestrictedUnpickler if uses_ext else _RestrictedUnpickler
+        unpickler = kind(reader, storage_form, extra_globals)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # the load creates many small objects and no cycles worth collecting
         try:
             root = unpickler.load()
         finally:
+            _clock.deadline = float("inf")
             if gc_was_enabled:
                 gc.enable()
     except ReadError:
