@@ -25,6 +25,9 @@ __all__ = [
 
 #: The same cap safetensors itself enforces on the JSON header (100 MB).
 MAX_HEADER_SIZE = 100_000_000
+#: Most dimensions a tensor may have, and the largest size or offset (int64, as torch's).
+MAX_NDIM = 64
+MAX_DIM = (1 << 63) - 1
 #: Deepest JSON nesting accepted; a valid header is 3 levels deep.
 MAX_JSON_DEPTH = 64
 
@@ -51,6 +54,12 @@ SAFETENSORS_DTYPES: Mapping[str, tuple[str, int]] = {
     "F6_E3M2": ("float6_e3m2fn", 6),
     "F4": ("float4_e2m1fn", 4),
 }
+
+
+def _short(value: Any) -> str:
+    """A bounded repr of a header value, for messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _fail(name: str, context: str, problem: str) -> ReadError:
@@ -188,18 +197,27 @@ def _tensor(name: str, key: str, info: Any) -> tuple[TensorSpec, int, int]:
     shape = info.get("shape")
     offsets = info.get("data_offsets")
     if dtype_code not in SAFETENSORS_DTYPES:
-        raise _fail(name, ctx, f"unknown dtype {dtype_code!r}")
+        raise _fail(name, ctx, f"unknown dtype {_short(dtype_code)}")
     if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
     ):
-        raise _fail(name, ctx, f"shape must be a list of non-negative integers, got {shape!r}")
+        shown = _short(shape)
+        raise _fail(
+            name, ctx, f"shape must be a list of non-negative integers below 2**63, got {shown}"
+        )
+    if len(shape) > MAX_NDIM:
+        raise _fail(name, ctx, f"shape has {len(shape)} dimensions, more than {MAX_NDIM}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
-        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+        or not all(
+            isinstance(o, int) and not isinstance(o, bool) and 0 <= o <= MAX_DIM for o in offsets
+        )
         or offsets[0] > offsets[1]
     ):
-        raise _fail(name, ctx, f"data_offsets must be [begin, end] with begin <= end, got {offsets!r}")
+        raise _fail(
+            name, ctx, f"data_offsets must be [begin, end] with begin <= end, got {_short(offsets)}"
+        )
     torch_name, bits = SAFETENSORS_DTYPES[dtype_code]
     numel = 1
     for d in shape:
