@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["natural_key"]
@@ -10,6 +11,7 @@ __all__ = ["natural_key"]
 _DIGITS = re.compile(r"(\d+)")
 
 
+@lru_cache(maxsize=1 << 18)
 def natural_key(key: str) -> tuple[Any, ...]:
     """Sort key that puts ``layers.2`` before ``layers.10``.
 

@@ -171,7 +171,7 @@ def test_header_defects_are_one_read_error(tmp_path, header, data, length, messa
 def test_deeply_nested_json_is_refused(tmp_path):
     raw = b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     path = _write(tmp_path / "deep.safetensors", raw)
-    with pytest.raises(ReadError, match="nested deeper than"):
+    with pytest.raises(ReadError, match="nested too deeply"):
         from ckptdiff.readers.safetensors_file import read_safetensors
 
         read_safetensors(path)
