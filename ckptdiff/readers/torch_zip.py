@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import BinaryIO, NamedTuple
 
-from ckptdiff.errors import ReadError, UnsupportedFormatError
+from ckptdiff.errors import ReadError, UnsafeCheckpointError, UnsupportedFormatError
 from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
 from ckptdiff.readers.unpickler import StorageRef, Unpickled, unpickle
@@ -44,6 +44,9 @@ __all__ = [
 
 #: Most entries a torch zip may hold (one per storage, plus a handful).
 MAX_ZIP_ENTRIES = 1_000_000
+#: A deflated entry may declare at most this many times its compressed size (past 1 MiB):
+#: torch stores its records uncompressed, and deflate tops out near 1032:1 on a zip bomb.
+MAX_INFLATE_RATIO = 100
 _FIX_CORRUPT = "The file is truncated or corrupt; download or save it again."
 
 
@@ -258,6 +261,7 @@ def parse_central_directory(directory: bytes, entries: int, name: str) -> dict[s
 
     Raises:
         ReadError: a malformed entry or a directory shorter than it declares.
+        UnsafeCheckpointError: two entries share a name (loaders disagree on which they read).
     """
     unpack = _CENTRAL.unpack_from
     size = len(directory)
@@ -280,6 +284,12 @@ def parse_central_directory(directory: bytes, entries: int, name: str) -> dict[s
             usize, csize, offset = _zip64_extra(
                 directory[start + nlen : start + nlen + xlen], usize, csize, offset, name
             )
+        if entry_name in out:
+            raise UnsafeCheckpointError(
+                f"Cannot read '{name}' (zip directory): two entries are named {entry_name!r}; "
+                "zip readers disagree on which one they use, so what a checker reads need not be "
+                "what torch.load runs. Refusing to guess."
+            )
         out[entry_name] = ZipEntry(entry_name, usize, csize, offset, method, crc, flags)
     return out
 
@@ -289,7 +299,8 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int, name: str) -
     while pos + 4 <= len(extra):
         tag, length = struct.unpack_from("<2H", extra, pos)
         if tag == 1:
-            values = list(struct.unpack_from(f"<{length // 8}Q", extra, pos + 4))
+            count = min(length, len(extra) - pos - 4) // 8
+            values = list(struct.unpack_from(f"<{count}Q", extra, pos + 4))
             fields = [usize, csize, offset]
             for i, v in enumerate(fields):
                 if v == 0xFFFFFFFF:
@@ -318,6 +329,13 @@ def decode_entry(raw: bytes, entry: ZipEntry, name: str) -> bytes:
     if entry.method == 0:
         data = raw
     elif entry.method == 8:
+        if entry.size > max(1 << 20, MAX_INFLATE_RATIO * entry.compressed_size):
+            raise UnsafeCheckpointError(
+                f"Cannot read '{name}' ({entry.name}): {entry.compressed_size} deflated bytes "
+                f"declare {entry.size} bytes, a ratio over {MAX_INFLATE_RATIO}:1 (a zip bomb?). "
+                "Refusing to inflate it. Raise ckptdiff.readers.torch_zip.MAX_INFLATE_RATIO if "
+                "you trust the file."
+            )
         try:
             data = zlib.decompressobj(-15).decompress(raw, entry.size + 1)
         except zlib.error as e:
@@ -360,6 +378,8 @@ def _read_entry(f: BinaryIO, entry: ZipEntry, size: int, name: str) -> bytes:
         raise _zip_error(name, entry.name, "its local header lies past the end")
     f.seek(entry.offset)
     start = local_data_offset(f.read(_LOCAL.size), entry, name)
+    if start + entry.compressed_size > size:
+        raise _zip_error(name, entry.name, "the file ends inside this entry")
     f.seek(start)
     return decode_entry(f.read(entry.compressed_size), entry, name)
 
