@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 from ckptdiff.readers.safetensors_header import looks_like_safetensors
+from ckptdiff.readers.unpickler import PickleDataError, scan_pickle
 
 __all__ = ["sniff_bytes", "sniff_file", "FORMAT_NAMES"]
 
@@ -15,6 +19,12 @@ FORMAT_NAMES = {
     "tar": "a tar archive (the pre-1.6 torch tar format or another tar)",
     "7z": "a 7z archive",
     "npy": "a numpy .npy array",
+    "npy-object": "a numpy .npy array of Python objects (a pickle numpy would run on load)",
+    "gzip": "a gzip-compressed file (decompress it first)",
+    "bz2": "a bzip2-compressed file (decompress it first)",
+    "xz": "an xz-compressed file (decompress it first)",
+    "zstd": "a zstd-compressed file (decompress it first)",
+    "special": "not a regular file (a pipe, socket or device)",
     "gguf": "a GGUF file",
     "hdf5": "an HDF5 file (Keras/TensorFlow)",
     "onnx-or-protobuf": "a protobuf file (ONNX or TensorFlow)",
@@ -42,7 +52,10 @@ def sniff_bytes(head: bytes, file_size: int | None = None) -> str:
         if head[:1] in (b"(", b"}", b"]", b"c"):
             return "pickle"
     if head.startswith(b"\x93NUMPY"):
-        return "npy"
+        return "npy-object" if _npy_holds_objects(head) else "npy"
+    for magic, kind in _COMPRESSED:
+        if head.startswith(magic):
+            return kind
     if head.startswith(b"7z\xbc\xaf\x27\x1c"):
         return "7z"
     if head.startswith(b"GGUF"):
@@ -54,11 +67,46 @@ def sniff_bytes(head: bytes, file_size: int | None = None) -> str:
     stripped = head.lstrip()
     if stripped[:1] in (b"{", b"["):
         return "json"
+    if _opcodes_only(head):
+        # a pickle without a PROTO opcode (pickle.load needs none): read it as one, so that a
+        # payload hidden in it is reported rather than left as an unknown file
+        return "pickle"
     return "unknown"
 
 
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bz2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+
+
+def _npy_holds_objects(head: bytes) -> bool:
+    """Whether a .npy header declares an object dtype (``'descr': '|O'``)."""
+    header = head[8:].split(b"}", 1)[0]
+    return b"'|O'" in header or b"'O'" in header or b"'<O'" in header
+
+
+def _opcodes_only(head: bytes) -> bool:
+    """Whether ``head`` is a valid run of pickle opcodes (up to its end or a STOP)."""
+    if len(head) < 2:
+        return False
+    try:
+        scan_pickle(head)
+    except PickleDataError:
+        return False
+    return True
+
+
 def sniff_file(path: str, file_size: int | None = None) -> str:
-    """Name the format of the file at ``path`` (reads at most 512 bytes)."""
+    """Name the format of the file at ``path`` (reads at most 512 bytes).
+
+    A pipe, socket or device is ``special`` and is not opened: opening a pipe would wait for a
+    writer forever, and a device has no end.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return "special"
     with open(path, "rb") as f:
         head = f.read(512)
     return sniff_bytes(head, file_size)
