@@ -7,6 +7,7 @@ two shards, a shard file missing, ``total_size``. Shard names that leave the fol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -31,6 +32,9 @@ MAX_INDEX_FILE_SIZE = 100 * 1024 * 1024
 def confined_path(folder: str, name: str, source: str) -> str:
     """The path of ``name`` inside ``folder``, refusing names or links that leave it.
 
+    In a Hugging Face cache snapshot (``<repo>/snapshots/<commit>/``), where every file is a
+    link to ``<repo>/blobs/``, links into that repo's own ``blobs`` folder are inside.
+
     Raises:
         UnsafeCheckpointError: an absolute name, a ``..`` component, or a symlink whose
             target lies outside the folder.
@@ -39,12 +43,25 @@ def confined_path(folder: str, name: str, source: str) -> str:
     root = os.path.realpath(folder)
     path = os.path.join(root, *parts)
     real = os.path.realpath(path)
-    if os.path.commonpath([root, real]) != root:
+    if not any(os.path.commonpath([r, real]) == r for r in (root, *_cache_blobs(root))):
         raise UnsafeCheckpointError(
             f"Cannot read '{source}' (index): shard {name!r} is a link to {real}, outside the "
             "checkpoint's folder. Refusing to follow it."
         )
     return real
+
+
+def _cache_blobs(root: str) -> tuple[str, ...]:
+    """``<repo>/blobs`` when ``root`` lies in a hub cache snapshot ``<repo>/snapshots/<x>``."""
+    parts = root.split(os.sep)
+    if "snapshots" not in parts:
+        return ()
+    at = len(parts) - 1 - parts[::-1].index("snapshots")
+    repo = os.sep.join(parts[:at])
+    if at + 1 >= len(parts) or "--" not in parts[at - 1]:
+        return ()
+    blobs = os.path.join(repo, "blobs")
+    return (blobs,) if os.path.isdir(blobs) else ()
 
 
 def _load_index(path: str, source: str) -> tuple[dict[str, str], dict[str, Any]]:
@@ -111,15 +128,21 @@ def shard_name_parts(name: Any, source: str) -> list[str]:
     return parts
 
 
-def _read_shard(path: str, name: str, source: str) -> dict[str, TensorSpec]:
+def _read_shard(
+    path: str, name: str, source: str
+) -> tuple[dict[str, TensorSpec], tuple[Finding, ...]]:
+    """One shard's tensors, and its security findings (a pickle shard's forbidden globals)."""
     from ckptdiff.readers import read_file
     from ckptdiff.readers.safetensors_file import read_safetensors_specs
     from ckptdiff.readers.sniff import sniff_file
 
     if sniff_file(path) == "safetensors":
-        return read_safetensors_specs(path, name)[0]
+        return read_safetensors_specs(path, name)[0], ()
     shard = read_file(path, f"{source}: {name}")
-    return dict(shard.tensors)
+    findings = tuple(
+        dataclasses.replace(f, message=f"{name}: {f.message}") for f in shard.security_findings
+    )
+    return dict(shard.tensors), findings
 
 
 def read_sharded(index_path: str, source: str, *, select: str | None = None) -> Manifest:
@@ -149,13 +172,20 @@ def read_sharded(index_path: str, source: str, *, select: str | None = None) -> 
     weight_map, index_meta = _load_index(index_path, source)
     shard_specs: dict[str, dict[str, TensorSpec]] = {}
     files: list[str] = [index_path]
+    unsafe: list[Finding] = []
     for name in dict.fromkeys(weight_map.values()):
         path = confined_path(folder, name, source)
         if not os.path.isfile(path):
             continue
         files.append(path)
-        shard_specs[name] = _read_shard(path, name, source)
-    return index_manifest(weight_map, index_meta, shard_specs, source=source, files=tuple(files))
+        shard_specs[name], shard_findings = _read_shard(path, name, source)
+        unsafe.extend(shard_findings)
+    manifest = index_manifest(
+        weight_map, index_meta, shard_specs, source=source, files=tuple(files)
+    )
+    if unsafe:
+        manifest = dataclasses.replace(manifest, findings=(*unsafe, *manifest.findings))
+    return manifest
 
 
 def index_manifest(
