@@ -221,6 +221,21 @@ class KeyMap:
         aliases = {self.apply(k): self.apply(v) for k, v in manifest.aliases.items()}
         return replace(manifest, tensors=tensors, findings=tuple(findings), aliases=aliases)
 
+    def remap_state_dict(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply the rules to a real state dict: keys renamed, tensors transposed/split/joined.
+
+        Runs exactly the code :meth:`python_snippet` prints for these rules, so what a report
+        suggests and what users paste behave the same.
+
+        Example:
+            >>> KeyMap.from_options(strip_prefix=["module."]).remap_state_dict({"module.w": 1})
+            {'w': 1}
+        """
+        namespace: dict[str, Any] = {}
+        code = _state_dict_snippet(self.rules, with_load=False)
+        exec(compile(code, "<ckptdiff key map>", "exec"), namespace)  # our own generated code
+        return dict(namespace["remap"](state_dict))
+
     def python_snippet(self) -> str:
         """Python that applies these rules to a ``state_dict`` before ``load_state_dict``.
 
@@ -379,7 +394,7 @@ def _apply_with_shapes(rules: tuple[_Rule, ...], manifest: Manifest) -> Manifest
     return replace(manifest, tensors=tensors, findings=tuple(findings), aliases=aliases)
 
 
-def _state_dict_snippet(rules: tuple[_Rule, ...]) -> str:
+def _state_dict_snippet(rules: tuple[_Rule, ...], *, with_load: bool = True) -> str:
     """``remap(state_dict)``: every rule as a loop over the state dict, in order."""
     lines = ["import re", "", "import torch", "", "", "def remap(state_dict):",
              "    sd = dict(state_dict)"]
@@ -424,10 +439,7 @@ def _state_dict_snippet(rules: tuple[_Rule, ...]) -> str:
                 f"        out[k] = torch.cat([parts[p] for p in {list(r.parts)!r}], dim={r.dim})",
                 "    sd = out",
             ]
-    lines += [
-        "    return sd",
-        "",
-        "",
-        "model.load_state_dict(remap(state_dict))",
-    ]
+    lines.append("    return sd")
+    if with_load:
+        lines += ["", "", "model.load_state_dict(remap(state_dict))"]
     return "\n".join(lines)

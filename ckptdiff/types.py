@@ -332,6 +332,18 @@ class Report:
         return not (self.missing or self.unexpected or self.mismatched or self.buffers_missing)
 
     @property
+    def load_key_map(self) -> tuple[Mapping[str, Any], ...]:
+        """The key-map rules to apply to the checkpoint before ``load_state_dict``: the ones
+        given to the comparison, then the ones it found (empty when none are needed).
+
+        Example:
+            >>> from ckptdiff.keymap import KeyMap  # doctest: +SKIP
+            >>> sd = KeyMap.from_rules(report.load_key_map).remap_state_dict(sd)  # doctest: +SKIP
+        """
+        found = self.aligned.key_map if self.aligned is not None else ()
+        return tuple(self.key_map) + tuple(found)
+
+    @property
     def has_security_findings(self) -> bool:
         """True when a source named a forbidden global or escaped its folder."""
         return any(f.severity == "security" for f in self.findings)
