@@ -56,11 +56,10 @@ def read(source: str, *, select: str | None = None) -> Manifest:
         >>> len(m.tensors), m.format  # doctest: +SKIP
         (105, 'torch-zip')
     """
-    if source.startswith(HUB_PREFIXES):
-        raise UnsupportedFormatError(
-            f"Cannot read '{source}' (hub source): reading hub repos is not available in this "
-            "version. Download the repo's small files and weights headers, or pass a local path."
-        )
+    if source.startswith(HUB_PREFIXES) or source.startswith(("http://", "https://")):
+        from ckptdiff.readers.hub import read_hub
+
+        return read_hub(source, select=select)
     path = os.path.expanduser(source)
     if not os.path.exists(path):
         raise SourceNotFoundError(f"Cannot read '{source}': no such file or folder.")
