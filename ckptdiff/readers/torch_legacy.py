@@ -12,10 +12,11 @@ hold no tensors, since it has no storages; numpy arrays and other objects become
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, BinaryIO
 
-from ckptdiff.errors import ReadError
+from ckptdiff.errors import ReadError, UnsafeCheckpointError
 from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
 from ckptdiff.readers.torch_zip import display_name
@@ -39,6 +40,8 @@ PROTOCOL_VERSION = 1001
 CHUNK_SIZE = 1 << 16
 #: Bytes in front of each raw storage (its element count).
 STORAGE_HEADER_SIZE = 8
+#: Pickles after the first one of a plain pickle file that are unpickled for their globals.
+MAX_TRAILING_PICKLES = 64
 _FIX_CORRUPT = "The file is truncated or corrupt; download or save it again."
 
 
@@ -123,6 +126,7 @@ def read_pickle_file(path: str, source: str, *, select: str | None = None) -> Ma
         if type(first.root) is int and first.root == MAGIC_NUMBER:
             return _read_legacy(stream, path, source, name, select)
     findings = list(first.findings)
+    findings.extend(_trailing_pickles(stream, name))
     if stream.offset < size:
         findings.append(
             Finding(
@@ -136,6 +140,29 @@ def read_pickle_file(path: str, source: str, *, select: str | None = None) -> Ma
             )
         )
     return _manifest(first, findings, path, source, name, "pickle", select)
+
+
+def _trailing_pickles(stream: _PickleStream, name: str) -> list[Finding]:
+    """The globals of further pickles after the first (a second ``pickle.load`` would run them).
+
+    Stops at the first bytes that are not a whole pickle; those stay trailing bytes.
+    """
+    findings: list[Finding] = []
+    for i in range(MAX_TRAILING_PICKLES):
+        if stream.offset >= stream.size:
+            break
+        mark = (stream.buf, stream.base, stream.pos)
+        context = f"pickle {i + 2}"
+        try:
+            extra = unpickle(stream.next(context), name, context=context, storage_form="none")
+        except ReadError:
+            stream.buf, stream.base, stream.pos = mark
+            break
+        findings.extend(
+            dataclasses.replace(f, message=f"{context} (after the first STOP): {f.message}")
+            for f in extra.findings
+        )
+    return findings
 
 
 def _read_legacy(
@@ -167,6 +194,13 @@ def _read_legacy(
 def _small(stream: _PickleStream, name: str, context: str) -> Any:
     """One of the small pickles around the object (no storages, no globals expected)."""
     unpickled = unpickle(stream.next(context), name, context=context, storage_form="none")
+    unsafe = [f for f in unpickled.findings if f.severity == "security"]
+    if unsafe:
+        raise UnsafeCheckpointError(
+            f"Cannot read '{name}' ({context}): this header pickle names {unsafe[0].keys[0]}, "
+            "which torch never writes there and torch.load(weights_only=False) would import "
+            "and call. Do not load this file."
+        )
     if unpickled.findings:
         raise ReadError(
             f"Cannot read '{name}' ({context}): this header pickle names "
