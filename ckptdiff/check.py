@@ -84,7 +84,8 @@ def check(
     prefix_map, prefix_finding = base_model_prefix_keymap(checkpoint, target, user_map)
     combined = (user_map or KeyMap()) + (prefix_map or KeyMap())
     report = diff_manifests(checkpoint, target, key_map=combined or None, depth=depth)
-    extra = ([prefix_finding] if prefix_finding else []) + unloaded_module_findings(report.coverage)
+    extra = ([prefix_finding] if prefix_finding else []) + unloaded_module_findings(
+        report.coverage, mismatched=[m.key for m in report.mismatched])
     return replace(report, findings=tuple(extra) + report.findings) if extra else report
 
 
@@ -155,20 +156,29 @@ def base_model_prefix_keymap(
     return prefix_map, finding
 
 
-def unloaded_module_findings(coverage: Sequence[Coverage]) -> list[Finding]:
+def unloaded_module_findings(
+    coverage: Sequence[Coverage], mismatched: Sequence[str] = ()
+) -> list[Finding]:
     """A warning for each outermost module the checkpoint supplies nothing of.
 
     A module whose parent already got a warning is not repeated; when nothing at all loads,
-    one warning covers the whole model.
+    one warning covers the whole model. ``mismatched`` (keys present with another shape) says
+    whether the module is absent from the checkpoint or there with other shapes.
     """
     findings: list[Finding] = []
     empty: list[str] = []
+    shaped: list[tuple[Coverage, int]] = []
     for row in coverage:
         if not row.expected_tensors or row.supplied_tensors:
             continue
         if any(row.module == e or row.module.startswith(e + ".") or e == "" for e in empty):
             continue
         empty.append(row.module)
+        prefix = row.module + "." if row.module else ""
+        wrong = sum(1 for k in mismatched if k.startswith(prefix))
+        if wrong:
+            shaped.append((row, wrong))
+            continue
         where = f"'{row.module}'" if row.module else "the whole model"
         findings.append(
             Finding(
@@ -183,6 +193,22 @@ def unloaded_module_findings(coverage: Sequence[Coverage]) -> list[Finding]:
                     "expected": row.expected,
                     "expected_tensors": row.expected_tensors,
                 },
+            )
+        )
+    if shaped:
+        names = ", ".join(f"'{r.module}'" if r.module else "the whole model" for r, _ in shaped)
+        n_wrong = sum(w for _, w in shaped)
+        n_params = sum(r.expected for r, _ in shaped)
+        findings.append(
+            Finding(
+                "module_not_loaded",
+                f"Nothing in {names} loads with the right shape ({n_wrong} tensors there with "
+                f"other shapes, {n_params:,} parameters): load_state_dict raises, and with "
+                "strict=False or ignore_mismatched_sizes they keep their initial values.",
+                tuple(r.module for r, _ in shaped),
+                "warning",
+                {"modules": [r.module for r, _ in shaped], "mismatched": n_wrong,
+                 "expected": n_params},
             )
         )
     return findings
