@@ -155,6 +155,8 @@ def _trailing_pickles(stream: _PickleStream, name: str) -> list[Finding]:
         context = f"pickle {i + 2}"
         try:
             extra = unpickle(stream.next(context), name, context=context, storage_form="none")
+        except UnsafeCheckpointError:
+            raise
         except ReadError:
             stream.buf, stream.base, stream.pos = mark
             break

@@ -35,11 +35,13 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal
 
-from ckptdiff.errors import ReadError
+from ckptdiff.errors import ReadError, UnsafeCheckpointError
 from ckptdiff.types import DTYPE_SIZES, Finding
 
 __all__ = [
     "MAX_PICKLE_SIZE",
+    "MAX_SECONDS",
+    "UnsafeUnreadableError",
     "ALLOWED_GLOBALS",
     "BENIGN_GLOBALS",
     "DType",
@@ -70,6 +72,10 @@ StorageForm = Literal["zip", "legacy", "none"]
 
 class PickleDataError(ValueError):
     """Raised by the fakes when the pickle's data is inconsistent (turned into ReadError)."""
+
+
+class UnsafeUnreadableError(UnsafeCheckpointError, ReadError):
+    """A malformed pickle that names globals outside the allow-list before it breaks (exit 3)."""
 
 
 # --- immutable fakes -----------------------------------------------------------------------------
@@ -958,7 +964,9 @@ class _PyRestrictedUnpickler(_Restricted, pickle._Unpickler):  # type: ignore[na
     """
 
     def get_extension(self, code: int) -> None:
-        self.append(self.find_class("copyreg._extension_registry", f"code {code}"))
+        self.append(  # type: ignore[attr-defined]
+            self.find_class("copyreg._extension_registry", f"code {code}")
+        )
 
 
 def _ascii(value: Any) -> Any:
@@ -1055,6 +1063,7 @@ def unpickle(
             f"{MAX_PICKLE_SIZE}-byte limit. Raise ckptdiff.readers.unpickler.MAX_PICKLE_SIZE if "
             "you trust its size."
         )
+    unpickler: _Restricted | None = None
     try:
         _clock.deadline = time.monotonic() + MAX_SECONDS
         end, uses_ext = _scan(data)
@@ -1077,6 +1086,16 @@ def unpickle(
         problem = " ".join(str(e).split())[:300] or type(e).__name__
         if isinstance(e, (RecursionError, MemoryError)):
             problem = f"{type(e).__name__}: the pickle nests too deep or is too large"
+        unsafe = [f for f in unpickler.findings if f.severity == "security"] if unpickler else []
+        if unsafe:
+            # a payload next to a malformed record: the payload is what matters
+            raise UnsafeUnreadableError(
+                f"Cannot read '{name}' ({context}): it names "
+                f"{', '.join(repr(f.keys[0]) for f in unsafe[:3])}"
+                f"{' and more' if len(unsafe) > 3 else ''}, outside the allow-list "
+                "(torch.load(weights_only=False) would import and call it), and then "
+                f"{problem.rstrip('.')}. Do not load this file."
+            ) from e
         raise ReadError(
             f"Cannot read '{name}' ({context}): {problem.rstrip('.')}. The file is corrupt, "
             "truncated or not a torch checkpoint; save or download it again."
