@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from ckptdiff.cli.audit_cmd import audit
 from ckptdiff.cli.check_cmd import check
 from ckptdiff.cli.diff_cmd import diff
 from ckptdiff.cli.identify_cmd import identify
@@ -33,6 +34,7 @@ def main() -> None:
 main.add_command(inspect)
 main.add_command(diff)
 main.add_command(check)
+main.add_command(audit)
 main.add_command(identify)
 
 __all__ = ["main"]
