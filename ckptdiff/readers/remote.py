@@ -187,10 +187,13 @@ def _timeout_seconds() -> float:
     return float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
 
 
-def _token_hint() -> str:
+def _has_token() -> bool:
     from huggingface_hub.utils import get_token
 
-    return "your token" if get_token() else "no token (HF_TOKEN is unset and you are not logged in)"
+    return bool(get_token())
+
+
+_NO_TOKEN = "no token was sent (HF_TOKEN is unset and you are not logged in)"
 
 
 def translate_hub_error(
@@ -227,10 +230,11 @@ def translate_hub_error(
             f"unreachable). Unset HF_HUB_OFFLINE or check your network."
         )
     if isinstance(e, hf_errors.GatedRepoError):
+        who = "your token has not been granted access" if _has_token() else _NO_TOKEN
         return HubAccessError(
-            f"{head}: {repo_id} is a gated repo and the hub refused access (HTTP {status}) with "
-            f"{_token_hint()}. Accept its terms on {page} and set HF_TOKEN (or run `hf auth "
-            "login`) with a token of that account."
+            f"{head}: {repo_id} is a gated repo and the hub refused access (HTTP {status}): "
+            f"{who}. Accept its terms on {page} and set HF_TOKEN (or run `hf auth login`) "
+            "with a token of that account."
         )
     if isinstance(e, hf_errors.DisabledRepoError):
         return HubAccessError(f"{head}: the hub has disabled {repo_id} (HTTP {status}).")
@@ -240,19 +244,20 @@ def translate_hub_error(
             "commit that exists, e.g. @main."
         )
     if isinstance(e, hf_errors.RepositoryNotFoundError):
+        who = "your token cannot read it" if _has_token() else _NO_TOKEN
         return HubNotFoundError(
-            f"{head}: there is no repo {repo_id}, or it is private and {_token_hint()} cannot "
-            f"read it (HTTP {status}). Check the name; for a private repo set HF_TOKEN to a "
-            "token with access."
+            f"{head}: there is no repo {repo_id}, or it is private and {who} (HTTP {status}). "
+            "Check the name; for a private repo set HF_TOKEN to a token with access."
         )
     if isinstance(e, hf_errors.EntryNotFoundError):
         return HubNotFoundError(
             f"{head}: {repo_id} has no such file at this revision (HTTP {status or 404})."
         )
     if status in (401, 403):
+        who = "to your token" if _has_token() else f"and {_NO_TOKEN}"
         return HubAccessError(
-            f"{head}: the hub refused access (HTTP {status}) with {_token_hint()}. If the repo "
-            f"is gated, accept its terms on {page}; set HF_TOKEN to a token with access."
+            f"{head}: the hub refused access (HTTP {status}) {who}. If the repo is gated, "
+            f"accept its terms on {page}; set HF_TOKEN to a token with access."
         )
     if status == 404:
         return HubNotFoundError(f"{head}: not found on the hub (HTTP 404). Check the name.")
