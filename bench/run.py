@@ -165,6 +165,7 @@ def main() -> None:
     extra = os.path.join(os.path.dirname(__file__), "targets.py")
     if os.path.exists(extra):
         subprocess.run([PY, "-m", "bench.targets"], check=True)
+    subprocess.run([PY, "-m", "bench.hub"], check=True)
 
 
 if __name__ == "__main__":
