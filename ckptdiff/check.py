@@ -81,11 +81,20 @@ def check(
         target = build_target(model_or_target, args=args, config=config, auto_class=auto_class)
 
     user_map = _as_keymap(key_map)
+    from ckptdiff.layouts import layout_findings, prepare_checkpoint
+    from ckptdiff.readers.peft import is_adapter
+
+    if is_adapter(checkpoint):  # a PEFT adapter is checked against what its base expects
+        from ckptdiff.adapter import check_adapter
+
+        return check_adapter(target, checkpoint, key_map=user_map, depth=depth)
+    checkpoint = prepare_checkpoint(checkpoint, target)  # quantized weights at logical shapes
     prefix_map, prefix_finding = base_model_prefix_keymap(checkpoint, target, user_map)
     combined = (user_map or KeyMap()) + (prefix_map or KeyMap())
     report = diff_manifests(checkpoint, target, key_map=combined or None, depth=depth)
     extra = ([prefix_finding] if prefix_finding else []) + unloaded_module_findings(
         report.coverage, mismatched=[m.key for m in report.mismatched])
+    extra = layout_findings(report, checkpoint, target) + extra
     return replace(report, findings=tuple(extra) + report.findings) if extra else report
 
 
