@@ -51,6 +51,9 @@ def sniff_bytes(head: bytes, file_size: int | None = None) -> str:
         # protocol 0/1 pickles have no PROTO opcode; only claim it when there is a STOP
         if head[:1] in (b"(", b"}", b"]", b"c"):
             return "pickle"
+    if head[8:9] == b"{" and head[9:10] in (b'"', b"}"):
+        # a safetensors JSON header behind an impossible length: let its reader say what is wrong
+        return "safetensors"
     if head.startswith(b"\x93NUMPY"):
         return "npy-object" if _npy_holds_objects(head) else "npy"
     for magic, kind in _COMPRESSED:
