@@ -12,6 +12,7 @@ from ckptdiff.cli.check_cmd import check
 from ckptdiff.cli.diff_cmd import diff
 from ckptdiff.cli.identify_cmd import identify
 from ckptdiff.cli.inspect_cmd import inspect
+from ckptdiff.cli.scan_cmd import scan
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -36,5 +37,6 @@ main.add_command(diff)
 main.add_command(check)
 main.add_command(audit)
 main.add_command(identify)
+main.add_command(scan)
 
 __all__ = ["main"]

@@ -1,0 +1,209 @@
+"""``ckptdiff scan SOURCE...``: security findings only, for files, folders and hub repos."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from ckptdiff.cli.common import debug_option, emit, handle_errors
+
+SCAN_SCHEMA = "ckptdiff.scan/1"
+#: Findings listed per file in the table (JSON has them all).
+_SHOWN = 5
+#: Formats a folder scan reads (sniffed by content); other files are skipped unless their
+#: extension says weights.
+_SCANNED_KINDS = {"safetensors", "zip", "pickle", "npy-object", "tar", "7z", "special"}
+_WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npy",
+                     ".joblib", ".model", ".tar", ".index.json")  # fmt: skip
+
+
+@dataclass
+class ScanResult:
+    """One scanned file: ``clean``, ``flagged`` (security findings) or ``unreadable``."""
+
+    path: str
+    status: str
+    format: str = ""
+    tensors: int = 0
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "path": self.path,
+            "status": self.status,
+            "format": self.format,
+            "tensors": self.tensors,
+            "findings": self.findings,
+            "error": self.error or None,
+        }
+
+
+def _finding(kind: str, message: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"kind": kind, "message": message, "keys": list(keys), "severity": "security"}
+
+
+def _walk(root: str) -> Iterator[tuple[str, str]]:
+    """``(path, path relative to root)`` of every file below ``root``; links are not followed
+    into folders, so link loops end."""
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        links = sorted(d for d in dirs if os.path.islink(os.path.join(folder, d)))
+        for name in sorted(files) + links:
+            path = os.path.join(folder, name)
+            yield path, os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _wanted(path: str) -> bool:
+    from ckptdiff.readers.sniff import sniff_file
+
+    if path.endswith(_WEIGHTS_SUFFIXES):
+        return True
+    try:
+        return os.path.isfile(path) and sniff_file(path) in _SCANNED_KINDS
+    except OSError:
+        return False
+
+
+def scan_file(path: str, shown: str) -> ScanResult:
+    """Read one file for its findings (an index: only its shard names)."""
+    from ckptdiff.errors import CkptDiffError, UnsafeCheckpointError
+    from ckptdiff.readers import read_file
+
+    try:
+        if path.endswith(".index.json"):
+            return _scan_index(path, shown)
+        if not os.path.exists(path):
+            return ScanResult(shown, "unreadable", error="a broken link or a link loop")
+        manifest = read_file(path, shown)
+    except UnsafeCheckpointError as e:
+        return ScanResult(shown, "flagged", findings=[_finding("unsafe_file", str(e))])
+    except CkptDiffError as e:
+        return ScanResult(shown, "unreadable", error=str(e))
+    except OSError as e:
+        return ScanResult(shown, "unreadable", error=f"Cannot read '{shown}': {e.strerror}.")
+    findings = [
+        {"kind": f.kind, "message": f.message, "keys": list(f.keys), "severity": f.severity}
+        for f in manifest.security_findings
+    ]
+    return ScanResult(
+        shown, "flagged" if findings else "clean", manifest.format, len(manifest.tensors), findings
+    )
+
+
+def _scan_index(path: str, shown: str) -> ScanResult:
+    from ckptdiff.errors import UnsafeCheckpointError
+    from ckptdiff.readers.sharded import _load_index, confined_path
+
+    weight_map, _ = _load_index(path, shown)
+    findings = []
+    for name in dict.fromkeys(weight_map.values()):
+        try:
+            confined_path(os.path.dirname(os.path.abspath(path)), name, shown)
+        except UnsafeCheckpointError as e:
+            findings.append(_finding("path_escape", str(e), (name,)))
+    return ScanResult(
+        shown, "flagged" if findings else "clean", "index", len(weight_map), findings
+    )
+
+
+def scan_source(source: str) -> list[ScanResult]:
+    """Scan one source: a file, a folder (every weights file below it) or a hub repo."""
+    from ckptdiff.errors import CkptDiffError, UnsafeCheckpointError
+    from ckptdiff.readers import HUB_PREFIXES, read
+    from ckptdiff.readers.sharded import confined_path
+
+    if source.startswith(HUB_PREFIXES):
+        try:
+            manifest = read(source)
+        except UnsafeCheckpointError as e:
+            return [ScanResult(source, "flagged", findings=[_finding("unsafe_file", str(e))])]
+        except CkptDiffError as e:
+            return [ScanResult(source, "unreadable", error=str(e))]
+        findings = [{"kind": f.kind, "message": f.message, "keys": list(f.keys),
+                     "severity": f.severity} for f in manifest.security_findings]  # fmt: skip
+        status = "flagged" if findings else "clean"
+        return [ScanResult(source, status, manifest.format, len(manifest.tensors), findings)]
+    path = os.path.expanduser(source)
+    if not os.path.isdir(path):
+        if not os.path.lexists(path):
+            missing = f"Cannot read '{source}': no such file or folder."
+            return [ScanResult(source, "unreadable", error=missing)]
+        return [scan_file(path, source)]
+    results = []
+    for full, rel in _walk(path):
+        shown = os.path.join(source, rel)
+        if os.path.islink(full):
+            try:
+                confined_path(path, rel, source)
+            except UnsafeCheckpointError as e:
+                escape = [_finding("path_escape", str(e))]
+                results.append(ScanResult(shown, "flagged", findings=escape))
+                continue
+            if os.path.isdir(full):
+                continue
+        if _wanted(full):
+            results.append(scan_file(full, shown))
+    return results
+
+
+def render_table(results: list[ScanResult]) -> str:
+    """One line per file, then each finding and error indented under it, then counts."""
+    lines = []
+    for r in results:
+        what = f" ({r.format}, {r.tensors} tensors)" if r.format else ""
+        lines.append(f"{r.status.upper():10} {r.path}{what}")
+        for f in r.findings[:_SHOWN]:
+            lines.append(f"           [security] {f['message']}")
+        if len(r.findings) > _SHOWN:
+            lines.append(f"           ... and {len(r.findings) - _SHOWN} more (--format json)")
+        if r.error:
+            lines.append(f"           {r.error}")
+    counts = {s: sum(r.status == s for r in results) for s in ("clean", "flagged", "unreadable")}
+    lines.append("")
+    lines.append(
+        f"{len(results)} files: {counts['flagged']} flagged, {counts['unreadable']} unreadable, "
+        f"{counts['clean']} clean."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def render_json(results: list[ScanResult]) -> str:
+    """The stable JSON form, schema ``ckptdiff.scan/1``."""
+    counts = {s: sum(r.status == s for r in results) for s in ("clean", "flagged", "unreadable")}
+    doc = {"schema": SCAN_SCHEMA, "files": [r.to_dict() for r in results], "counts": counts}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+@click.command("scan")
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="A text list for people, JSON for machines.")
+@debug_option
+@handle_errors
+def scan(sources: tuple[str, ...], fmt: str) -> None:
+    """Report what is unsafe in checkpoints, without loading them: findings only.
+
+    Each SOURCE is a file, a folder (every weights file below it, found by content or
+    extension; links are not followed out of it) or a hub repo. Nothing is imported or run:
+    a pickle is read with an allow-list of globals and every other global is reported.
+
+    \b
+    Examples:
+      ckptdiff scan downloaded.ckpt
+      ckptdiff scan ~/models/ --format json
+
+    Exit codes: 0 every file is clean, 2 some file could not be read (and none is flagged),
+    3 some file names code outside the allow-list, escapes its folder or is a zip bomb.
+    """
+    results = [r for source in sources for r in scan_source(source)]
+    emit(render_json(results) if fmt == "json" else render_table(results))
+    if any(r.status == "flagged" for r in results):
+        raise SystemExit(3)
+    raise SystemExit(2 if any(r.status == "unreadable" for r in results) or not results else 0)
