@@ -46,5 +46,14 @@ lint: install
 bench: install
 	$(PY) -m bench.run
 
+# the readers on mutated files, far longer than in `make test` (FUZZ_EXAMPLES per target)
+FUZZ_EXAMPLES ?= 5000
+fuzz: install
+	CKPTDIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/security/test_fuzz.py
+
+# the hostile corpus through ckptdiff and torch.load(weights_only=True), side by side
+security-report: install
+	$(PY) -m bench.security
+
 clean:
 	rm -rf $(VENV) $(EXAMPLES) bench/out .pytest_cache

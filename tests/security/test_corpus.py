@@ -1,0 +1,91 @@
+"""Every hostile file through the real CLI: no canary, no traceback, the exit code and message."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ckptdiff.cli import main
+from fixtures.hostile import CASES, Case
+
+
+def test_the_corpus_is_large_and_covers_every_group():
+    groups = {c.group for c in CASES}
+    assert len(CASES) >= 40
+    assert groups == {"payload", "bomb", "traversal", "zip", "legacy", "safetensors", "sniff"}
+    assert sum(c.group == "payload" for c in CASES) >= 20
+
+
+@pytest.mark.parametrize("name", [c.name for c in CASES])
+def test_inspect_answers_every_hostile_file(name, corpus, canary, runner):
+    case, path = corpus[name]
+    result = runner.invoke(main, ["inspect", str(path)])
+    output = result.stdout + result.stderr
+    assert not canary.exists(), f"{name}: a payload ran"
+    assert "Traceback" not in output and "internal error" not in output, output
+    assert result.exit_code == case.exit_code, output
+    assert case.message in output, output
+    for key in case.tensors:  # a payload beside a valid state dict: its tensors still listed
+        assert f"\n{key} " in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("name", [c.name for c in CASES if c.group == "payload"])
+def test_payload_files_name_the_global_in_json(name, corpus, canary, runner):
+    case, path = corpus[name]
+    result = runner.invoke(main, ["inspect", str(path), "--format", "json"])
+    assert result.exit_code == 3 and not canary.exists()
+    if result.stdout:  # a file that is read: the finding is in the manifest
+        doc = json.loads(result.stdout)
+        security = [f for f in doc["findings"] if f.get("severity") == "security"]
+        assert any(case.message in " ".join(f["keys"]) + f["message"] for f in security), doc
+        assert [t["key"] for t in doc["tensors"]] == list(case.tensors)
+    else:
+        assert case.message in result.stderr
+
+
+def test_diff_and_check_exit_3_on_a_payload(corpus, canary, runner, tmp_path):
+    _, path = corpus["lightning_payload.ckpt"]
+    clean = tmp_path / "clean.pt"
+    import torch
+
+    torch.save({"w": torch.zeros(2, 3)}, clean)
+    result = runner.invoke(main, ["diff", str(path), str(clean)])
+    assert result.exit_code == 3, result.output
+    assert not canary.exists()
+
+
+def _script() -> str:
+    script = Path(sys.executable).parent / "ckptdiff"
+    return str(script) if script.exists() else shutil.which("ckptdiff") or "ckptdiff"
+
+
+def test_installed_script_scans_the_whole_corpus(corpus, canary):
+    root = next(iter(corpus.values()))[1].parent
+    proc = subprocess.run(
+        [_script(), "scan", str(root), "--format", "json"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not canary.exists()
+    doc = json.loads(proc.stdout)
+    by_path = {Path(f["path"]).name: f for f in doc["files"]}
+    for case in CASES:
+        if case.group == "payload" and case.torch_applies:
+            assert by_path[case.name]["status"] == "flagged", case.name
+    assert doc["counts"]["flagged"] >= 25
+
+
+def test_installed_script_inspects_a_payload(corpus, canary):
+    case, path = corpus["route_dotted_name.pt"]
+    proc = subprocess.run([_script(), "inspect", str(path)], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 3 and not canary.exists()
+    assert "builtins.print.__self__.exec" in proc.stdout
+    assert "Traceback" not in proc.stderr
