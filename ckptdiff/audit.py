@@ -167,6 +167,8 @@ class _Repo(Protocol):
 
     def names(self) -> list[str]: ...
 
+    def weights_name(self) -> str: ...
+
     def fetch(self, name: str) -> str: ...
 
     def read(self, name: str) -> Manifest: ...
@@ -193,6 +195,11 @@ class _LocalRepo:
         root = self.root
         return sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n)))
 
+    def weights_name(self) -> str:
+        from ckptdiff.readers.hub import choose_weights
+
+        return choose_weights(self.names(), self.source)
+
     def fetch(self, name: str) -> str:
         return os.path.join(self.root, name)
 
@@ -216,6 +223,9 @@ class _HubRepo:
 
     def names(self) -> list[str]:
         return self.repo.names()
+
+    def weights_name(self) -> str:
+        return self.repo.weights_name()
 
     def fetch(self, name: str) -> str:
         return self.repo.fetch(name)
@@ -270,9 +280,7 @@ def audit(
     start = time.perf_counter()
     repo = _open(source, allow_download)
     names = repo.names()
-    from ckptdiff.readers.hub import choose_weights
-
-    primary = repo.file or choose_weights(names, source)
+    primary = repo.file or repo.weights_name()
     weights = repo.read(primary)
     findings: list[Finding] = []
     config_path = repo.fetch("config.json") if "config.json" in names else None

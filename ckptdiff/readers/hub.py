@@ -187,8 +187,8 @@ def parse_hub_source(source: str) -> HubSource:
         ('org/repo', 'v1.0', 'text_encoder')
     """
     if source.startswith("hf://"):
-        rest = source[len("hf://") :].split("?", 1)[0].strip("/")
-        parts = rest.split("/")
+        body = source[len("hf://") :].split("?", 1)[0].strip("/")
+        parts = body.split("/")
         if parts and parts[0] == "models":
             parts = parts[1:]
         if len(parts) >= 2 and "@" in parts[1]:
@@ -311,6 +311,7 @@ class HubRepo:
     allow_download: bool = False
     snapshot: str | None = None
     file: str | None = None
+    _fetched: dict[str, str] = field(default_factory=dict, repr=False)
 
     # -- naming --
 
@@ -365,9 +366,12 @@ class HubRepo:
         Raises:
             HubError: the file cannot be downloaded (see :mod:`ckptdiff.readers.remote`).
         """
+        if name in self._fetched:
+            return self._fetched[name]
         hit = self.cached(name)
         if hit is not None:
             self.transfer.add(cached=1)
+            self._fetched[name] = hit
             return hit
         path = self.repo_path(name)
         if self.snapshot is not None:
@@ -391,7 +395,29 @@ class HubRepo:
             requests_per_call=2,  # a HEAD for the metadata, then the GET
         )
         self.transfer.add(0, os.path.getsize(local))
+        self._fetched[name] = local
+        self._remember_revision()
         return local
+
+    def _remember_revision(self) -> None:
+        """Record ``refs/<revision> -> commit`` in the cache, as ``hf_hub_download`` does when
+        given a branch: files are fetched by commit, and offline runs look the branch up."""
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import (
+            _cache_commit_hash_for_specific_revision,
+            repo_folder_name,
+        )
+
+        revision = self.source.revision or "main"
+        storage = os.path.join(
+            constants.HF_HUB_CACHE, repo_folder_name(repo_id=self.source.repo_id, repo_type="model")
+        )
+        if _COMMIT.match(revision) or not os.path.isdir(storage):
+            return
+        try:
+            _cache_commit_hash_for_specific_revision(storage, revision, self.commit)
+        except OSError:  # a read-only cache: offline runs then need the commit
+            pass
 
     def reader(self, name: str) -> RangeReader:
         """A :class:`RangeReader` on ``name`` at this repo's commit."""

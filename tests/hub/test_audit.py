@@ -295,3 +295,23 @@ def test_cli_progress_bar_goes_to_stderr(hub: HubServer, minilm: str, runner,
     assert result.exit_code == 0, result.output
     assert "auditing" in result.stderr
     assert len(result.stdout.splitlines()) == 2
+
+
+def test_audit_of_one_file_url(hub: HubServer, minilm: str) -> None:
+    result = audit(f"{hub.url}/{minilm}/blob/main/model.safetensors")
+    assert result.ok and result.weights == "model.safetensors"
+
+
+def test_offline_audit_names_what_the_cache_lacks(
+    hub: HubServer, minilm: str, runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.hub.conftest import set_offline
+
+    audit(f"hf://{minilm}")  # caches config.json and tokenizer.json, never the weights
+    hub.reset()
+    set_offline(monkeypatch)
+    result = runner.invoke(main, ["audit", f"hf://{minilm}"])
+    assert result.exit_code == 2
+    assert "HF_HUB_OFFLINE is set and the cached snapshot" in result.stderr
+    assert "holds no weights" in result.stderr
+    assert hub.requests() == 0
