@@ -294,7 +294,8 @@ def select_state_dict(root: Any, name: str, *, select: str | None = None) -> Sel
         path, chosen, parent, key = candidates[0]
     else:
         path, chosen, parent, key = _best(candidates, name)
-        findings.append(_container_finding(path, paths))
+    if len(candidates) > 1:
+        findings.append(_container_finding(path, paths, _sizes(candidates), select is not None))
     selection = _selection(chosen, path, paths, _metadata(parent, key, paths), findings)
     if select is not None and not selection.tensors:
         raise _no_such_path(name, select, paths)
@@ -360,15 +361,43 @@ def _no_such_path(name: str, select: str, paths: list[str]) -> SelectError:
     )
 
 
-def _container_finding(path: str, paths: list[str]) -> Finding:
+#: Names of state dicts holding EMA weights.
+EMA_NAMES = ("state_dict_ema", "model_ema", "ema", "ema_state_dict", "ema_model", "model_ema_state")
+
+
+def _sizes(candidates: list[tuple[str, Any, Any, str]]) -> dict[str, dict[str, int]]:
+    """``path -> {"tensors", "parameters"}`` of every candidate state dict."""
+    out = {}
+    for path, obj, _, _ in candidates:
+        tensors, _skipped = _tensors_of(obj)
+        sized = [t for t in tensors.values() if type(t) is TensorRef]
+        out[path] = {"tensors": len(sized), "parameters": sum(t.numel for t in sized)}
+    return out
+
+
+def _container_finding(
+    path: str, paths: list[str], sizes: dict[str, dict[str, int]] | None = None,
+    explicit: bool = False,
+) -> Finding:
+    sizes = sizes or {}
     others = [p for p in paths if p != path]
-    listed = ", ".join(f"{p} (--select {p})" for p in others)
+
+    def size(p: str) -> str:
+        s = sizes.get(p)
+        return f"{s['tensors']} tensors, {s['parameters']:,} parameters" if s else ""
+
+    listed = ", ".join(f"{p} ({size(p)}; --select {p})" if p in sizes else f"{p} (--select {p})"
+                       for p in others)
+    why = "as --select asked" if explicit else (
+        "EMA weights first, as timm loads them" if path.rsplit(".", 1)[-1] in EMA_NAMES
+        else "the usual name")  # fmt: skip
+    held = f" ({size(path)})" if path in sizes else ""
     return Finding(
         kind="container",
-        message=f"using the state dict at '{path}'; the file also holds {listed}",
+        message=f"using the state dict at '{path}'{held}, {why}; the file also holds {listed}",
         keys=tuple(paths),
         severity="info",
-        data={"selected": path, "others": others},
+        data={"selected": path, "others": others, "candidate_sizes": sizes},
     )
 
 
