@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from tabulate import tabulate
@@ -356,6 +356,18 @@ def _tree_rows(specs: Sequence[TensorSpec], depth: int) -> list[list[Any]]:
     return out
 
 
+def _candidate_sizes(m: Manifest) -> dict[str, str]:
+    """``path -> "N tensors, P parameters"`` from the findings that recorded candidate sizes."""
+    out = {}
+    for f in m.findings:
+        sizes = f.data.get("candidate_sizes") if isinstance(f.data, Mapping) else None
+        if isinstance(sizes, Mapping):
+            for path, s in sizes.items():
+                if isinstance(s, Mapping) and "tensors" in s:
+                    out[str(path)] = f"{s['tensors']} tensors, {human(s.get('parameters', 0))} parameters"
+    return out
+
+
 def render_manifest(m: Manifest, fmt: str = "table", *, tensors: Sequence[TensorSpec] | None = None,
                     depth: int | None = None) -> str:
     """Render what ``inspect`` shows: keys, or a module tree at ``depth``, then totals.
@@ -371,6 +383,9 @@ def render_manifest(m: Manifest, fmt: str = "table", *, tensors: Sequence[Tensor
         return json.dumps(manifest_to_dict(m, specs), indent=2) + "\n"
     tablefmt = "github" if fmt == "markdown" else "simple"
     head = f"{m.source} ({m.format}"
+    layout = m.metadata.get("layout")
+    if isinstance(layout, str) and layout != m.format:
+        head += f", layout {layout}"
     if m.selected:
         head += f", state dict at '{m.selected}'"
     head += f"): {len(specs)} tensors, {human(sum(s.numel for s in specs))} parameters"
@@ -394,8 +409,10 @@ def render_manifest(m: Manifest, fmt: str = "table", *, tensors: Sequence[Tensor
     parts.append(tabulate(rows, ["dtype", "tensors", "parameters"], tablefmt=tablefmt,
                           disable_numparse=True, colalign=("left", "right", "right")) + "\n")
     if m.candidates and len(m.candidates) > 1:
-        parts.append("State dicts in this file: " + ", ".join(m.candidates)
-                     + " (choose with --select)\n")
+        sizes = _candidate_sizes(m)
+        listed = [f"{c}{' [used]' if c == m.selected else ''} ({sizes[c]})" if c in sizes else c
+                  for c in m.candidates]
+        parts.append("State dicts in this file: " + ", ".join(listed) + " (choose with --select)\n")
     if m.findings:
         parts.append("Findings\n" + "\n".join("  " + _finding_line(f) for f in m.findings) + "\n")
     return "\n".join(parts)
