@@ -316,7 +316,9 @@ def read_dcp(folder: str, source: str, *, select: str | None = None) -> Manifest
         + ". To get a plain state dict: python -m torch.distributed.checkpoint.format_utils "
         "dcp_to_torch <folder> <out.pt>",
         (), "info",
-        {"layout": "dcp", "parts": part_info, "selected": chosen}))
+        {"layout": "dcp", "parts": part_info, "selected": chosen,
+         "candidate_sizes": {p: {"tensors": v["tensors"], "parameters": v["elements"]}
+                             for p, v in part_info.items()}}))
     return Manifest(
         source=source,
         format="dcp",
