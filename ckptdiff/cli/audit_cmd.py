@@ -2,65 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import sys
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from ckptdiff.cli.common import DEBUG_KEY, debug_option, emit, handle_errors
+from ckptdiff.cli.common import DEBUG_KEY, debug_option, emit, handle_errors, stats_option
 from ckptdiff.errors import UsageError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-STATS_KEY = "ckptdiff.stats"
-
-
-def _set_stats(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-    if value:
-        ctx.meta[STATS_KEY] = True
-    return value
-
-
-def stats_line(requests: int, nbytes: int, seconds: float) -> str:
-    """``hub transfer: 4 requests, 67.1 kB in 0.31 s``."""
-    from ckptdiff.readers.remote import human_bytes
-
-    return (f"hub transfer: {requests} request{'' if requests == 1 else 's'}, "
-            f"{human_bytes(nbytes)} in {seconds:.2f} s")
-
-
-def stats_option(f: F) -> F:
-    """``--stats``: print the hub requests and bytes the command took to stderr, at its end.
-
-    Put it above ``@handle_errors`` on any command that reads sources; it counts every hub
-    request the process makes while the command runs (local sources cost none).
-    """
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ckptdiff.readers.remote import TOTAL
-
-        requests, nbytes = TOTAL.snapshot()
-        start = time.perf_counter()
-        try:
-            return f(*args, **kwargs)
-        finally:
-            if click.get_current_context().meta.get(STATS_KEY):
-                r, b = TOTAL.snapshot()
-                click.echo(stats_line(r - requests, b - nbytes, time.perf_counter() - start),
-                           err=True)
-
-    return click.option(  # type: ignore[return-value]
-        "--stats",
-        is_flag=True,
-        expose_value=False,
-        is_eager=True,
-        callback=_set_stats,
-        help="Print the hub requests and bytes it took to stderr.",
-    )(wrapper)
 
 
 def _sources(sources: tuple[str, ...], from_file: str | None) -> list[str]:
@@ -170,4 +118,4 @@ def audit(sources: tuple[str, ...], from_file: str | None, fmt: str, auto_class:
     raise SystemExit(max(r.exit_code for r in results))
 
 
-__all__ = ["audit", "stats_line", "stats_option"]
+__all__ = ["audit"]

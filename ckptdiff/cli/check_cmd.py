@@ -13,6 +13,7 @@ from ckptdiff.cli.common import (
     format_option,
     handle_errors,
     keymap_options,
+    stats_option,
 )
 
 
@@ -90,6 +91,7 @@ from ckptdiff.cli.common import (
 )
 @format_option
 @debug_option
+@stats_option
 @handle_errors
 def check(
     ckpt: str,

@@ -11,6 +11,7 @@ from ckptdiff.cli.common import (
     format_option,
     handle_errors,
     keymap_options,
+    stats_option,
 )
 
 
@@ -34,6 +35,7 @@ from ckptdiff.cli.common import (
               help="Module depth of the coverage table.")
 @format_option
 @debug_option
+@stats_option
 @handle_errors
 def diff(a: str, b: str, select: str | None, b_select: str | None,
          strip_prefix: tuple[str, ...], add_prefix: tuple[str, ...], rename: tuple[str, ...],

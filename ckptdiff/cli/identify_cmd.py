@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ckptdiff.cli.common import debug_option, emit, format_option, handle_errors
+from ckptdiff.cli.common import debug_option, emit, format_option, handle_errors, stats_option
 
 
 def render_candidates(ranked: list, fmt: str) -> str:
@@ -42,6 +42,7 @@ def render_candidates(ranked: list, fmt: str) -> str:
 @click.option("--select", metavar="PATH", help="The state dict inside CKPT (state_dict...).")
 @format_option
 @debug_option
+@stats_option
 @handle_errors
 def identify(ckpt: str, candidates: str, model: str | None, select: str | None,
              fmt: str) -> None:

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from ckptdiff.cli.common import debug_option, emit, format_option, handle_errors
+from ckptdiff.cli.common import debug_option, emit, format_option, handle_errors, stats_option
 from ckptdiff.errors import UsageError
 
 
@@ -20,6 +20,7 @@ from ckptdiff.errors import UsageError
               help="Summarise by module, N key components deep, instead of listing keys.")
 @format_option
 @debug_option
+@stats_option
 @handle_errors
 def inspect(source: str, select: str | None, pattern: str | None, depth: int | None,
             fmt: str) -> None:
