@@ -315,3 +315,12 @@ def test_offline_audit_names_what_the_cache_lacks(
     assert "HF_HUB_OFFLINE is set and the cached snapshot" in result.stderr
     assert "holds no weights" in result.stderr
     assert hub.requests() == 0
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["diff", "SELF"]])
+def test_stats_on_reading_commands(hub: HubServer, minilm: str, runner, command) -> None:
+    source = f"hf://{minilm}"
+    args = [command[0], source] + [source for c in command[1:] if c == "SELF"] + ["--stats"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("hub transfer: ") and " requests, " in result.stderr
