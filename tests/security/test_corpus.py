@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ckptdiff.cli import main
-from fixtures.hostile import CASES, Case
+from fixtures.hostile import CASES
 
 
 def test_the_corpus_is_large_and_covers_every_group():
@@ -89,3 +89,24 @@ def test_installed_script_inspects_a_payload(corpus, canary):
     assert proc.returncode == 3 and not canary.exists()
     assert "builtins.print.__self__.exec" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_scan_of_a_clean_folder_exits_0(runner, tmp_path):
+    import torch
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "a.pt")
+    (tmp_path / "sub").mkdir()
+    torch.save({"w": torch.zeros(2)}, tmp_path / "sub" / "b.bin")
+    (tmp_path / "notes.txt").write_text("not weights")
+    result = runner.invoke(main, ["scan", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("CLEAN") == 2 and "notes.txt" not in result.stdout
+    assert "2 files: 0 flagged, 0 unreadable, 2 clean." in result.stdout
+
+
+def test_scan_reports_unreadable_files_with_exit_2(runner, tmp_path):
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10" + bytes(7) + b'{"a": 1')
+    result = runner.invoke(main, ["scan", str(tmp_path), "--format", "json"])
+    assert result.exit_code == 2, result.output
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == "ckptdiff.scan/1" and doc["counts"]["unreadable"] == 1

@@ -150,7 +150,8 @@ def test_mutated_pickle_streams(data: bytes) -> None:
 
 @FUZZ
 @given(header=st.recursive(
-    st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats() | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats()
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
                                                                 max_size=4),
     max_leaves=12,

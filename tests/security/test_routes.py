@@ -15,7 +15,7 @@ from ckptdiff.errors import ReadError, UnsafeCheckpointError
 from ckptdiff.readers import read
 from ckptdiff.readers import unpickler as unpickler_module
 from ckptdiff.readers.unpickler import UnsafeUnreadableError, scan_pickle, unpickle
-from fixtures.hostile import ROUTES, _STATE_PKL, _with_payload
+from fixtures.hostile import _STATE_PKL, ROUTES, _with_payload
 
 
 @pytest.fixture
