@@ -161,6 +161,11 @@ def read_model_states(path: str, source: str, *, select: str | None = None) -> D
         return states
     _shapes(root.get("param_shapes"), states.param_shapes)
     _shapes(root.get("frozen_param_shapes"), states.param_shapes)
+    shared = root.get("shared_params")  # tied parameters: {name: the name it shares}
+    if isinstance(shared, dict):
+        for k, v in shared.items():
+            if type(k) is str and v in states.param_shapes and k not in states.param_shapes:
+                states.param_shapes[k] = states.param_shapes[v]
     names = root.get("buffer_names")
     states.buffer_names = [n for n in names if type(n) is str] if isinstance(names, list) else []
     config = root.get("ds_config")
