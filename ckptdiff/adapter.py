@@ -29,7 +29,7 @@ from typing import Any
 from ckptdiff.align import find_prefix_matches
 from ckptdiff.diff import compare
 from ckptdiff.keymap import KeyMap
-from ckptdiff.readers.peft import ADAPTER_PREFIX, AdapterKey, parse_adapter_key
+from ckptdiff.readers.peft import ADAPTER_PREFIX, parse_adapter_key
 from ckptdiff.types import Finding, Manifest, Report, Suggestion, TensorSpec
 
 __all__ = ["base_manifest", "check_adapter", "expected_adapter", "level_change"]
@@ -119,10 +119,11 @@ def expected_adapter(
         dtype = "float32"
         if _is_embedding(module, held):
             num, dim = w.shape[0], w.shape[1]
-            out[f"{module}.lora_embedding_A"] = TensorSpec(f"{module}.lora_embedding_A", (r, num), dtype)
-            out[f"{module}.lora_embedding_B"] = TensorSpec(f"{module}.lora_embedding_B", (dim, r), dtype)
+            for name, shape in (("lora_embedding_A", (r, num)), ("lora_embedding_B", (dim, r))):
+                out[f"{module}.{name}"] = TensorSpec(f"{module}.{name}", shape, dtype)
             continue
-        out_f, in_f = (w.shape[1], w.shape[0]) if fan and len(w.shape) == 2 else (w.shape[0], w.shape[1])
+        flip = fan and len(w.shape) == 2  # GPT-2's Conv1D stores [in, out]
+        out_f, in_f = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
         kernel = tuple(w.shape[2:])
         a_shape = (r, in_f, *kernel)
         b_shape = (out_f, r, *(1 for _ in kernel))
@@ -145,7 +146,8 @@ def level_change(strip: str, add: str) -> str:
     if add.startswith(strip) and add != strip:
         return f"the base has an extra '{add[len(strip):]}' level after '{strip or '<root>'}'"
     if strip.startswith(add) and add != strip:
-        return f"the base lacks the '{strip[len(add):]}' level the adapter has after '{add or '<root>'}'"
+        return (f"the base lacks the '{strip[len(add):]}' level the adapter has after "
+                f"'{add or '<root>'}'")
     return f"the adapter's '{strip}' is the base's '{add}'"
 
 
@@ -231,7 +233,8 @@ def check_adapter(
     base = base_manifest(target)
     cfg: Mapping[str, Any] = adapter.metadata.get("peft") or {}
     tensors, unprefixed, names = _normalise(adapter)
-    ranks = Counter(t.shape[0] for k, t in tensors.items() if k.endswith((".lora_A.weight", ".lora_embedding_A")))
+    ranks = Counter(t.shape[0] for k, t in tensors.items()
+                    if k.endswith((".lora_A.weight", ".lora_embedding_A")))
     default_rank = ranks.most_common(1)[0][0] if ranks else None
     keys = list(tensors)
 
@@ -248,7 +251,8 @@ def check_adapter(
         if absent:
             findings.append(Finding(
                 "target_modules_absent",
-                f"target_modules {', '.join(repr(t) for t in absent)} name{'s' if len(absent) == 1 else ''} "
+                f"target_modules {', '.join(repr(t) for t in absent)} "
+                f"name{'s' if len(absent) == 1 else ''} "
                 "no module of the base model: the adapter was made for another architecture, or "
                 "the base names its modules differently",
                 tuple(absent), "error", {"target_modules": list(targets)}))
@@ -276,7 +280,8 @@ def check_adapter(
             tuple(unprefixed[:5]), "info"))
 
     lora_keys = [k for k in keys if parse_adapter_key(k) is not None]
-    loaded = [k for k in lora_keys if k in report.matched or k in {m.key for m in report.mismatched}]
+    present = set(report.matched) | {m.key for m in report.mismatched}
+    loaded = [k for k in lora_keys if k in present]
     moved = _find_level(keys, base)
     after: Report | None = None
     if moved is not None and len(moved[2:]) and moved[2] >= max(1, len(report.unexpected) // 2):

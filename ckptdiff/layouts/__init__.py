@@ -120,8 +120,12 @@ def annotate(m: Manifest) -> Manifest:
         return m
     path = m.files[0]
     folder = os.path.dirname(os.path.abspath(path))
-    from ckptdiff.readers.peft import ADAPTER_FILES, annotate_adapter, looks_like_adapter
-    from ckptdiff.readers.peft import read_adapter_config
+    from ckptdiff.readers.peft import (
+        ADAPTER_FILES,
+        annotate_adapter,
+        looks_like_adapter,
+        read_adapter_config,
+    )
 
     if os.path.basename(path) in ADAPTER_FILES or looks_like_adapter(m):
         config = read_adapter_config(folder, m.source)
@@ -135,8 +139,8 @@ def annotate(m: Manifest) -> Manifest:
 
     finding = quant_finding(_with_config(m, folder))
     if finding is not None:
-        return Manifest(**{**_fields(m), "metadata": {**m.metadata, "layout": finding.data["layout"]},
-                           "findings": (finding, *m.findings)})
+        metadata = {**m.metadata, "layout": finding.data["layout"]}
+        return Manifest(**{**_fields(m), "metadata": metadata, "findings": (finding, *m.findings)})
     return m
 
 
@@ -145,7 +149,7 @@ def _fields(m: Manifest) -> dict:
 
 
 def _with_config(m: Manifest, folder: str) -> Manifest:
-    """``m`` with ``quantization_config`` (transformers) or ``quantization`` (MLX) from config.json."""
+    """``m`` with config.json's ``quantization_config`` (transformers) or ``quantization`` (MLX)."""
     if "quantization_config" in m.metadata or "quantization" in m.metadata:
         return m
     config = _small_json(os.path.join(folder, "config.json")) or {}

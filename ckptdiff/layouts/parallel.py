@@ -44,7 +44,9 @@ def hidden_width(specs: Mapping[str, TensorSpec], hint: int | None = None) -> in
     return lengths.most_common(1)[0][0] if lengths else None
 
 
-def split_dims(specs: Mapping[str, TensorSpec], n: int, hidden: int | None) -> dict[str, int | None]:
+def split_dims(
+    specs: Mapping[str, TensorSpec], n: int, hidden: int | None
+) -> dict[str, int | None]:
     """For each key, the dimension a uniform 1/``n`` split cut (None: replicated or unknown).
 
     Example:
@@ -103,7 +105,7 @@ def merge_manifests(
     first = ranks[0]
     findings: list[Finding] = []
     keysets = [set(r.tensors) for r in ranks]
-    uneven = sorted(set.union(*keysets) - set.intersection(*keysets))
+    uneven = sorted(set[str]().union(*keysets) - keysets[0].intersection(*keysets[1:]))
     if uneven:
         findings.append(Finding(
             "mp_keys_differ", f"the {n} model-parallel ranks do not hold the same keys "
@@ -115,29 +117,29 @@ def merge_manifests(
     by_dim: Counter[str] = Counter()
     for key, t in first.tensors.items():
         shapes = [r.tensors[key].shape for r in ranks if key in r.tensors]
-        differing = [d for d in range(len(t.shape)) if len({s[d] for s in shapes if len(s) == len(t.shape)}) > 1]
+        same_rank = [s for s in shapes if len(s) == len(t.shape)]
+        differing = [d for d in range(len(t.shape)) if len({s[d] for s in same_rank}) > 1]
         if len(differing) == 1 and len(shapes) == n:
             d = differing[0]
             shape = tuple(sum(s[d] for s in shapes) if i == d else x for i, x in enumerate(t.shape))
             by_dim[f"dim {d} (uneven)"] += 1
-        elif dims.get(key) is not None and len(shapes) == n:
-            d = dims[key]
-            assert d is not None  # noqa: S101 - checked above
-            shape = tuple(x * n if i == d else x for i, x in enumerate(t.shape))
-            by_dim[f"dim {d}"] += 1
+        elif (cut := dims.get(key)) is not None and len(shapes) == n:
+            shape = tuple(x * n if i == cut else x for i, x in enumerate(t.shape))
+            by_dim[f"dim {cut}"] += 1
         else:
             shape = t.shape
             by_dim["replicated"] += 1
         nbytes = None if t.nbytes is None or not t.numel else t.nbytes // t.numel * math.prod(shape)
         merged[key] = TensorSpec(key, shape, t.dtype, nbytes, t.file)
-    cut = ", ".join(f"{c} on {d}" if d != "replicated" else f"{c} replicated"
-                    for d, c in sorted(by_dim.items()))
+    counts = ", ".join(f"{c} on {d}" if d != "replicated" else f"{c} replicated"
+                       for d, c in sorted(by_dim.items()))
     width = f"hidden width {h}" if h else "no hidden width found"
-    files = f" ({', '.join(rank_files[:4])}{', ...' if len(rank_files) > 4 else ''})" if rank_files else ""
+    more = ", ..." if len(rank_files) > 4 else ""
+    files = f" ({', '.join(rank_files[:4])}{more})" if rank_files else ""
     findings.insert(0, Finding(
         "layout",
         f"model-parallel shards: {n} ranks{files}, each holding 1/{n} of the split tensors. "
-        f"Listed with merged logical shapes ({cut}; split dimensions inferred from the {width}). "
+        f"Listed with merged logical shapes ({counts}; split dimensions inferred from the {width}). "
         "Merge the ranks (concatenate along those dimensions) before loading into an unsharded "
         "model, or load with the same model-parallel size",
         (), "info",

@@ -282,9 +282,9 @@ def quant_finding(m: Manifest) -> Finding | None:
     for logical, stored in list(info.packed.items())[:2]:
         shape = "x".join(map(str, info.logical[logical].shape))
         have = m.tensors[stored]
-        examples.append(f"{stored} {list(have.shape)} {have.dtype} -> {logical} [{shape}]"
-                        if logical in info.logical and logical not in info.unresolved else
-                        f"{stored} {list(have.shape)} {have.dtype} -> {math.prod(info.logical[logical].shape):,} elements")
+        to = (f"{logical} [{shape}]" if logical not in info.unresolved else
+              f"{math.prod(info.logical[logical].shape):,} elements")
+        examples.append(f"{stored} {list(have.shape)} {have.dtype} -> {to}")
     return Finding(
         "layout",
         f"quantized weights: {info.label}; {len(info.packed)} packed weights and "

@@ -45,9 +45,11 @@ _OLD_META = "torch.distributed._shard.sharded_tensor.metadata"
 
 def _record_type(module: str, name: str) -> type[Opaque]:
     """A read-only placeholder class that records what the pickle gives it, and nothing else."""
-    return type(Opaque)(  # type: ignore[no-any-return]
+    meta: Any = type(Opaque)
+    cls: type[Opaque] = meta(
         name, (Opaque,), {"__slots__": (), "pickle_module": module, "pickle_name": name}
     )
+    return cls
 
 
 #: DCP's record types, allowed for ``.metadata`` only (as placeholders, never imported).
@@ -215,12 +217,13 @@ def split_parts(keys: list[str]) -> dict[str, tuple[str, list[str]]]:
     for k in keys:
         by_root.setdefault(k.split(".", 1)[0], []).append(k)
     parts: dict[str, tuple[str, list[str]]] = {"model": ("", [])}
-    model_root = next((r for r in MODEL_ROOTS if r in by_root and any("." in k for k in by_root[r])),
-                      None)  # fmt: skip
+    model_root = next(
+        (r for r in MODEL_ROOTS if r in by_root and any("." in k for k in by_root[r])), None)
     optim = [k for r in OPTIMIZER_ROOTS for k in by_root.get(r, ())]
     if optim:
         roots = [r for r in OPTIMIZER_ROOTS if r in by_root]
-        prefix = roots[0] + "." if len(roots) == 1 and roots[0] not in ("state", "param_groups") else ""
+        bare = len(roots) != 1 or roots[0] in ("state", "param_groups")  # an optimizer's own dict
+        prefix = "" if bare else roots[0] + "."
         parts["optimizer"] = (prefix, optim)
     if model_root is not None:
         parts["model"] = (model_root + ".", by_root[model_root])

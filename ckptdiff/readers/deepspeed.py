@@ -27,7 +27,7 @@ from typing import Any
 from ckptdiff.errors import ReadError, SourceNotFoundError, UnsafeCheckpointError
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
 from ckptdiff.readers.torch_zip import unpickle_torch_zip
-from ckptdiff.types import Finding, Manifest, TensorSpec
+from ckptdiff.types import Finding, Manifest, Severity, TensorSpec
 
 __all__ = [
     "MODEL_STATES",
@@ -183,7 +183,9 @@ def looks_like_deepspeed(path: str) -> bool:
     return MODEL_STATES.match(os.path.basename(path)) is not None
 
 
-def _param_shapes_from_optim(folder: str, optim: list[str], source: str) -> dict[str, tuple[int, ...]]:
+def _param_shapes_from_optim(
+    folder: str, optim: list[str], source: str
+) -> dict[str, tuple[int, ...]]:
     """``param_shapes`` recorded in a rank-0 optimizer file (some versions put them there)."""
     out: dict[str, tuple[int, ...]] = {}
     first = next((n for n in optim if OPTIM_STATES.match(n).group(1) == "0"), None)  # type: ignore[union-attr]
@@ -258,11 +260,12 @@ def _zero3_without_shapes(states: DeepSpeedStates) -> bool:
 def _manifest(states: DeepSpeedStates, source: str, files: tuple[str, ...],
               counts: tuple[int, int, int], format_: str = "deepspeed") -> Manifest:
     layout, message = _describe(states, counts)
-    severity = "warning" if layout == "deepspeed-zero3" else "info"
+    severity: Severity = "warning" if layout == "deepspeed-zero3" else "info"
     if layout == "deepspeed-zero3" and not states.placeholders:
         severity = "error"
     finding = Finding("layout", message, tuple(states.placeholders[:20]), severity,
-                      {"layout": layout, "zero_stage": 3 if layout.endswith("zero3") else states.stage,
+                      {"layout": layout,
+                       "zero_stage": 3 if layout.endswith("zero3") else states.stage,
                        "consolidate": "zero_to_fp32.py"})
     return Manifest(
         source=source,

@@ -72,8 +72,8 @@ def parse_adapter_key(key: str) -> AdapterKey | None:
     """Parse an adapter tensor key (without the ``base_model.model.`` prefix).
 
     Example:
-        >>> parse_adapter_key("model.layers.0.self_attn.q_proj.lora_A.default.weight")
-        AdapterKey(module='model.layers.0.self_attn.q_proj', param='lora_A', adapter_name='default', leaf='weight')
+        >>> parse_adapter_key("layers.0.q_proj.lora_A.default.weight")
+        AdapterKey(module='layers.0.q_proj', param='lora_A', adapter_name='default', leaf='weight')
     """
     m = _KEY.match(key)
     if m is None:
@@ -125,7 +125,8 @@ def looks_like_adapter(m: Manifest) -> bool:
     if not keys:
         return False
     parsed = sum(1 for k in keys if parse_adapter_key(k) is not None)
-    return parsed * 2 >= len(keys) or (parsed > 0 and all(k.startswith(ADAPTER_PREFIX) for k in keys))
+    prefixed = all(k.startswith(ADAPTER_PREFIX) for k in keys)
+    return parsed * 2 >= len(keys) or (parsed > 0 and prefixed)
 
 
 _CONFIG_FIELDS = ("peft_type", "r", "lora_alpha", "target_modules", "exclude_modules",

@@ -27,9 +27,10 @@ def test_read_names_the_layout_and_keeps_saved_keys(lora_dir: Path) -> None:
     assert m.metadata["layout"] == "peft-lora"
     assert m.metadata["peft"]["r"] == 4
     assert sorted(m.metadata["peft"]["target_modules"]) == ["q_proj", "v_proj"]
-    assert m.tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (4, 16)
+    layers = "base_model.model.model.layers"
+    assert m.tensors[f"{layers}.0.self_attn.q_proj.lora_A.weight"].shape == (4, 16)
     # v_proj is [8, 16] (one kv head of 8): lora_B has its 8 out-features
-    assert m.tensors["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"].shape == (8, 4)
+    assert m.tensors[f"{layers}.1.self_attn.v_proj.lora_B.weight"].shape == (8, 4)
     assert m.tensors["base_model.model.lm_head.weight"].shape == (64, 16)  # modules_to_save copy
     (layout,) = [f for f in m.findings if f.kind == "layout"]
     assert "PEFT LORA adapter for LlamaForCausalLM (r=4, alpha=8)" in layout.message
@@ -122,7 +123,8 @@ def test_adapter_matching_nothing_is_a_loud_error(lora_dir: Path) -> None:
 def test_cli_check_exit_codes(lora_dir: Path, old_layout_lora: Path, runner) -> None:
     ok = runner.invoke(main, ["check", str(lora_dir), "--model", "fixtures.layouts:tiny_llama"])
     assert ok.exit_code == 0, ok.output
-    bad = runner.invoke(main, ["check", str(old_layout_lora), "--model", "fixtures.layouts:tiny_vlm"])
+    bad = runner.invoke(main, ["check", str(old_layout_lora), "--model",
+                               "fixtures.layouts:tiny_vlm"])
     assert bad.exit_code == 1
     assert "language_model." in bad.output
     assert "none of the adapter's 8 LoRA tensors" in bad.output
@@ -160,8 +162,8 @@ def test_parse_adapter_key(key: str, parsed: tuple | None) -> None:
 
 
 def test_adapter_name_segment_lora(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     keys = {f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_{ab}.lora.weight":
             torch.zeros((4, 16) if ab == "A" else (16, 4)) for i in range(2) for ab in "AB"}

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import ckptdiff
-from ckptdiff.layouts.quant import detect_quantization, logical_view
 from ckptdiff.cli import main
+from ckptdiff.layouts.quant import detect_quantization, logical_view
 from fixtures import layouts as L
 
 
