@@ -364,7 +364,8 @@ def _candidate_sizes(m: Manifest) -> dict[str, str]:
         if isinstance(sizes, Mapping):
             for path, s in sizes.items():
                 if isinstance(s, Mapping) and "tensors" in s:
-                    out[str(path)] = f"{s['tensors']} tensors, {human(s.get('parameters', 0))} parameters"
+                    params = human(s.get("parameters", 0))
+                    out[str(path)] = f"{s['tensors']} tensors, {params} parameters"
     return out
 
 
