@@ -118,3 +118,18 @@ def test_cli_inspect(dcp_dir: Path, runner) -> None:
     first = result.output.splitlines()[0]
     assert "(dcp, state dict at 'model')" in first
     assert "model [used] (4 tensors, 58 parameters), optimizer (12 tensors" in result.output
+
+
+def test_reading_layouts_does_not_import_torch(
+    dcp_dir: Path, lora_dir: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    ds = L.write_deepspeed(tmp_path / "ds", mlp(), stage=3)
+    code = ("import sys, ckptdiff\n"
+            f"for s in {[str(dcp_dir), str(lora_dir), str(ds)]!r}:\n"
+            "    print(ckptdiff.read(s).metadata['layout'])\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["dcp", "peft-lora", "deepspeed-zero3"]
