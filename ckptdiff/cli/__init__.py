@@ -29,6 +29,10 @@ def main() -> None:
       ckptdiff diff finetuned.pt base.safetensors
       ckptdiff check model.safetensors --model hf-config:config.json
       ckptdiff check ckpt.pt --model mypkg.models:build --arg width=1024
+      ckptdiff audit hf://org/repo
+      ckptdiff scan downloaded.ckpt
+
+    Exit codes: 0 compatible, 1 differences found, 2 bad input, 3 security finding.
     """
 
 
