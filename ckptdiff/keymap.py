@@ -105,16 +105,10 @@ class KeyMap:
                     f"Key map rule {i + 1} has op {op!r}; expected one of {', '.join(_OPS)}."
                 )
             if op == "rename":
-                pattern = r.get("pattern")
-                if not isinstance(pattern, str):
-                    raise UsageError(f"Key map rule {i + 1} (rename) needs a 'pattern' string.")
-                try:
-                    compiled = re.compile(pattern)
-                except re.error as e:
-                    raise UsageError(
-                        f"Key map rule {i + 1}: {pattern!r} is not a valid regular expression ({e})."
-                    ) from e
-                out.append(_Rule("rename", pattern=compiled, replacement=str(r.get("replacement", ""))))
+                compiled = _rule_pattern(i, r)
+                out.append(
+                    _Rule("rename", pattern=compiled, replacement=str(r.get("replacement", "")))
+                )
             elif op in _SHAPE_OPS:
                 out.append(_shape_rule(i, r))
             else:
@@ -262,18 +256,23 @@ class KeyMap:
         return "\n".join(lines)
 
 
-def _shape_rule(i: int, r: Mapping[str, Any]) -> _Rule:
-    """A ``transpose``, ``split`` or ``concat`` rule from its dict."""
-    op = str(r["op"])
+def _rule_pattern(i: int, r: Mapping[str, Any]) -> re.Pattern[str]:
+    """The compiled ``pattern`` of rule ``i`` (0-based), or a UsageError saying what is wrong."""
     pattern = r.get("pattern")
     if not isinstance(pattern, str):
-        raise UsageError(f"Key map rule {i + 1} ({op}) needs a 'pattern' string.")
+        raise UsageError(f"Key map rule {i + 1} ({r.get('op')}) needs a 'pattern' string.")
     try:
-        compiled = re.compile(pattern)
+        return re.compile(pattern)
     except re.error as e:
         raise UsageError(
             f"Key map rule {i + 1}: {pattern!r} is not a valid regular expression ({e})."
         ) from e
+
+
+def _shape_rule(i: int, r: Mapping[str, Any]) -> _Rule:
+    """A ``transpose``, ``split`` or ``concat`` rule from its dict."""
+    op = str(r["op"])
+    compiled = _rule_pattern(i, r)
     dim = r.get("dim", 0)
     if not isinstance(dim, int):
         raise UsageError(f"Key map rule {i + 1} ({op}): 'dim' must be an integer.")
