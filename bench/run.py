@@ -52,8 +52,15 @@ def measure(argv: Sequence[str], runs: int = RUNS) -> Result:
     return Result(best_t, best_m)
 
 
-NAMES = ("big.safetensors", "big.pt", "many.pt", "many.safetensors", "many2.safetensors",
-         "minilm.safetensors", "minilm_grown.safetensors")
+NAMES = (
+    "big.safetensors",
+    "big.pt",
+    "many.pt",
+    "many.safetensors",
+    "many2.safetensors",
+    "minilm.safetensors",
+    "minilm_grown.safetensors",
+)
 
 
 def make_files() -> dict[str, str]:
@@ -96,61 +103,114 @@ def py(code: str) -> list[str]:
     return [PY, "-c", code]
 
 
-TORCH_META = ("import sys, torch; sd = torch.load(sys.argv[1], map_location='meta', "
-              "weights_only=True, mmap=True); print(sum(1 for _ in sd))")
-SAFE_OPEN = ("import sys; from safetensors import safe_open\n"
-             "with safe_open(sys.argv[1], 'pt') as f:\n"
-             "    print(sum(len(f.get_slice(k).get_shape()) for k in f.keys()))")
-TORCH_META_DIFF = ("import sys, torch\n"
-                   "a = torch.load(sys.argv[1], map_location='meta', weights_only=True, mmap=True)\n"
-                   "b = torch.load(sys.argv[2], map_location='meta', weights_only=True, mmap=True)\n"
-                   "print(sorted(k for k in a.keys() | b.keys() if k not in a or k not in b "
-                   "or a[k].shape != b[k].shape))")
-SAFE_OPEN_DIFF = ("import sys; from safetensors import safe_open\n"
-                  "def specs(p):\n"
-                  "    with safe_open(p, 'pt') as f:\n"
-                  "        return {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) "
-                  "for k in f.keys()}\n"
-                  "a, b = specs(sys.argv[1]), specs(sys.argv[2])\n"
-                  "print(sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)))")
+TORCH_META = (
+    "import sys, torch; sd = torch.load(sys.argv[1], map_location='meta', "
+    "weights_only=True, mmap=True); print(sum(1 for _ in sd))"
+)
+SAFE_OPEN = (
+    "import sys; from safetensors import safe_open\n"
+    "with safe_open(sys.argv[1], 'pt') as f:\n"
+    "    print(sum(len(f.get_slice(k).get_shape()) for k in f.keys()))"
+)
+TORCH_META_DIFF = (
+    "import sys, torch\n"
+    "a = torch.load(sys.argv[1], map_location='meta', weights_only=True, mmap=True)\n"
+    "b = torch.load(sys.argv[2], map_location='meta', weights_only=True, mmap=True)\n"
+    "print(sorted(k for k in a.keys() | b.keys() if k not in a or k not in b "
+    "or a[k].shape != b[k].shape))"
+)
+SAFE_OPEN_DIFF = (
+    "import sys; from safetensors import safe_open\n"
+    "def specs(p):\n"
+    "    with safe_open(p, 'pt') as f:\n"
+    "        return {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) "
+    "for k in f.keys()}\n"
+    "a, b = specs(sys.argv[1]), specs(sys.argv[2])\n"
+    "print(sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)))"
+)
 
 
 def reader_rows(p: dict[str, str]) -> list[list[object]]:
     rows = []
     cases = [
-        ("inspect 2 GiB .pt", [CKPTDIFF, "inspect", p["big.pt"]],
-         "torch.load(meta, weights_only, mmap)", py(TORCH_META) + [p["big.pt"]],
-         "15x faster, < 100 MiB"),
-        ("inspect 2 GiB .safetensors", [CKPTDIFF, "inspect", p["big.safetensors"]],
-         "safetensors safe_open", py(SAFE_OPEN) + [p["big.safetensors"]], "cost independent of bytes"),
-        ("inspect 20,000-tensor .pt", [CKPTDIFF, "inspect", p["many.pt"]],
-         "torch.load(meta, weights_only, mmap)", py(TORCH_META) + [p["many.pt"]], "< 0.3 s"),
-        ("diff two MiniLM .safetensors (104 tensors)",
-         [CKPTDIFF, "diff", p["minilm_grown.safetensors"], p["minilm.safetensors"]],
-         "safe_open, both files, compare",
-         py(SAFE_OPEN_DIFF) + [p["minilm_grown.safetensors"], p["minilm.safetensors"]], "< 0.15 s"),
-        ("diff two 20,000-tensor .safetensors",
-         [CKPTDIFF, "diff", p["many.safetensors"], p["many2.safetensors"]],
-         "safe_open, both files, compare",
-         py(SAFE_OPEN_DIFF) + [p["many.safetensors"], p["many2.safetensors"]],
-         "per-tensor cost (explains too)"),
-        ("diff two 2 GiB .pt", [CKPTDIFF, "diff", p["big.pt"], p["big.pt"]],
-         "torch.load(meta) x2, compare", py(TORCH_META_DIFF) + [p["big.pt"], p["big.pt"]], ""),
+        (
+            "inspect 2 GiB .pt",
+            [CKPTDIFF, "inspect", p["big.pt"]],
+            "torch.load(meta, weights_only, mmap)",
+            py(TORCH_META) + [p["big.pt"]],
+            "15x faster, < 100 MiB",
+        ),
+        (
+            "inspect 2 GiB .safetensors",
+            [CKPTDIFF, "inspect", p["big.safetensors"]],
+            "safetensors safe_open",
+            py(SAFE_OPEN) + [p["big.safetensors"]],
+            "cost independent of bytes",
+        ),
+        (
+            "inspect 20,000-tensor .pt",
+            [CKPTDIFF, "inspect", p["many.pt"]],
+            "torch.load(meta, weights_only, mmap)",
+            py(TORCH_META) + [p["many.pt"]],
+            "< 0.3 s",
+        ),
+        (
+            "diff two MiniLM .safetensors (104 tensors)",
+            [CKPTDIFF, "diff", p["minilm_grown.safetensors"], p["minilm.safetensors"]],
+            "safe_open, both files, compare",
+            py(SAFE_OPEN_DIFF) + [p["minilm_grown.safetensors"], p["minilm.safetensors"]],
+            "< 0.15 s",
+        ),
+        (
+            "diff two 20,000-tensor .safetensors",
+            [CKPTDIFF, "diff", p["many.safetensors"], p["many2.safetensors"]],
+            "safe_open, both files, compare",
+            py(SAFE_OPEN_DIFF) + [p["many.safetensors"], p["many2.safetensors"]],
+            "per-tensor cost (explains too)",
+        ),
+        (
+            "diff two 2 GiB .pt",
+            [CKPTDIFF, "diff", p["big.pt"], p["big.pt"]],
+            "torch.load(meta) x2, compare",
+            py(TORCH_META_DIFF) + [p["big.pt"], p["big.pt"]],
+            "",
+        ),
     ]
     for name, ours, base_name, base, goal in cases:
         a = measure(ours)
         b = measure(base)
-        rows.append([name, f"{a.seconds:.3f} s", f"{a.peak_mib:.0f} MiB", base_name,
-                     f"{b.seconds:.3f} s", f"{b.peak_mib:.0f} MiB",
-                     f"{b.seconds / a.seconds:.1f}x", f"{b.peak_mib / a.peak_mib:.1f}x", goal])
+        rows.append(
+            [
+                name,
+                f"{a.seconds:.3f} s",
+                f"{a.peak_mib:.0f} MiB",
+                base_name,
+                f"{b.seconds:.3f} s",
+                f"{b.peak_mib:.0f} MiB",
+                f"{b.seconds / a.seconds:.1f}x",
+                f"{b.peak_mib / a.peak_mib:.1f}x",
+                goal,
+            ]
+        )
     return rows
 
 
 def startup_rows() -> list[list[object]]:
     t = measure([CKPTDIFF, "--help"])
     py0 = measure([PY, "-c", "pass"])
-    return [["ckptdiff --help", f"{t.seconds:.3f} s", f"{t.peak_mib:.0f} MiB", "python -c pass",
-             f"{py0.seconds:.3f} s", f"{py0.peak_mib:.0f} MiB", "", "", "fast"]]
+    return [
+        [
+            "ckptdiff --help",
+            f"{t.seconds:.3f} s",
+            f"{t.peak_mib:.0f} MiB",
+            "python -c pass",
+            f"{py0.seconds:.3f} s",
+            f"{py0.peak_mib:.0f} MiB",
+            "",
+            "",
+            "fast",
+        ]
+    ]
 
 
 def main() -> None:
@@ -158,8 +218,17 @@ def main() -> None:
     paths = make_files()
     sizes = {n: os.path.getsize(q) / 2**30 for n, q in paths.items()}
     print(", ".join(f"{n} {s:.2f} GiB" for n, s in sizes.items()), flush=True)
-    headers = ["case", "ckptdiff", "peak", "baseline", "time", "peak", "speed-up",
-               "memory ratio", "goal"]
+    headers = [
+        "case",
+        "ckptdiff",
+        "peak",
+        "baseline",
+        "time",
+        "peak",
+        "speed-up",
+        "memory ratio",
+        "goal",
+    ]
     rows = startup_rows() + reader_rows(paths)
     print(tabulate(rows, headers, tablefmt="github"))
     extra = os.path.join(os.path.dirname(__file__), "targets.py")

@@ -8,8 +8,11 @@ Importing this package does not import torch; building a target does.
 
 from __future__ import annotations
 
-from typing import Any
-
+# Importing the submodules here, then binding the functions, keeps ``ckptdiff.check`` and
+# ``ckptdiff.diff`` functions: a later ``import ckptdiff.diff`` finds the module loaded and
+# leaves the package's name alone.
+from ckptdiff.check import check
+from ckptdiff.diff import diff_sources as diff
 from ckptdiff.errors import (
     CkptDiffError,
     IncompatibleCheckpointError,
@@ -22,11 +25,6 @@ from ckptdiff.errors import (
     UsageError,
 )
 from ckptdiff.readers import read
-
-# Import the submodules first, then bind the functions: a later ``import ckptdiff.diff`` or
-# ``import ckptdiff.check`` then finds the modules loaded and leaves these names alone.
-from ckptdiff.diff import diff_sources as diff  # isort: skip
-from ckptdiff.check import check  # isort: skip
 from ckptdiff.types import Finding, Manifest, Report, Suggestion, TensorSpec
 
 __version__ = "0.1.0"

@@ -391,8 +391,10 @@ def find_fused_qkv(
         ``split`` transforms (checkpoint fused, target split) and ``concat`` ones (the reverse).
     """
     out: list[KeyTransform] = []
-    for fused_side, split_side, kind in ((unexpected, missing, "split"),
-                                         (missing, unexpected, "concat")):
+    for fused_side, split_side, kind in (
+        (unexpected, missing, "split"),
+        (missing, unexpected, "concat"),
+    ):
         fused: dict[tuple[str, str], tuple[str, str]] = {}  # (parent, leaf) -> (name, key)
         split: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
         for key in fused_side:
@@ -403,7 +405,9 @@ def find_fused_qkv(
             p = _qkv_parse(key)
             if p and p[0] != "fused":
                 split[(p[1], p[3], _split_family(p[2]))][p[0]] = key
-        groups: dict[tuple[Any, ...], list[tuple[str, tuple[str, str, str], Shape]]] = defaultdict(list)
+        groups: dict[tuple[Any, ...], list[tuple[str, tuple[str, str, str], Shape]]] = defaultdict(
+            list
+        )
         for (sparent, leaf, family), roles in split.items():
             if len(roles) != 3:
                 continue
@@ -414,7 +418,12 @@ def find_fused_qkv(
             rows = tuple(s[0] for s in shapes)
             for (fparent, fleaf), (fname, fkey) in fused.items():
                 fshape = fused_side[fkey]
-                if fleaf != leaf or not fshape or fshape[0] != sum(rows) or fshape[1:] != shapes[0][1:]:
+                if (
+                    fleaf != leaf
+                    or not fshape
+                    or fshape[0] != sum(rows)
+                    or fshape[1:] != shapes[0][1:]
+                ):
                     continue
                 ft, fi = _template(fparent) if fparent else ((), ())
                 st, si = _template(sparent) if sparent else ((), ())
@@ -460,10 +469,23 @@ def find_fused_qkv(
                     continue
                 part = "(?P<part>" + "|".join(re.escape(n) for n in names) + ")"
                 pattern = rx[0].replace("__PART__", part).removesuffix(r"(?=\.|$)") + "$"
-                rule = {"op": "concat", "pattern": pattern, "parts": list(names),
-                        "replacement": rx[1], "dim": 0}
-                out.append(_qkv_transform("concat", rule, items,
-                                          "concatenate along dim 0 in q, k, v order", fname, names))
+                rule = {
+                    "op": "concat",
+                    "pattern": pattern,
+                    "parts": list(names),
+                    "replacement": rx[1],
+                    "dim": 0,
+                }
+                out.append(
+                    _qkv_transform(
+                        "concat",
+                        rule,
+                        items,
+                        "concatenate along dim 0 in q, k, v order",
+                        fname,
+                        names,
+                    )
+                )
     return out
 
 
@@ -474,9 +496,9 @@ def _split_family(name: str) -> str:
     return name
 
 
-def _one_to_one(items: list[tuple[str, tuple[str, str, str], Shape]]) -> list[
-    tuple[str, tuple[str, str, str], Shape]
-]:
+def _one_to_one(
+    items: list[tuple[str, tuple[str, str, str], Shape]],
+) -> list[tuple[str, tuple[str, str, str], Shape]]:
     seen_f: set[str] = set()
     seen_s: set[str] = set()
     out = []
@@ -489,8 +511,14 @@ def _one_to_one(items: list[tuple[str, tuple[str, str, str], Shape]]) -> list[
     return out
 
 
-def _qkv_transform(kind: str, rule: dict[str, Any], items: list[tuple[str, tuple[str, str, str], Shape]],
-                   how: str, fname: str, names: Sequence[str]) -> KeyTransform:
+def _qkv_transform(
+    kind: str,
+    rule: dict[str, Any],
+    items: list[tuple[str, tuple[str, str, str], Shape]],
+    how: str,
+    fname: str,
+    names: Sequence[str],
+) -> KeyTransform:
     if kind == "split":
         pairs = tuple(((f,), s) for f, s, _ in items)
         what = f"the checkpoint's fused '{fname}' holds the target's {'/'.join(names)}"
@@ -529,10 +557,15 @@ def find_transposed(
     alternatives = "|".join(re.escape(e) for e in endings)
     pattern = rf"(^|\.)({alternatives})$"
     compiled = re.compile(pattern)
-    square = sorted(k for k, s in (matched or {}).items()
-                    if len(s) == 2 and s[0] == s[1] and compiled.search(k))
-    note = (f"; {len(square)} square weights with the same names are transposed too "
-            "(shapes cannot tell)" if square else "")
+    square = sorted(
+        k for k, s in (matched or {}).items() if len(s) == 2 and s[0] == s[1] and compiled.search(k)
+    )
+    note = (
+        f"; {len(square)} square weights with the same names are transposed too "
+        "(shapes cannot tell)"
+        if square
+        else ""
+    )
     return KeyTransform(
         "transpose",
         ({"op": "transpose", "pattern": pattern},),
@@ -558,8 +591,12 @@ def scoped_prefix_rules(match: PrefixMatch, checkpoint_keys: Iterable[str]) -> l
     paired = {u for u, _ in match.pairs}
     if not match.add or all(k in paired for k in checkpoint_keys if k.startswith(match.strip)):
         return match.rules()
-    heads = sorted({u[len(match.strip):].split(".", 1)[0] for u in paired})
+    heads = sorted({u[len(match.strip) :].split(".", 1)[0] for u in paired})
     alternatives = "|".join(re.escape(h) for h in heads)
-    return [{"op": "rename",
-             "pattern": f"^{re.escape(match.strip)}(?=(?:{alternatives})(?:\\.|$))",
-             "replacement": match.add}]
+    return [
+        {
+            "op": "rename",
+            "pattern": f"^{re.escape(match.strip)}(?=(?:{alternatives})(?:\\.|$))",
+            "replacement": match.add,
+        }
+    ]

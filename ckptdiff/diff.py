@@ -26,6 +26,7 @@ from ckptdiff.types import (
 
 __all__ = ["compare", "diff_manifests", "diff_sources", "natural_key", "module_coverage"]
 
+
 def _patterns(target: Manifest, name: str) -> list[re.Pattern[str]]:
     raw = target.metadata.get(name) or ()
     return [re.compile(p) for p in raw]
@@ -72,9 +73,7 @@ def compare(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Report
         have = ck.get(key)
         if have is not None:
             if have.shape != want.shape:
-                mismatched.append(
-                    Mismatch(key, have.shape, want.shape, have.dtype, want.dtype)
-                )
+                mismatched.append(Mismatch(key, have.shape, want.shape, have.dtype, want.dtype))
                 continue
             matched.append(key)
             supplied.add(key)
@@ -148,10 +147,11 @@ def module_coverage(
 def _coverage_moves(before: Report, after: Report) -> list[dict[str, Any]]:
     """Top-level modules whose coverage a key map changes: ``{"module", "before", "after"}``."""
     b = {c.module: c.share for c in before.coverage if c.module and "." not in c.module}
-    return [{"module": c.module, "before": round(b.get(c.module, 0.0), 6),
-             "after": round(c.share, 6)}
-            for c in after.coverage if c.module and "." not in c.module
-            and round(c.share, 6) != round(b.get(c.module, 0.0), 6)]
+    return [
+        {"module": c.module, "before": round(b.get(c.module, 0.0), 6), "after": round(c.share, 6)}
+        for c in after.coverage
+        if c.module and "." not in c.module and round(c.share, 6) != round(b.get(c.module, 0.0), 6)
+    ]
 
 
 def _prefix_findings(
@@ -187,11 +187,13 @@ def _prefix_findings(
         )
         option = m.options()
         shape_note = (
-            "" if loads == len(explained) else f" ({len(explained) - loads} of them then differ in shape)"
+            ""
+            if loads == len(explained)
+            else f" ({len(explained) - loads} of them then differ in shape)"
         )
         scope = ""
         if rules != m.rules():
-            heads = sorted({u[len(m.strip):].split(".", 1)[0] for u, _ in m.pairs})
+            heads = sorted({u[len(m.strip) :].split(".", 1)[0] for u, _ in m.pairs})
             scope = f" (only for keys under {', '.join(h + '.' for h in heads)}: use the rules)"
         message = (
             f"{len(m.pairs)} checkpoint keys are target keys {what}{shape_note}; "
@@ -225,8 +227,11 @@ def _prefix_findings(
                 message,
                 tuple(f"{u} -> {t}" for u, t in m.pairs[:5])
                 + ((f"... {len(m.pairs) - 5} more",) if len(m.pairs) > 5 else ()),
-                {"coverage_before": round(before, 6), "coverage_after": round(after, 6),
-                 "coverage_by_module": by_module},
+                {
+                    "coverage_before": round(before, 6),
+                    "coverage_after": round(after, 6),
+                    "coverage_by_module": by_module,
+                },
             )
         )
     return findings, suggestions

@@ -107,8 +107,9 @@ def align(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Alignmen
 
     before = compare(checkpoint, target, depth=depth)
     prefix_rules: list[dict[str, Any]] = []
-    for m in find_prefix_matches((t.key for t in before.unexpected),
-                                 (t.key for t in before.missing)):
+    for m in find_prefix_matches(
+        (t.key for t in before.unexpected), (t.key for t in before.missing)
+    ):
         prefix_rules += scoped_prefix_rules(m, checkpoint.tensors)
     km = KeyMap.from_rules(prefix_rules)
     ck = km.apply_to_manifest(checkpoint)
@@ -126,9 +127,17 @@ def align(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Alignmen
             transforms.append(t)
             km, ck, report = km + step, trial, trial_report
 
-    take(filter(None, [find_transposed(
-        ((m.key, m.checkpoint_shape, m.target_shape) for m in report.mismatched),
-        {k: ck.tensors[k].shape for k in report.matched if k in ck.tensors})]))
+    take(
+        filter(
+            None,
+            [
+                find_transposed(
+                    ((m.key, m.checkpoint_shape, m.target_shape) for m in report.mismatched),
+                    {k: ck.tensors[k].shape for k in report.matched if k in ck.tensors},
+                )
+            ],
+        )
+    )
     take(find_renames(*_only(report)))
     take(find_fused_qkv(*_only(report)))
     take(find_renames(*_only(report)))
@@ -139,8 +148,10 @@ def align(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Alignmen
 def _known_renames_then_prefix(report: Report) -> list[KeyTransform]:
     """``module.ln.gamma`` vs ``ln.weight``: a known rename hides a prefix; try both at once."""
     unexpected, missing = _only(report)
-    rules = [{"op": "rename", "pattern": rf"(?P<pre>^|\.){old[0]}$",
-              "replacement": rf"\g<pre>{new[0]}"} for old, new in KNOWN_RENAMES.items()]
+    rules = [
+        {"op": "rename", "pattern": rf"(?P<pre>^|\.){old[0]}$", "replacement": rf"\g<pre>{new[0]}"}
+        for old, new in KNOWN_RENAMES.items()
+    ]
     km = KeyMap.from_rules(rules)
     renamed = {km.apply(u): u for u in unexpected}
     if all(k == v for k, v in renamed.items()):
@@ -148,10 +159,16 @@ def _known_renames_then_prefix(report: Report) -> list[KeyTransform]:
     out = []
     for m in find_prefix_matches(renamed, missing):
         pairs = tuple(((renamed[u],), (t,)) for u, t in m.pairs)
-        out.append(KeyTransform("rename", tuple(rules) + tuple(m.rules()), pairs,
-                                f"{len(pairs)} checkpoint keys are target keys after renaming "
-                                f"gamma/beta to weight/bias and '{m.options()}'",
-                                {"option": m.options()}))
+        out.append(
+            KeyTransform(
+                "rename",
+                tuple(rules) + tuple(m.rules()),
+                pairs,
+                f"{len(pairs)} checkpoint keys are target keys after renaming "
+                f"gamma/beta to weight/bias and '{m.options()}'",
+                {"option": m.options()},
+            )
+        )
     return out
 
 
@@ -166,16 +183,27 @@ def _alignment_findings(al: Alignment) -> tuple[list[Finding], list[Suggestion]]
     for t in al.transforms:
         kind = {"rename": "key_rename", "transpose": "transposed"}.get(t.kind, "fused_qkv")
         keys = tuple(k for ks, _ in t.pairs for k in ks)
-        findings.append(Finding(kind, t.message, keys[:20], "warning",
-                                {**t.data, "rules": list(t.rules), "explains": len(t.pairs)}))
+        findings.append(
+            Finding(
+                kind,
+                t.message,
+                keys[:20],
+                "warning",
+                {**t.data, "rules": list(t.rules), "explains": len(t.pairs)},
+            )
+        )
     before = al.before.coverage[0].share if al.before.coverage else 0.0
     after = al.after.coverage[0].share if al.after.coverage else 0.0
     b_mod, a_mod = _module_shares(al.before), _module_shares(al.after)
-    by_module = [{"module": m, "before": round(b_mod.get(m, 0.0), 6), "after": round(a, 6)}
-                 for m, a in a_mod.items() if m and round(a, 6) != round(b_mod.get(m, 0.0), 6)]
+    by_module = [
+        {"module": m, "before": round(b_mod.get(m, 0.0), 6), "after": round(a, 6)}
+        for m, a in a_mod.items()
+        if m and round(a, 6) != round(b_mod.get(m, 0.0), 6)
+    ]
     kinds = ", ".join(sorted({t.kind for t in al.transforms}))
-    evidence = tuple(f"{' + '.join(ks)} -> {' + '.join(ts)}"
-                     for t in al.transforms for ks, ts in t.pairs[:2])
+    evidence = tuple(
+        f"{' + '.join(ks)} -> {' + '.join(ts)}" for t in al.transforms for ks, ts in t.pairs[:2]
+    )
     suggestion = Suggestion(
         "key_map",
         "--key-map",
@@ -204,30 +232,73 @@ def key_map_to_emit(report: Report) -> list[dict[str, Any]] | None:
     for s in report.suggestions:
         if s.kind == "key_map" and s.data.get("combined"):
             return list(s.suggested) if s.verified else None
-    rules = [r for s in report.suggestions if s.kind == "key_map" and s.verified
-             for r in s.suggested]
+    rules = [
+        r for s in report.suggestions if s.kind == "key_map" and s.verified for r in s.suggested
+    ]
     return rules or None
 
 
 # --- causes ---------------------------------------------------------------------------------------
 
 _INT = re.compile(r"^\d+$")
-EMBED_NAMES = ("embed_tokens", "word_embeddings", "token_embedding", "wte", "tok_embeddings",
-               "embed_in", "shared", "word_embedding", "tok_embedding")
+EMBED_NAMES = (
+    "embed_tokens",
+    "word_embeddings",
+    "token_embedding",
+    "wte",
+    "tok_embeddings",
+    "embed_in",
+    "shared",
+    "word_embedding",
+    "tok_embedding",
+)
 HEAD_NAMES = ("lm_head", "embed_out", "output", "decoder")
-POSITION_HINTS = ("positional_embedding", "position_embedding", "position_embeddings", "pos_embed",
-                  "wpe", "pos_embedding", "positional_embeddings")
+POSITION_HINTS = (
+    "positional_embedding",
+    "position_embedding",
+    "position_embeddings",
+    "pos_embed",
+    "wpe",
+    "pos_embedding",
+    "positional_embeddings",
+)
 CLASS_HEADS = ("classifier", "head", "fc", "score", "heads", "classification_head", "cls_head")
-MLP_HINTS = ("mlp", "ffn", "feed_forward", "intermediate", "fc1", "fc2", "c_fc", "gate_proj",
-             "up_proj", "down_proj", "w1", "w2", "w3", "dense_h_to_4h", "dense_4h_to_h")
+MLP_HINTS = (
+    "mlp",
+    "ffn",
+    "feed_forward",
+    "intermediate",
+    "fc1",
+    "fc2",
+    "c_fc",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "w1",
+    "w2",
+    "w3",
+    "dense_h_to_4h",
+    "dense_4h_to_h",
+)
 
 
-def _cause(cause: str, message: str, keys: Sequence[str], checkpoint: Any, target: Any,
-           severity: str = "warning", **extra: Any) -> Finding:
+def _cause(
+    cause: str,
+    message: str,
+    keys: Sequence[str],
+    checkpoint: Any,
+    target: Any,
+    severity: str = "warning",
+    **extra: Any,
+) -> Finding:
     keys = list(keys)
-    return Finding("cause", message, tuple(keys), severity,  # type: ignore[arg-type]
-                   {"cause": cause, "checkpoint": checkpoint, "target": target, "keys": keys,
-                    **extra})
+    return Finding(
+        "cause",
+        message,
+        tuple(keys),
+        severity,  # type: ignore[arg-type]
+        {"cause": cause, "checkpoint": checkpoint, "target": target, "keys": keys, **extra},
+    )
 
 
 def _parts(key: str) -> list[str]:
@@ -250,27 +321,43 @@ def zero3_placeholders(report: Report, ck: Manifest, target: Manifest) -> list[F
     for side, m in (("checkpoint", ck), ("target", target)):
         empty = [k for k, t in m.tensors.items() if t.shape == (0,)]
         if len(empty) >= 2 and len(empty) * 2 >= len(m.tensors):
-            fix = ("gather it first (DeepSpeed's zero_to_fp32.py, or "
-                   "convert_zero_checkpoint_to_fp32_state_dict)" if side == "checkpoint" else
-                   "the target is still partitioned: load before the DeepSpeed engine wraps it")
-            out.append(_cause(
-                "zero3", f"ZeRO-3 placeholders: {len(empty)} of the {side}'s {len(m.tensors)} "
-                f"tensors have shape [0]: {fix}", sorted(empty)[:50],
-                len(empty) if side == "checkpoint" else 0, len(empty) if side == "target" else 0,
-                "error"))
+            fix = (
+                "gather it first (DeepSpeed's zero_to_fp32.py, or "
+                "convert_zero_checkpoint_to_fp32_state_dict)"
+                if side == "checkpoint"
+                else "the target is still partitioned: load before the DeepSpeed engine wraps it"
+            )
+            out.append(
+                _cause(
+                    "zero3",
+                    f"ZeRO-3 placeholders: {len(empty)} of the {side}'s {len(m.tensors)} "
+                    f"tensors have shape [0]: {fix}",
+                    sorted(empty)[:50],
+                    len(empty) if side == "checkpoint" else 0,
+                    len(empty) if side == "target" else 0,
+                    "error",
+                )
+            )
     return out or None
 
 
 def scalar_vs_one(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | None:
     """``logit_scale`` saved as a scalar ``[]`` where the model has ``[1]`` (or the reverse)."""
-    keys = [m.key for m in report.mismatched
-            if {m.checkpoint_shape, m.target_shape} == {(), (1,)}]
+    keys = [m.key for m in report.mismatched if {m.checkpoint_shape, m.target_shape} == {(), (1,)}]
     if not keys:
         return None
     m0 = next(m for m in report.mismatched if m.key == keys[0])
-    return [_cause("scalar", f"{_examples(keys)}: a scalar [] on one side and [1] on the other; "
-                   "reshape-compatible (value.reshape(target_shape)), as open_clip does",
-                   keys, list(m0.checkpoint_shape), list(m0.target_shape), "info")]
+    return [
+        _cause(
+            "scalar",
+            f"{_examples(keys)}: a scalar [] on one side and [1] on the other; "
+            "reshape-compatible (value.reshape(target_shape)), as open_clip does",
+            keys,
+            list(m0.checkpoint_shape),
+            list(m0.target_shape),
+            "info",
+        )
+    ]
 
 
 def _containers(keys: Iterable[str]) -> dict[str, set[int]]:
@@ -299,26 +386,43 @@ def depth(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | Non
             continue
         n, m = len(a[tmpl]), len(b[tmpl])
         extra = f"{abs(n - m)} layer{'s' if abs(n - m) != 1 else ''}"
-        out.append(_cause("depth", f"depth: the checkpoint has {n} layers in {tmpl}, the target "
-                          f"{m} (the keys of {extra} are "
-                          f"{'unexpected' if n > m else 'missing'})", keys, n, m,
-                          container=tmpl))
+        out.append(
+            _cause(
+                "depth",
+                f"depth: the checkpoint has {n} layers in {tmpl}, the target "
+                f"{m} (the keys of {extra} are "
+                f"{'unexpected' if n > m else 'missing'})",
+                keys,
+                n,
+                m,
+                container=tmpl,
+            )
+        )
     # nested containers repeat their parent's story: keep the outermost
-    kept = [f for f in out if not any(
-        g is not f and f.data["container"].startswith(g.data["container"] + ".") for g in out)]
+    kept = [
+        f
+        for f in out
+        if not any(
+            g is not f and f.data["container"].startswith(g.data["container"] + ".") for g in out
+        )
+    ]
     return kept or None
 
 
 def _pairs(m: Mismatch) -> list[tuple[int, int, int]]:
     if len(m.checkpoint_shape) != len(m.target_shape):
         return []
-    return [(i, a, b) for i, (a, b) in enumerate(zip(m.checkpoint_shape, m.target_shape))
-            if a != b]
+    pairs = zip(m.checkpoint_shape, m.target_shape, strict=True)
+    return [(i, a, b) for i, (a, b) in enumerate(pairs) if a != b]
 
 
 def _is_special(key: str) -> bool:
-    return (_has(key, EMBED_NAMES) or _has(key, HEAD_NAMES) or _has(key, POSITION_HINTS)
-            or any(h in key for h in POSITION_HINTS))
+    return (
+        _has(key, EMBED_NAMES)
+        or _has(key, HEAD_NAMES)
+        or _has(key, POSITION_HINTS)
+        or any(h in key for h in POSITION_HINTS)
+    )
 
 
 def _width_pairs(report: Report) -> list[tuple[int, int]]:
@@ -342,18 +446,30 @@ def width(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | Non
     """One number differs across many keys (1024 vs 768): the hidden width."""
     out = []
     for a, b in _width_pairs(report):
-        keys = [m.key for m in report.mismatched
-                if any((x, y) == (a, b) or (x * b == y * a and x % a == 0 and y % b == 0)
-                       for _, x, y in _pairs(m))]
-        out.append(_cause("width", f"hidden width: {a} in the checkpoint vs {b} in the target, "
-                          f"across {len(keys)} keys ({_examples(keys)})", keys, a, b))
+        keys = [
+            m.key
+            for m in report.mismatched
+            if any(
+                (x, y) == (a, b) or (x * b == y * a and x % a == 0 and y % b == 0)
+                for _, x, y in _pairs(m)
+            )
+        ]
+        out.append(
+            _cause(
+                "width",
+                f"hidden width: {a} in the checkpoint vs {b} in the target, "
+                f"across {len(keys)} keys ({_examples(keys)})",
+                keys,
+                a,
+                b,
+            )
+        )
     return out or None
 
 
 def _explained_by_width(report: Report, m: Mismatch) -> bool:
     widths = _width_pairs(report)
-    return bool(_pairs(m)) and all(
-        any(x * b == y * a for a, b in widths) for _, x, y in _pairs(m))
+    return bool(_pairs(m)) and all(any(x * b == y * a for a, b in widths) for _, x, y in _pairs(m))
 
 
 def mlp_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | None:
@@ -366,9 +482,16 @@ def mlp_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
         for _, x, y in _pairs(m):
             if not any(x * b == y * a for a, b in widths) and (x, y) not in widths:
                 by_pair[(x, y)].append(m.key)
-    out = [_cause("mlp", f"MLP size: {x} in the checkpoint vs {y} in the target "
-                  f"({_examples(keys)})", keys, x, y)
-           for (x, y), keys in sorted(by_pair.items(), key=lambda kv: -len(kv[1]))]
+    out = [
+        _cause(
+            "mlp",
+            f"MLP size: {x} in the checkpoint vs {y} in the target ({_examples(keys)})",
+            keys,
+            x,
+            y,
+        )
+        for (x, y), keys in sorted(by_pair.items(), key=lambda kv: -len(kv[1]))
+    ]
     return out or None
 
 
@@ -387,10 +510,21 @@ def vocab_rows(report: Report, ck: Manifest, target: Manifest) -> list[Finding] 
     a, b = rows[keys[0]]
     grown = a - b
     detail = "; ".join(f"{k} {x} vs {y}" for k, (x, y) in rows.items())
-    how = (f"{grown} more rows in the checkpoint (added tokens: resize_token_embeddings)"
-           if grown > 0 else f"{-grown} fewer rows in the checkpoint")
-    return [_cause("vocab", f"vocabulary rows: {detail}: {how}", keys, a, b,
-                   rows={k: list(v) for k, v in rows.items()})]
+    how = (
+        f"{grown} more rows in the checkpoint (added tokens: resize_token_embeddings)"
+        if grown > 0
+        else f"{-grown} fewer rows in the checkpoint"
+    )
+    return [
+        _cause(
+            "vocab",
+            f"vocabulary rows: {detail}: {how}",
+            keys,
+            a,
+            b,
+            rows={k: list(v) for k, v in rows.items()},
+        )
+    ]
 
 
 def _is_square(n: int) -> int | None:
@@ -409,8 +543,12 @@ def _grid(rows: int) -> tuple[int, int] | None:
 
 def _patch(m: Manifest, branch: str) -> int | None:
     for k, t in m.tensors.items():
-        if len(t.shape) == 4 and k.split(".")[0] == branch and t.shape[2] == t.shape[3] and \
-                t.shape[1] in (1, 3, 4):
+        if (
+            len(t.shape) == 4
+            and k.split(".")[0] == branch
+            and t.shape[2] == t.shape[3]
+            and t.shape[1] in (1, 3, 4)
+        ):
             return t.shape[2]
     return None
 
@@ -436,8 +574,10 @@ def position_rows(report: Report, ck: Manifest, target: Manifest) -> list[Findin
             continue
         a, b = d
         branch = m.key.split(".")[0]
-        visionish = any(h in m.key for h in ("visual", "vision", "image", "patch", "pos_embed")) \
+        visionish = (
+            any(h in m.key for h in ("visual", "vision", "image", "patch", "pos_embed"))
             or _patch(target, branch) is not None
+        )
         ga, gb = _grid(a), _grid(b)
         if visionish and ga and gb:
             pa, pb = _patch(ck, branch), _patch(target, branch)
@@ -450,31 +590,58 @@ def position_rows(report: Report, ck: Manifest, target: Manifest) -> list[Findin
             if pb and pa == pb:
                 fix = f"set the image size to {ga[0] * pb}, or interpolate the position embedding"
             elif img_a:
-                fix = f"use patch {pa} and image size {img_a}, or interpolate the position embedding"
+                fix = (
+                    f"use patch {pa} and image size {img_a}, or interpolate the position embedding"
+                )
             else:
                 fix = "interpolate the position embedding, or match the grid"
-            out.append(_cause("position_grid", f"position grid of {m.key}: checkpoint {sa}"
-                              f"{where_a}, target {sb}{where_b}: {fix}", [m.key], a, b,
-                              grid={"checkpoint": ga[0], "target": gb[0]},
-                              prefix_tokens=ga[1], patch={"checkpoint": pa, "target": pb},
-                              image_size={"checkpoint": img_a, "target": img_b}))
+            out.append(
+                _cause(
+                    "position_grid",
+                    f"position grid of {m.key}: checkpoint {sa}"
+                    f"{where_a}, target {sb}{where_b}: {fix}",
+                    [m.key],
+                    a,
+                    b,
+                    grid={"checkpoint": ga[0], "target": gb[0]},
+                    prefix_tokens=ga[1],
+                    patch={"checkpoint": pa, "target": pb},
+                    image_size={"checkpoint": img_a, "target": img_b},
+                )
+            )
         else:
-            out.append(_cause("positions", f"position rows of {m.key}: {a} in the checkpoint vs "
-                              f"{b} in the target (the context length): set it to {a}, or "
-                              "truncate/extend the embedding", [m.key], a, b))
+            out.append(
+                _cause(
+                    "positions",
+                    f"position rows of {m.key}: {a} in the checkpoint vs "
+                    f"{b} in the target (the context length): set it to {a}, or "
+                    "truncate/extend the embedding",
+                    [m.key],
+                    a,
+                    b,
+                )
+            )
     return out or None
 
 
 def patch_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | None:
-    """A conv kernel (patch embedding) of another size: ``[1024, 3, 14, 14]`` vs ``[.., 16, 16]``."""
+    """A conv kernel (patch embedding) of another size: ``[1024, 3, 14, 14]`` vs ``[..16, 16]``."""
     by: dict[tuple[int, int], list[str]] = defaultdict(list)
     for m in report.mismatched:
         a, b = m.checkpoint_shape, m.target_shape
         if len(a) == 4 and len(b) == 4 and a[2:] != b[2:]:
             by[(a[2], b[2])].append(m.key)
-    return [_cause("patch_size", f"patch size (conv kernel) of {_examples(keys)}: {x} in the "
-                   f"checkpoint vs {y} in the target", keys, x, y)
-            for (x, y), keys in by.items()] or None
+    return [
+        _cause(
+            "patch_size",
+            f"patch size (conv kernel) of {_examples(keys)}: {x} in the "
+            f"checkpoint vs {y} in the target",
+            keys,
+            x,
+            y,
+        )
+        for (x, y), keys in by.items()
+    ] or None
 
 
 def relative_position_heads(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | None:
@@ -482,16 +649,27 @@ def relative_position_heads(report: Report, ck: Manifest, target: Manifest) -> l
     keys = []
     pair = None
     for m in report.mismatched:
-        if ("relative_position_bias_table" in m.key or "relative_attention_bias" in m.key) and \
-                len(m.checkpoint_shape) == 2 and len(m.target_shape) == 2 and \
-                m.checkpoint_shape[1] != m.target_shape[1]:
+        if (
+            ("relative_position_bias_table" in m.key or "relative_attention_bias" in m.key)
+            and len(m.checkpoint_shape) == 2
+            and len(m.target_shape) == 2
+            and m.checkpoint_shape[1] != m.target_shape[1]
+        ):
             keys.append(m.key)
             pair = pair or (m.checkpoint_shape[1], m.target_shape[1])
     if not keys or pair is None:
         return None
-    return [_cause("heads", f"attention heads: the relative-position tables have {pair[0]} "
-                   f"columns in the checkpoint vs {pair[1]} in the target "
-                   f"({_examples(keys)})", keys, pair[0], pair[1])]
+    return [
+        _cause(
+            "heads",
+            f"attention heads: the relative-position tables have {pair[0]} "
+            f"columns in the checkpoint vs {pair[1]} in the target "
+            f"({_examples(keys)})",
+            keys,
+            pair[0],
+            pair[1],
+        )
+    ]
 
 
 def _attn_rows(m: Manifest, parent: str, names: Sequence[str]) -> int | None:
@@ -534,12 +712,23 @@ def kv_heads(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
     heads = _heads_in_config(target.config)
     if heads:
         head_dim = q // heads
-        how = (f" = {a // head_dim} key/value heads of {head_dim} (head_dim from "
-               f"{heads} heads)" if head_dim and a % head_dim == 0 else "")
+        how = (
+            f" = {a // head_dim} key/value heads of {head_dim} (head_dim from {heads} heads)"
+            if head_dim and a % head_dim == 0
+            else ""
+        )
     else:
         how = " (key/value heads = rows / head_dim; head_dim is not in the shapes)"
-    return [_cause("kv_heads", f"grouped-query attention: k/v projections have {a} rows in the "
-                   f"checkpoint vs {b} in the target{how} ({_examples(keys)})", keys, a, b)]
+    return [
+        _cause(
+            "kv_heads",
+            f"grouped-query attention: k/v projections have {a} rows in the "
+            f"checkpoint vs {b} in the target{how} ({_examples(keys)})",
+            keys,
+            a,
+            b,
+        )
+    ]
 
 
 def class_count(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | None:
@@ -548,7 +737,11 @@ def class_count(report: Report, ck: Manifest, target: Manifest) -> list[Finding]
     pair = None
     for m in report.mismatched:
         parts = _parts(m.key)
-        if len(parts) < 2 or not any(p in CLASS_HEADS for p in parts[:-1]) or _has(m.key, EMBED_NAMES):
+        if (
+            len(parts) < 2
+            or not any(p in CLASS_HEADS for p in parts[:-1])
+            or _has(m.key, EMBED_NAMES)
+        ):
             continue
         a, b = m.checkpoint_shape, m.target_shape
         if a and b and len(a) == len(b) and a[0] != b[0] and a[1:] == b[1:]:
@@ -556,9 +749,17 @@ def class_count(report: Report, ck: Manifest, target: Manifest) -> list[Finding]
             pair = pair or (a[0], b[0])
     if not keys or pair is None:
         return None
-    return [_cause("classes", f"class count of the head: {pair[0]} classes in the checkpoint vs "
-                   f"{pair[1]} in the target ({_examples(keys)}): set num_labels/num_classes to "
-                   f"{pair[0]}, or re-initialise the head on purpose", keys, pair[0], pair[1])]
+    return [
+        _cause(
+            "classes",
+            f"class count of the head: {pair[0]} classes in the checkpoint vs "
+            f"{pair[1]} in the target ({_examples(keys)}): set num_labels/num_classes to "
+            f"{pair[0]}, or re-initialise the head on purpose",
+            keys,
+            pair[0],
+            pair[1],
+        )
+    ]
 
 
 #: The cause rules, in the order their findings are listed.
@@ -577,14 +778,16 @@ CAUSE_RULES: tuple[CauseRule, ...] = (
 )
 
 
-def causes(report: Report, checkpoint: Manifest, target: Manifest,
-           rules: Sequence[CauseRule] = CAUSE_RULES) -> list[Finding]:
+def causes(
+    report: Report, checkpoint: Manifest, target: Manifest, rules: Sequence[CauseRule] = CAUSE_RULES
+) -> list[Finding]:
     """Every cause finding the rules give for a comparison (run it after key alignment).
 
     Example:
         >>> from ckptdiff.diff import compare
         >>> from ckptdiff.types import TensorSpec as T
-        >>> ck = Manifest("c", "x", {k: T(k, (8,), "float32") for k in ("a.ln.weight", "b.ln.weight")})
+        >>> keys = ("a.ln.weight", "b.ln.weight")
+        >>> ck = Manifest("c", "x", {k: T(k, (8,), "float32") for k in keys})
         >>> tg = Manifest("t", "x", {k: T(k, (4,), "float32") for k in ck.tensors})
         >>> causes(compare(ck, tg), ck, tg)[0].data["cause"]
         'width'
@@ -609,8 +812,9 @@ class Explanation:
     aligned: Report | None = None
 
 
-def explain(report: Report, checkpoint: Manifest, target: Manifest, *, depth: int = 2,
-            suggest: bool = True) -> Explanation:
+def explain(
+    report: Report, checkpoint: Manifest, target: Manifest, *, depth: int = 2, suggest: bool = True
+) -> Explanation:
     """Align keys, name causes, verify config fixes and lint: the findings and suggestions a
     report gets on top of the prefix rules :func:`ckptdiff.diff.diff_manifests` finds.
 
@@ -647,8 +851,11 @@ def _rebuildable(target: Manifest) -> bool:
 
 def with_explanation(report: Report, ex: Explanation) -> Report:
     """The report with the explanation's findings and suggestions appended."""
-    return replace(report, findings=report.findings + tuple(ex.findings),
-                   suggestions=report.suggestions + tuple(ex.suggestions))
+    return replace(
+        report,
+        findings=report.findings + tuple(ex.findings),
+        suggestions=report.suggestions + tuple(ex.suggestions),
+    )
 
 
 def fixed_config_of(report: Report) -> dict[str, Any] | None:

@@ -58,18 +58,31 @@ class _Rule:
     def to_dict(self) -> dict[str, Any]:
         assert self.op in ("strip_prefix", "add_prefix") or self.pattern is not None  # noqa: S101
         if self.op == "rename":
-            return {"op": "rename", "pattern": self.pattern.pattern, "replacement": self.replacement}
+            return {
+                "op": "rename",
+                "pattern": self.pattern.pattern,
+                "replacement": self.replacement,
+            }
         if self.op == "transpose":
             return {"op": "transpose", "pattern": self.pattern.pattern}
         if self.op == "split":
-            out: dict[str, Any] = {"op": "split", "pattern": self.pattern.pattern,
-                                   "into": list(self.into), "dim": self.dim}
+            out: dict[str, Any] = {
+                "op": "split",
+                "pattern": self.pattern.pattern,
+                "into": list(self.into),
+                "dim": self.dim,
+            }
             if self.sizes is not None:
                 out["sizes"] = list(self.sizes)
             return out
         if self.op == "concat":
-            return {"op": "concat", "pattern": self.pattern.pattern, "parts": list(self.parts),
-                    "replacement": self.replacement, "dim": self.dim}
+            return {
+                "op": "concat",
+                "pattern": self.pattern.pattern,
+                "parts": list(self.parts),
+                "replacement": self.replacement,
+                "dim": self.dim,
+            }
         return {"op": self.op, "prefix": self.prefix}
 
 
@@ -158,8 +171,7 @@ class KeyMap:
         rules = data.get("rules") if isinstance(data, dict) else data
         if not isinstance(rules, list):
             raise UsageError(
-                f"Cannot read key map '{path}': expected a list of rules or "
-                '{"rules": [...]}.'
+                f"Cannot read key map '{path}': expected a list of rules or {{\"rules\": [...]}}."
             )
         return cls.from_rules(rules)
 
@@ -241,7 +253,9 @@ class KeyMap:
         lines = ["import re", "", "def remap(key):"]
         for r in self.rules:
             if r.op == "strip_prefix":
-                lines.append(f"    key = key[{len(r.prefix)}:] if key.startswith({r.prefix!r}) else key")
+                lines.append(
+                    f"    key = key[{len(r.prefix)}:] if key.startswith({r.prefix!r}) else key"
+                )
             elif r.op == "add_prefix":
                 lines.append(f"    key = {r.prefix!r} + key")
             else:
@@ -282,16 +296,24 @@ def _shape_rule(i: int, r: Mapping[str, Any]) -> _Rule:
         into = r.get("into")
         sizes = r.get("sizes")
         if not isinstance(into, list) or len(into) < 2 or not all(isinstance(x, str) for x in into):
-            raise UsageError(f"Key map rule {i + 1} (split) needs 'into': a list of 2+ replacements.")
+            raise UsageError(
+                f"Key map rule {i + 1} (split) needs 'into': a list of 2+ replacements."
+            )
         if sizes is not None and (
-            not isinstance(sizes, list) or len(sizes) != len(into)
+            not isinstance(sizes, list)
+            or len(sizes) != len(into)
             or not all(isinstance(x, int) and x > 0 for x in sizes)
         ):
             raise UsageError(
                 f"Key map rule {i + 1} (split): 'sizes' must list one positive size per part."
             )
-        return _Rule("split", pattern=compiled, into=tuple(into), dim=dim,
-                     sizes=tuple(sizes) if sizes is not None else None)
+        return _Rule(
+            "split",
+            pattern=compiled,
+            into=tuple(into),
+            dim=dim,
+            sizes=tuple(sizes) if sizes is not None else None,
+        )
     parts = r.get("parts")
     replacement = r.get("replacement")
     if "part" not in compiled.groupindex:
@@ -300,8 +322,13 @@ def _shape_rule(i: int, r: Mapping[str, Any]) -> _Rule:
         raise UsageError(
             f"Key map rule {i + 1} (concat) needs 'parts' (2+ names) and a 'replacement'."
         )
-    return _Rule("concat", pattern=compiled, parts=tuple(str(p) for p in parts),
-                 replacement=replacement, dim=dim)
+    return _Rule(
+        "concat",
+        pattern=compiled,
+        parts=tuple(str(p) for p in parts),
+        replacement=replacement,
+        dim=dim,
+    )
 
 
 def _split_sizes(rule: _Rule, total: int) -> tuple[int, ...] | None:
@@ -323,7 +350,9 @@ def _apply_with_shapes(rules: tuple[_Rule, ...], manifest: Manifest) -> Manifest
             for key, spec in tensors.items():
                 m = rule.pattern.search(key)
                 if m and m.group("part") in rule.parts:
-                    groups.setdefault(rule.pattern.sub(rule.replacement, key), {})[m.group("part")] = spec
+                    groups.setdefault(rule.pattern.sub(rule.replacement, key), {})[
+                        m.group("part")
+                    ] = spec
             done: set[str] = set()
             for key, spec in tensors.items():
                 m = rule.pattern.search(key)
@@ -333,9 +362,16 @@ def _apply_with_shapes(rules: tuple[_Rule, ...], manifest: Manifest) -> Manifest
                 new = rule.pattern.sub(rule.replacement, key)
                 group = groups[new]
                 shapes = [group[p].shape for p in rule.parts if p in group]
-                ok = len(group) == len(rule.parts) and len({len(s) for s in shapes}) == 1 and all(
-                    s[:rule.dim] + s[rule.dim + 1:] == shapes[0][:rule.dim] + shapes[0][rule.dim + 1:]
-                    for s in shapes) and rule.dim < len(shapes[0])
+                ok = (
+                    len(group) == len(rule.parts)
+                    and len({len(s) for s in shapes}) == 1
+                    and all(
+                        s[: rule.dim] + s[rule.dim + 1 :]
+                        == shapes[0][: rule.dim] + shapes[0][rule.dim + 1 :]
+                        for s in shapes
+                    )
+                    and rule.dim < len(shapes[0])
+                )
                 if not ok:
                     out.setdefault(key, spec)
                     continue
@@ -362,7 +398,7 @@ def _apply_with_shapes(rules: tuple[_Rule, ...], manifest: Manifest) -> Manifest
                     if sizes is None:
                         out.setdefault(key, spec)
                         continue
-                    for repl, size in zip(rule.into, sizes):
+                    for repl, size in zip(rule.into, sizes, strict=True):
                         new = rule.pattern.sub(repl, key)
                         shape = list(spec.shape)
                         shape[rule.dim] = size
@@ -395,23 +431,39 @@ def _apply_with_shapes(rules: tuple[_Rule, ...], manifest: Manifest) -> Manifest
 
 def _state_dict_snippet(rules: tuple[_Rule, ...], *, with_load: bool = True) -> str:
     """``remap(state_dict)``: every rule as a loop over the state dict, in order."""
-    lines = ["import re", "", "import torch", "", "", "def remap(state_dict):",
-             "    sd = dict(state_dict)"]
+    lines = [
+        "import re",
+        "",
+        "import torch",
+        "",
+        "",
+        "def remap(state_dict):",
+        "    sd = dict(state_dict)",
+    ]
     for r in rules:
         pat = r.pattern.pattern if r.pattern is not None else ""
         if r.op == "strip_prefix":
-            lines.append(f"    sd = {{(k[{len(r.prefix)}:] if k.startswith({r.prefix!r}) else k): v "
-                         "for k, v in sd.items()}")
+            lines.append(
+                f"    sd = {{(k[{len(r.prefix)}:] if k.startswith({r.prefix!r}) else k): v "
+                "for k, v in sd.items()}"
+            )
         elif r.op == "add_prefix":
             lines.append(f"    sd = {{{r.prefix!r} + k: v for k, v in sd.items()}}")
         elif r.op == "rename":
-            lines.append(f"    sd = {{re.sub({pat!r}, {r.replacement!r}, k): v for k, v in sd.items()}}")
+            lines.append(
+                f"    sd = {{re.sub({pat!r}, {r.replacement!r}, k): v for k, v in sd.items()}}"
+            )
         elif r.op == "transpose":
-            lines.append(f"    sd = {{k: (v.t().contiguous() if re.search({pat!r}, k) and v.dim() == 2 "
-                         "else v) for k, v in sd.items()}")
+            lines.append(
+                f"    sd = {{k: (v.t().contiguous() if re.search({pat!r}, k) and v.dim() == 2 "
+                "else v) for k, v in sd.items()}"
+            )
         elif r.op == "split":
-            how = (f"torch.split(v, {list(r.sizes)}, dim={r.dim})" if r.sizes
-                   else f"v.chunk({len(r.into)}, dim={r.dim})")
+            how = (
+                f"torch.split(v, {list(r.sizes)}, dim={r.dim})"
+                if r.sizes
+                else f"v.chunk({len(r.into)}, dim={r.dim})"
+            )
             lines += [
                 f"    # split one fused tensor into {len(r.into)} along dim {r.dim}",
                 "    out = {}",

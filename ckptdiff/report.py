@@ -56,9 +56,9 @@ def _ranges(values: Iterable[int]) -> str:
     return ",".join(out)
 
 
-def group_keys(items: Sequence[Any], key: Callable[[Any], str], sig: Callable[[Any], Any]) -> list[
-    tuple[str, Any, int]
-]:
+def group_keys(
+    items: Sequence[Any], key: Callable[[Any], str], sig: Callable[[Any], Any]
+) -> list[tuple[str, Any, int]]:
     """Collapse keys that differ only in one layer index and share a signature.
 
     ``visual.transformer.resblocks.{0-23}.ln_1.weight`` stands for 24 keys with one shape.
@@ -170,8 +170,9 @@ def _evidence(evidence: Sequence[str]) -> str:
     return _short(evidence[0], 70) + more
 
 
-def render_report_table(report: Report, *, fmt: str = "table", full: bool = False,
-                        coverage: bool = False) -> str:
+def render_report_table(
+    report: Report, *, fmt: str = "table", full: bool = False, coverage: bool = False
+) -> str:
     """The report as text (``fmt="table"``) or markdown.
 
     Args:
@@ -181,24 +182,44 @@ def render_report_table(report: Report, *, fmt: str = "table", full: bool = Fals
         coverage: include the per-module coverage table.
     """
     parts: list[str] = []
-    head = f"checkpoint: {report.checkpoint} ({report.checkpoint_format})\n" \
-           f"target:     {report.target} ({report.target_format})\n"
+    head = (
+        f"checkpoint: {report.checkpoint} ({report.checkpoint_format})\n"
+        f"target:     {report.target} ({report.target_format})\n"
+    )
     parts.append(("```\n" + head + "```\n") if fmt == "markdown" else head)
     bullet = "- " if fmt == "markdown" else "  "
-    shown = [f for f in report.findings if f.kind not in _HIDDEN_FINDINGS and f.kind != "cause"
-             and (f.severity != "info" or f.kind != "non_tensor_object")]
+    shown = [
+        f
+        for f in report.findings
+        if f.kind not in _HIDDEN_FINDINGS
+        and f.kind != "cause"
+        and (f.severity != "info" or f.kind != "non_tensor_object")
+    ]
     if shown:
         parts.append("Findings\n" + "\n".join(bullet + _finding_line(f) for f in shown) + "\n")
     causes = [f for f in report.findings if f.kind == "cause"]
     if causes:
         parts.append("Causes\n" + "\n".join(bullet + _cause_line(f) for f in causes) + "\n")
     if report.suggestions:
-        rows = [[s.kind, s.field, "" if s.current is None else json.dumps(s.current),
-                 _short(s.suggested if isinstance(s.suggested, str) else json.dumps(s.suggested)),
-                 _evidence(s.evidence), "yes" if s.verified else "no"]
-                for s in report.suggestions]
-        parts.append(_section("Suggestions", ["kind", "field / option", "current", "suggested",
-                                              "evidence", "verified"], rows, fmt))
+        rows = [
+            [
+                s.kind,
+                s.field,
+                "" if s.current is None else json.dumps(s.current),
+                _short(s.suggested if isinstance(s.suggested, str) else json.dumps(s.suggested)),
+                _evidence(s.evidence),
+                "yes" if s.verified else "no",
+            ]
+            for s in report.suggestions
+        ]
+        parts.append(
+            _section(
+                "Suggestions",
+                ["kind", "field / option", "current", "suggested", "evidence", "verified"],
+                rows,
+                fmt,
+            )
+        )
         if any(s.kind == "config" and s.verified for s in report.suggestions):
             parts.append(
                 "verified = the target rebuilt on meta with the suggested values matches the "
@@ -215,9 +236,14 @@ def render_report_table(report: Report, *, fmt: str = "table", full: bool = Fals
         )
     parts += _key_sections(body, full, fmt)
     if coverage and report.coverage:
-        parts.append(_section("Coverage by module (tensors and parameters the checkpoint supplies)",
-                              ["module", "tensors", "parameters", "share"],
-                              _coverage_rows(report.coverage), fmt))
+        parts.append(
+            _section(
+                "Coverage by module (tensors and parameters the checkpoint supplies)",
+                ["module", "tensors", "parameters", "share"],
+                _coverage_rows(report.coverage),
+                fmt,
+            )
+        )
     summary = _summary(report)
     if report.aligned is not None:
         summary += "After the key map: " + _summary(report.aligned).removeprefix("Summary: ")
@@ -230,55 +256,101 @@ def _key_sections(report: Report, full: bool, fmt: str) -> list[str]:
     parts: list[str] = []
     if report.mismatched:
         if full:
-            rows = [[m.key, shape_str(m.checkpoint_shape), shape_str(m.target_shape), ""]
-                    for m in report.mismatched]
+            rows = [
+                [m.key, shape_str(m.checkpoint_shape), shape_str(m.target_shape), ""]
+                for m in report.mismatched
+            ]
         else:
             rows = [
                 [k, shape_str(m.checkpoint_shape), shape_str(m.target_shape), _count_label(n)]
                 for k, m, n in group_keys(
-                    report.mismatched, lambda m: m.key,
+                    report.mismatched,
+                    lambda m: m.key,
                     lambda m: (m.checkpoint_shape, m.target_shape),
                 )
             ]
-        parts.append(_section(f"Mismatched shapes ({len(report.mismatched)})",
-                              ["key", "checkpoint", "target", ""], rows, fmt))
+        parts.append(
+            _section(
+                f"Mismatched shapes ({len(report.mismatched)})",
+                ["key", "checkpoint", "target", ""],
+                rows,
+                fmt,
+            )
+        )
     if report.missing:
-        parts.append(_section(
-            f"Missing from the checkpoint ({len(report.missing)}): the target expects them",
-            ["key", "shape", "dtype", ""], _spec_rows(report.missing, full), fmt))
+        parts.append(
+            _section(
+                f"Missing from the checkpoint ({len(report.missing)}): the target expects them",
+                ["key", "shape", "dtype", ""],
+                _spec_rows(report.missing, full),
+                fmt,
+            )
+        )
     if report.unexpected:
-        parts.append(_section(
-            f"Unexpected in the checkpoint ({len(report.unexpected)}): the target has no place for them",
-            ["key", "shape", "dtype", ""], _spec_rows(report.unexpected, full), fmt))
+        parts.append(
+            _section(
+                f"Unexpected in the checkpoint ({len(report.unexpected)}): "
+                "the target has no place for them",
+                ["key", "shape", "dtype", ""],
+                _spec_rows(report.unexpected, full),
+                fmt,
+            )
+        )
     if report.buffers_missing:
-        parts.append(_section(
-            f"Buffers missing from the checkpoint ({len(report.buffers_missing)}): kept at their built values",
-            ["key", "shape", "dtype", ""], _spec_rows(report.buffers_missing, full), fmt))
+        parts.append(
+            _section(
+                f"Buffers missing from the checkpoint ({len(report.buffers_missing)}): "
+                "kept at their built values",
+                ["key", "shape", "dtype", ""],
+                _spec_rows(report.buffers_missing, full),
+                fmt,
+            )
+        )
     if report.dtype_changes:
-        rows = [[k, shape_str(d.shape), d.checkpoint_dtype, d.target_dtype, _count_label(n)]
-                for k, d, n in group_keys(
-                    report.dtype_changes, lambda d: d.key,
-                    lambda d: (d.shape, d.checkpoint_dtype, d.target_dtype))]
+        rows = [
+            [k, shape_str(d.shape), d.checkpoint_dtype, d.target_dtype, _count_label(n)]
+            for k, d, n in group_keys(
+                report.dtype_changes,
+                lambda d: d.key,
+                lambda d: (d.shape, d.checkpoint_dtype, d.target_dtype),
+            )
+        ]
         if full:
-            rows = [[d.key, shape_str(d.shape), d.checkpoint_dtype, d.target_dtype, ""]
-                    for d in report.dtype_changes]
-        parts.append(_section(
-            f"Dtype changes ({len(report.dtype_changes)}): loading casts them",
-            ["key", "shape", "checkpoint", "target", ""], rows, fmt))
+            rows = [
+                [d.key, shape_str(d.shape), d.checkpoint_dtype, d.target_dtype, ""]
+                for d in report.dtype_changes
+            ]
+        parts.append(
+            _section(
+                f"Dtype changes ({len(report.dtype_changes)}): loading casts them",
+                ["key", "shape", "checkpoint", "target", ""],
+                rows,
+                fmt,
+            )
+        )
     if report.ignored:
-        parts.append(_section(
-            f"Ignored ({len(report.ignored)}): buffers and keys loading skips, harmless",
-            ["key", "shape", "dtype", ""], _spec_rows(report.ignored, full), fmt))
+        parts.append(
+            _section(
+                f"Ignored ({len(report.ignored)}): buffers and keys loading skips, harmless",
+                ["key", "shape", "dtype", ""],
+                _spec_rows(report.ignored, full),
+                fmt,
+            )
+        )
     return parts
 
 
 def _summary(report: Report) -> str:
     bits = [f"{len(report.matched)} matched"]
-    for label, items in (("mismatched", report.mismatched), ("missing", report.missing),
-                         ("unexpected", report.unexpected),
-                         ("buffers missing", report.buffers_missing),
-                         ("dtype changes", report.dtype_changes),
-                         ("tied", report.tied), ("ignored", report.ignored)):
+    for label, items in (
+        ("mismatched", report.mismatched),
+        ("missing", report.missing),
+        ("unexpected", report.unexpected),
+        ("buffers missing", report.buffers_missing),
+        ("dtype changes", report.dtype_changes),
+        ("tied", report.tied),
+        ("ignored", report.ignored),
+    ):
         if items:
             bits.append(f"{len(items)} {label}")
     if report.has_security_findings:
@@ -322,8 +394,10 @@ def manifest_to_dict(m: Manifest, tensors: Sequence[TensorSpec] | None = None) -
             "tensors": len(specs),
             "parameters": sum(by_dtype.values()),
             "bytes": sum(s.nbytes or 0 for s in specs),
-            "by_dtype": {d: {"tensors": count_by_dtype[d], "parameters": by_dtype[d]}
-                         for d in sorted(by_dtype)},
+            "by_dtype": {
+                d: {"tensors": count_by_dtype[d], "parameters": by_dtype[d]}
+                for d in sorted(by_dtype)
+            },
         },
         "findings": [f.to_dict() for f in m.findings],
     }
@@ -369,8 +443,13 @@ def _candidate_sizes(m: Manifest) -> dict[str, str]:
     return out
 
 
-def render_manifest(m: Manifest, fmt: str = "table", *, tensors: Sequence[TensorSpec] | None = None,
-                    depth: int | None = None) -> str:
+def render_manifest(
+    m: Manifest,
+    fmt: str = "table",
+    *,
+    tensors: Sequence[TensorSpec] | None = None,
+    depth: int | None = None,
+) -> str:
     """Render what ``inspect`` shows: keys, or a module tree at ``depth``, then totals.
 
     Args:
@@ -395,24 +474,48 @@ def render_manifest(m: Manifest, fmt: str = "table", *, tensors: Sequence[Tensor
     parts = [head + "\n"]
     if depth is not None:
         rows = _tree_rows(specs, depth)
-        parts.append(tabulate(rows, ["module", "tensors", "parameters", "dtypes"],
-                              tablefmt=tablefmt, disable_numparse=True,
-                              colalign=("left", "right", "right", "left")) + "\n")
+        parts.append(
+            tabulate(
+                rows,
+                ["module", "tensors", "parameters", "dtypes"],
+                tablefmt=tablefmt,
+                disable_numparse=True,
+                colalign=("left", "right", "right", "left"),
+            )
+            + "\n"
+        )
     else:
         rows = [[s.key, shape_str(s.shape), s.dtype, f"{s.numel:,}"] for s in specs]
-        parts.append(tabulate(rows, ["key", "shape", "dtype", "parameters"], tablefmt=tablefmt,
-                              disable_numparse=True, colalign=("left", "left", "left", "right"))
-                     + "\n")
+        parts.append(
+            tabulate(
+                rows,
+                ["key", "shape", "dtype", "parameters"],
+                tablefmt=tablefmt,
+                disable_numparse=True,
+                colalign=("left", "left", "left", "right"),
+            )
+            + "\n"
+        )
     totals = manifest_to_dict(m, specs)["totals"]["by_dtype"]
     rows = [[d, v["tensors"], _count_with_human(v["parameters"])] for d, v in totals.items()]
     if len(rows) > 1:
         rows.append(["total", len(specs), _count_with_human(sum(s.numel for s in specs))])
-    parts.append(tabulate(rows, ["dtype", "tensors", "parameters"], tablefmt=tablefmt,
-                          disable_numparse=True, colalign=("left", "right", "right")) + "\n")
+    parts.append(
+        tabulate(
+            rows,
+            ["dtype", "tensors", "parameters"],
+            tablefmt=tablefmt,
+            disable_numparse=True,
+            colalign=("left", "right", "right"),
+        )
+        + "\n"
+    )
     if m.candidates and len(m.candidates) > 1:
         sizes = _candidate_sizes(m)
-        listed = [f"{c}{' [used]' if c == m.selected else ''} ({sizes[c]})" if c in sizes else c
-                  for c in m.candidates]
+        listed = [
+            f"{c}{' [used]' if c == m.selected else ''} ({sizes[c]})" if c in sizes else c
+            for c in m.candidates
+        ]
         parts.append("State dicts in this file: " + ", ".join(listed) + " (choose with --select)\n")
     if m.findings:
         parts.append("Findings\n" + "\n".join("  " + _finding_line(f) for f in m.findings) + "\n")

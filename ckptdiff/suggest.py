@@ -43,13 +43,49 @@ DimKey = tuple[str, int]
 
 #: Config leaves never probed (ids, seeds, floats that shape nothing).
 _SKIP_SUFFIXES = ("_id", "_ids", "seed", "_index", "_idx")
-_SKIP_WORDS = ("eps", "dropout", "theta", "range", "std", "temperature", "prob", "factor",
-               "scale", "epsilon", "version", "chunk", "bucket", "max_length", "min_length",
-               "beams", "beam", "top_k", "top_p", "penalty", "window", "sliding", "return",
-               "output", "no_repeat", "length_penalty", "batch", "dtype", "cross_attention_layers")
+_SKIP_WORDS = (
+    "eps",
+    "dropout",
+    "theta",
+    "range",
+    "std",
+    "temperature",
+    "prob",
+    "factor",
+    "scale",
+    "epsilon",
+    "version",
+    "chunk",
+    "bucket",
+    "max_length",
+    "min_length",
+    "beams",
+    "beam",
+    "top_k",
+    "top_p",
+    "penalty",
+    "window",
+    "sliding",
+    "return",
+    "output",
+    "no_repeat",
+    "length_penalty",
+    "batch",
+    "dtype",
+    "cross_attention_layers",
+)
 #: Names that shapes cannot determine, listed when present in the config.
-_UNDETERMINED_HINTS = ("act", "activation", "eps", "dropout", "quick_gelu", "heads", "head_dim",
-                       "rope", "norm")
+_UNDETERMINED_HINTS = (
+    "act",
+    "activation",
+    "eps",
+    "dropout",
+    "quick_gelu",
+    "heads",
+    "head_dim",
+    "rope",
+    "norm",
+)
 
 _CACHE: OrderedDict[str, Manifest | str] = OrderedDict()
 _CACHE_SIZE = 512
@@ -118,7 +154,7 @@ def fixed_config(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
     return deep_merge(config, overrides)
 
 
-# --- probing ---------------------------------------------------------------------------------------
+# --- probing -------------------------------------------------------------------------------------
 
 
 class _Prober:
@@ -180,7 +216,7 @@ def _shape_changes(a: Manifest, b: Manifest) -> dict[DimKey, tuple[int, int]]:
         u = b.tensors.get(key)
         if u is None or len(u.shape) != len(t.shape):
             continue
-        for i, (x, y) in enumerate(zip(t.shape, u.shape)):
+        for i, (x, y) in enumerate(zip(t.shape, u.shape, strict=True)):
             if x != y:
                 out[(key, i)] = (x, y)
     return out
@@ -196,8 +232,9 @@ def _probe_value(v: int | float) -> int | float:
     return v * 2 if isinstance(v, int) else round(v * 2, 6)
 
 
-def _sensitivity(prober: _Prober, base: Mapping[str, Any], cur: Manifest, fld: str,
-                 v0: int | float) -> _Sensitivity | None:
+def _sensitivity(
+    prober: _Prober, base: Mapping[str, Any], cur: Manifest, fld: str, v0: int | float
+) -> _Sensitivity | None:
     for v1 in (_probe_value(v0), v0 + 1 if isinstance(v0, int) else v0 + 0.5):
         m = prober.build({**base, fld: v1})
         if m is None:
@@ -208,11 +245,12 @@ def _sensitivity(prober: _Prober, base: Mapping[str, Any], cur: Manifest, fld: s
     return None
 
 
-# --- observations and solving ----------------------------------------------------------------------
+# --- observations and solving --------------------------------------------------------------------
 
 
-def _observations(ck: Manifest, cur: Manifest) -> tuple[dict[DimKey, tuple[int, int]],
-                                                        dict[str, tuple[int, int]]]:
+def _observations(
+    ck: Manifest, cur: Manifest
+) -> tuple[dict[DimKey, tuple[int, int]], dict[str, tuple[int, int]]]:
     """``(key, dim) -> (checkpoint, current)`` and ``container -> (checkpoint, current)``."""
     dims = _shape_changes(cur, ck)
     dims = {k: (c, t) for k, (t, c) in dims.items()}
@@ -284,8 +322,14 @@ def _solve_fields(
     return out, conflicts
 
 
-def _search(prober: _Prober, base: Mapping[str, Any], fld: str, v0: int,
-            dims: Mapping[DimKey, tuple[int, int]], s: _Sensitivity) -> _Solved | None:
+def _search(
+    prober: _Prober,
+    base: Mapping[str, Any],
+    fld: str,
+    v0: int,
+    dims: Mapping[DimKey, tuple[int, int]],
+    s: _Sensitivity,
+) -> _Solved | None:
     """The smallest integer value of ``fld`` that reproduces the dims it moves, by bisection
     (for dims moved by several fields, e.g. positions from image and patch size)."""
     mine = [d for d in dims if d in s.dims]
@@ -327,16 +371,26 @@ def _search(prober: _Prober, base: Mapping[str, Any], fld: str, v0: int,
     m = prober.build({**base, fld: hi})
     if m is None:
         return None
-    ok = [x for x in mine if m.tensors.get(x[0]) is not None
-          and len(m.tensors[x[0]].shape) > x[1] and m.tensors[x[0]].shape[x[1]] == dims[x][0]]
+    ok = [
+        x
+        for x in mine
+        if m.tensors.get(x[0]) is not None
+        and len(m.tensors[x[0]].shape) > x[1]
+        and m.tensors[x[0]].shape[x[1]] == dims[x][0]
+    ]
     if not ok or hi == v0:
         return None
     return _Solved(hi, ok, [])
 
 
-def _companions(prober: _Prober, base: dict[str, Any], changed: Mapping[str, Any],
-                values: Mapping[str, int | float], quiet: Sequence[str],
-                moved: Mapping[str, int]) -> tuple[dict[str, Any], Manifest] | None:
+def _companions(
+    prober: _Prober,
+    base: dict[str, Any],
+    changed: Mapping[str, Any],
+    values: Mapping[str, int | float],
+    quiet: Sequence[str],
+    moved: Mapping[str, int],
+) -> tuple[dict[str, Any], Manifest] | None:
     """When the proposed values do not build (width 1024 with 12 heads), adjust fields the
     shapes cannot determine (heads) in the same sub-config, keeping their ratio to the width."""
     trial: dict[str, Any] = {}
@@ -346,8 +400,13 @@ def _companions(prober: _Prober, base: dict[str, Any], changed: Mapping[str, Any
         if "head" not in h.rsplit(".", 1)[-1] or not isinstance(hv, int):
             continue
         # the width of the same sub-config: the changed field that moves the most dims
-        widths = [f for f in changed if (f.rsplit(".", 1)[0] if "." in f else "") == hp
-                  and isinstance(values.get(f), int) and isinstance(changed[f], int)]
+        widths = [
+            f
+            for f in changed
+            if (f.rsplit(".", 1)[0] if "." in f else "") == hp
+            and isinstance(values.get(f), int)
+            and isinstance(changed[f], int)
+        ]
         if not widths:
             continue
         f = max(widths, key=lambda x: moved.get(x, 0))
@@ -367,9 +426,14 @@ def _companions(prober: _Prober, base: dict[str, Any], changed: Mapping[str, Any
     return trial, m
 
 
-def _drop_breaking(prober: _Prober, base: Mapping[str, Any], changed: dict[str, Any],
-                   sens: Mapping[str, _Sensitivity], ck: Manifest,
-                   loads: set[str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+def _drop_breaking(
+    prober: _Prober,
+    base: Mapping[str, Any],
+    changed: dict[str, Any],
+    sens: Mapping[str, _Sensitivity],
+    ck: Manifest,
+    loads: set[str],
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Drop proposed values that break keys which load now; a wrong fix is worse than none."""
     from ckptdiff.diff import compare
 
@@ -382,8 +446,9 @@ def _drop_breaking(prober: _Prober, base: Mapping[str, Any], changed: dict[str, 
         bad = sorted(loads & ({x.key for x in r.mismatched} | {t.key for t in r.missing}))
         if not bad:
             return changed, broke
-        guilty = [f for f in changed if f in sens and any(
-            k in bad for k, _ in sens[f].dims)] or list(changed)
+        guilty = [
+            f for f in changed if f in sens and any(k in bad for k, _ in sens[f].dims)
+        ] or list(changed)
         for f in guilty:
             broke[f] = bad
             del changed[f]
@@ -395,7 +460,7 @@ def _shape_text(m: Manifest, key: str) -> str:
     return "[" + ", ".join(map(str, t.shape)) + "]" if t is not None else "-"
 
 
-# --- the whole step -------------------------------------------------------------------------------
+# --- the whole step ------------------------------------------------------------------------------
 
 
 def suggest_config(
@@ -446,9 +511,15 @@ def suggest_config(
             break
         pool = [f for f in values if f not in overrides]
         if rnd:  # later rounds: only the fields the first probes saw moving something left
-            pool = [f for f in pool if f in first_sens and (
-                any(d in first_sens[f].dims for d in dims)
-                or any(c in first_sens[f].containers for c in containers))]
+            pool = [
+                f
+                for f in pool
+                if f in first_sens
+                and (
+                    any(d in first_sens[f].dims for d in dims)
+                    or any(c in first_sens[f].containers for c in containers)
+                )
+            ]
         base = {**overrides, **companions}
         sens: dict[str, _Sensitivity] = {}
         for f in pool:
@@ -496,57 +567,109 @@ def suggest_config(
     left_keys = {t.key for t in final.missing} | {t.key for t in final.unexpected}
     for f, sol in evidence.items():
         ok = not any(d in dims_left for d in sol.dims) and not any(
-            c in containers_left for c in sol.containers)
+            c in containers_left for c in sol.containers
+        )
         ok = ok and not any(_under(k, c) for c in sol.containers for k in left_keys)
-        keys = [k for k, _ in sol.dims] + [f"{c}.{{0-{_count(checkpoint, c) - 1}}}"
-                                            for c in sol.containers]
+        keys = [k for k, _ in sol.dims] + [
+            f"{c}.{{0-{_count(checkpoint, c) - 1}}}" for c in sol.containers
+        ]
         ev = _evidence(keys, checkpoint, target, sol)
         if not ok:
-            out.findings.append(Finding(
-                "no_fix", f"No verified fix from {f} = {sol.value}: rebuilt with it, "
-                f"{', '.join(keys[:3])} still differ.", tuple(keys[:20]), "warning",
-                {"field": f, "tried": sol.value}))
+            out.findings.append(
+                Finding(
+                    "no_fix",
+                    f"No verified fix from {f} = {sol.value}: rebuilt with it, "
+                    f"{', '.join(keys[:3])} still differ.",
+                    tuple(keys[:20]),
+                    "warning",
+                    {"field": f, "tried": sol.value},
+                )
+            )
             continue
         out.overrides[f] = sol.value
-        out.suggestions.append(Suggestion(
-            "config", f, _get(config, f), sol.value, True,
-            f"set {f} = {sol.value} (now {_get(config, f)}): {_reason(sol, checkpoint, target)}",
-            tuple(ev), {"explains": len(keys)}))
+        out.suggestions.append(
+            Suggestion(
+                "config",
+                f,
+                _get(config, f),
+                sol.value,
+                True,
+                f"set {f} = {sol.value} (now {_get(config, f)}): "
+                f"{_reason(sol, checkpoint, target)}",
+                tuple(ev),
+                {"explains": len(keys)},
+            )
+        )
     for h, v in companions.items():
         if out.overrides:
             out.overrides[h] = v
-            out.suggestions.append(Suggestion(
-                "config", h, _get(config, h), v, True,
-                f"set {h} = {v} so the model builds with the widths above (keeping the head "
-                "dim); not determined by the checkpoint: check it against the model card",
-                (), {"determined": False}))
+            out.suggestions.append(
+                Suggestion(
+                    "config",
+                    h,
+                    _get(config, h),
+                    v,
+                    True,
+                    f"set {h} = {v} so the model builds with the widths above (keeping the head "
+                    "dim); not determined by the checkpoint: check it against the model card",
+                    (),
+                    {"determined": False},
+                )
+            )
     for f, (v, keys) in rejected.items():
-        out.findings.append(Finding(
-            "no_fix", f"No verified fix from {f} = {v}: it would reproduce some shapes but "
-            f"break {len(keys)} keys that load now ({_ex(keys)}).", tuple(keys[:20]), "warning",
-            {"field": f, "tried": v}))
+        out.findings.append(
+            Finding(
+                "no_fix",
+                f"No verified fix from {f} = {v}: it would reproduce some shapes but "
+                f"break {len(keys)} keys that load now ({_ex(keys)}).",
+                tuple(keys[:20]),
+                "warning",
+                {"field": f, "tried": v},
+            )
+        )
     _vocab_extras(out, config, values, checkpoint, target, prober, cur)
 
     residual = compare(checkpoint, cur)
-    leftover = [m.key for m in residual.mismatched] + [t.key for t in residual.missing] + \
-        [t.key for t in residual.unexpected]
+    leftover = (
+        [m.key for m in residual.mismatched]
+        + [t.key for t in residual.missing]
+        + [t.key for t in residual.unexpected]
+    )
     if leftover:
         reason = failure or _why_not(leftover, first_sens, values, prober)
-        out.findings.append(Finding(
-            "no_fix", f"No verified config fix for {len(leftover)} keys ({_ex(leftover)}): "
-            f"{reason}.", tuple(leftover[:50]), "warning", {"reason": reason}))
+        out.findings.append(
+            Finding(
+                "no_fix",
+                f"No verified config fix for {len(leftover)} keys ({_ex(leftover)}): {reason}.",
+                tuple(leftover[:50]),
+                "warning",
+                {"reason": reason},
+            )
+        )
     undetermined = _undetermined(config, quiet, out.overrides)
     if undetermined and (out.suggestions or leftover):
-        out.findings.append(Finding(
-            "undetermined", "Not determined by the checkpoint (shapes cannot tell; keep the "
-            f"values the model was trained with): {', '.join(undetermined)}.",
-            tuple(undetermined), "info", {"fields": undetermined}))
+        out.findings.append(
+            Finding(
+                "undetermined",
+                "Not determined by the checkpoint (shapes cannot tell; keep the "
+                f"values the model was trained with): {', '.join(undetermined)}.",
+                tuple(undetermined),
+                "info",
+                {"fields": undetermined},
+            )
+        )
     if out.overrides:
         out.config = fixed_config(config, out.overrides)
-        out.findings.append(Finding(
-            "fixed_config", f"The config with the {len(out.overrides)} verified changes "
-            "(write it with --emit-config).", tuple(out.overrides), "info",
-            {"config": out.config, "overrides": dict(out.overrides), "builds": prober.builds}))
+        out.findings.append(
+            Finding(
+                "fixed_config",
+                f"The config with the {len(out.overrides)} verified changes "
+                "(write it with --emit-config).",
+                tuple(out.overrides),
+                "info",
+                {"config": out.config, "overrides": dict(out.overrides), "builds": prober.builds},
+            )
+        )
     return out
 
 
@@ -582,48 +705,70 @@ def _reason(sol: _Solved, ck: Manifest, target: Manifest) -> str:
         return f"the checkpoint has {_count(ck, c)} layers in {c}, the target {_count(target, c)}"
     k, i = sol.dims[0]
     n = len({k for k, _ in sol.dims})
-    return (f"{n} key{'s' if n != 1 else ''} move{'s' if n == 1 else ''} with it, e.g. {k} "
-            f"{_shape_text(ck, k)} vs {_shape_text(target, k)}")
+    return (
+        f"{n} key{'s' if n != 1 else ''} move{'s' if n == 1 else ''} with it, e.g. {k} "
+        f"{_shape_text(ck, k)} vs {_shape_text(target, k)}"
+    )
 
 
-def _why_not(keys: Sequence[str], sens: Mapping[str, _Sensitivity],
-             values: Mapping[str, Any], prober: _Prober) -> str:
+def _why_not(
+    keys: Sequence[str],
+    sens: Mapping[str, _Sensitivity],
+    values: Mapping[str, Any],
+    prober: _Prober,
+) -> str:
     moved = {k for s in sens.values() for k, _ in s.dims}
     if not values:
         return "the target's config has no numeric fields to change"
     if not any(k in moved for k in keys):
-        return ("no numeric config field of the target changes these shapes, so the checkpoint "
-                "is not this model at another size (another architecture, or another key layout)")
+        return (
+            "no numeric config field of the target changes these shapes, so the checkpoint "
+            "is not this model at another size (another architecture, or another key layout)"
+        )
     return "no single value of the fields that move these shapes reproduces them"
 
 
-def _undetermined(config: Mapping[str, Any], quiet: Sequence[str],
-                  chosen: Mapping[str, Any]) -> list[str]:
+def _undetermined(
+    config: Mapping[str, Any], quiet: Sequence[str], chosen: Mapping[str, Any]
+) -> list[str]:
     names = list(quiet)
     for dotted, v in _leaves(config):
         leaf = dotted.rsplit(".", 1)[-1].lower()
         if dotted in names or any(p.isdigit() for p in dotted.split(".")):
             continue
         if isinstance(v, (str, float, bool)) and any(
-                leaf == h or leaf.startswith(h + "_") or leaf.endswith("_" + h) or h in leaf
-                for h in ("act", "activation", "eps", "dropout", "quick_gelu")):
+            leaf == h or leaf.startswith(h + "_") or leaf.endswith("_" + h) or h in leaf
+            for h in ("act", "activation", "eps", "dropout", "quick_gelu")
+        ):
             names.append(dotted)
     return names
 
 
-def _vocab_extras(out: SuggestResult, config: Mapping[str, Any],
-                  values: Mapping[str, int | float], ck: Manifest, target: Manifest,
-                  prober: _Prober, cur: Manifest) -> None:
+def _vocab_extras(
+    out: SuggestResult,
+    config: Mapping[str, Any],
+    values: Mapping[str, int | float],
+    ck: Manifest,
+    target: Manifest,
+    prober: _Prober,
+    cur: Manifest,
+) -> None:
     """Every other vocab field that must follow, and the resize call users make."""
     from ckptdiff.lint import vocab_tensors
 
-    vocab = [s for s in out.suggestions if s.kind == "config"
-             and s.field.rsplit(".", 1)[-1] in ("vocab_size", "n_vocab", "vocab")]
+    vocab = [
+        s
+        for s in out.suggestions
+        if s.kind == "config" and s.field.rsplit(".", 1)[-1] in ("vocab_size", "n_vocab", "vocab")
+    ]
     if not vocab:
         return
     first = vocab[0]
-    followers = [f for f, v in values.items() if f.rsplit(".", 1)[-1] == "vocab_size"
-                 and v == first.current and f not in out.overrides]
+    followers = [
+        f
+        for f, v in values.items()
+        if f.rsplit(".", 1)[-1] == "vocab_size" and v == first.current and f not in out.overrides
+    ]
     if followers:
         trial = {**out.overrides, **{f: first.suggested for f in followers}}
         m = prober.build(trial)
@@ -632,22 +777,36 @@ def _vocab_extras(out: SuggestResult, config: Mapping[str, Any],
         if m is not None and len(compare(ck, m).matched) >= len(compare(ck, cur).matched):
             for f in followers:
                 out.overrides[f] = first.suggested
-                out.suggestions.append(Suggestion(
-                    "config", f, first.current, first.suggested, True,
-                    f"set {f} = {first.suggested} as well: it repeats {first.field} (the loss "
-                    "and generation read it), and a stale copy breaks training after a resize",
-                    first.evidence, {"follows": first.field}))
+                out.suggestions.append(
+                    Suggestion(
+                        "config",
+                        f,
+                        first.current,
+                        first.suggested,
+                        True,
+                        f"set {f} = {first.suggested} as well: it repeats {first.field} (the loss "
+                        "and generation read it), and a stale copy breaks training after a resize",
+                        first.evidence,
+                        {"follows": first.field},
+                    )
+                )
     embeds, heads = vocab_tensors(ck)
     rows = sorted(set(embeds.values()))
     if len(rows) != 1:
         return
     n = rows[0]
     if heads and set(heads.values()) != {n}:
-        out.findings.append(Finding(
-            "vocab_offset", f"The embedding has {n} rows and the head "
-            f"{sorted(set(heads.values()))[0]}: by design for this architecture (the rebuild "
-            f"with {first.field} = {first.suggested} reproduces both); do not resize to the "
-            "embedding's rows.", tuple(list(embeds) + list(heads)), "info"))
+        out.findings.append(
+            Finding(
+                "vocab_offset",
+                f"The embedding has {n} rows and the head "
+                f"{sorted(set(heads.values()))[0]}: by design for this architecture (the rebuild "
+                f"with {first.field} = {first.suggested} reproduces both); do not resize to the "
+                "embedding's rows.",
+                tuple(list(embeds) + list(heads)),
+                "info",
+            )
+        )
         return
     base_rows = sorted(set(vocab_tensors(target)[0].values()))
     data: dict[str, Any] = {"new_num_tokens": n}
@@ -657,12 +816,23 @@ def _vocab_extras(out: SuggestResult, config: Mapping[str, Any],
     pad = 64 if n % 64 == 0 else 8 if n % 8 == 0 else None
     if pad and base_rows and n != base_rows[0]:
         data["pad_to_multiple_of"] = pad
-        message += (f"; {n} is a multiple of {pad}: if it came from len(tokenizer) with "
-                    f"padding, call resize_token_embeddings(len(tokenizer), "
-                    f"pad_to_multiple_of={pad}) and set vocab_size = {n}")
-    out.suggestions.append(Suggestion(
-        "call", "resize_token_embeddings", None, f"model.resize_token_embeddings({n})",
-        first.verified, message, first.evidence, data))
+        message += (
+            f"; {n} is a multiple of {pad}: if it came from len(tokenizer) with "
+            f"padding, call resize_token_embeddings(len(tokenizer), "
+            f"pad_to_multiple_of={pad}) and set vocab_size = {n}"
+        )
+    out.suggestions.append(
+        Suggestion(
+            "call",
+            "resize_token_embeddings",
+            None,
+            f"model.resize_token_embeddings({n})",
+            first.verified,
+            message,
+            first.evidence,
+            data,
+        )
+    )
 
 
 def clear_cache() -> None:

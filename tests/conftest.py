@@ -12,7 +12,9 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--update-golden", action="store_true", help="Rewrite tests/golden/* from the current output."
+        "--update-golden",
+        action="store_true",
+        help="Rewrite tests/golden/* from the current output.",
     )
 
 

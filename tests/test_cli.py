@@ -17,7 +17,9 @@ from ckptdiff.cli import main
 SCRIPT = Path(sys.executable).parent / "ckptdiff"
 
 
-def vit(width: int, layers: int, patch: int, grid: int, prefix: str = "") -> dict[str, torch.Tensor]:
+def vit(
+    width: int, layers: int, patch: int, grid: int, prefix: str = ""
+) -> dict[str, torch.Tensor]:
     sd = {
         "visual.conv1.weight": torch.zeros(width, 3, patch, patch),
         "visual.class_embedding": torch.zeros(width),
@@ -60,8 +62,15 @@ def test_diff_full_lists_every_key(files, runner):
 
 
 def test_diff_markdown_golden(files, runner, golden):
-    r = run(runner, "diff", "large.safetensors", "base.safetensors", "--format", "markdown",
-            "--coverage")
+    r = run(
+        runner,
+        "diff",
+        "large.safetensors",
+        "base.safetensors",
+        "--format",
+        "markdown",
+        "--coverage",
+    )
     assert r.exit_code == 1
     golden("diff_large_vs_base.md", r.stdout)
 
@@ -89,14 +98,18 @@ def test_wrapper_prefix_hint_and_fix(files, runner, golden):
     golden("diff_ddp_vs_base.txt", r.stdout)
     fixed = run(runner, "diff", "ddp.safetensors", "base.safetensors", "--strip-prefix", "module.")
     assert fixed.exit_code == 0, fixed.stdout
-    other_side = run(runner, "diff", "base.safetensors", "ddp.safetensors", "--b-strip-prefix",
-                     "module.")
+    other_side = run(
+        runner, "diff", "base.safetensors", "ddp.safetensors", "--b-strip-prefix", "module."
+    )
     assert other_side.exit_code == 0
 
 
 def test_key_map_file(files, runner):
-    Path("map.json").write_text(json.dumps(
-        {"schema": "ckptdiff.keymap/1", "rules": [{"op": "strip_prefix", "prefix": "module."}]}))
+    Path("map.json").write_text(
+        json.dumps(
+            {"schema": "ckptdiff.keymap/1", "rules": [{"op": "strip_prefix", "prefix": "module."}]}
+        )
+    )
     r = run(runner, "diff", "ddp.safetensors", "base.safetensors", "--key-map", "map.json")
     assert r.exit_code == 0
 
@@ -110,22 +123,38 @@ def test_inspect_golden_and_json(files, runner, golden):
     d = json.loads(run(runner, "inspect", "base.safetensors", "--format", "json").stdout)
     assert d["schema"] == "ckptdiff.manifest/1" and d["format"] == "safetensors"
     assert d["tensors"][0] == {"key": "logit_scale", "shape": [], "dtype": "float32", "nbytes": 4}
-    assert d["tensors"][1] == {"key": "visual.class_embedding", "shape": [8],
-                               "dtype": "float32", "nbytes": 32}
-    filtered = json.loads(run(runner, "inspect", "base.safetensors", "--filter", r"ln_1",
-                              "--format", "json").stdout)
+    assert d["tensors"][1] == {
+        "key": "visual.class_embedding",
+        "shape": [8],
+        "dtype": "float32",
+        "nbytes": 32,
+    }
+    filtered = json.loads(
+        run(runner, "inspect", "base.safetensors", "--filter", r"ln_1", "--format", "json").stdout
+    )
     assert [t["key"] for t in filtered["tensors"]] == [
-        "visual.transformer.resblocks.0.ln_1.weight", "visual.transformer.resblocks.1.ln_1.weight"]
+        "visual.transformer.resblocks.0.ln_1.weight",
+        "visual.transformer.resblocks.1.ln_1.weight",
+    ]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["diff", "nope.safetensors", "base.safetensors"], "Cannot read 'nope.safetensors': no such file"),
-    (["inspect", "empty_dir"], "it holds no weights"),
-    (["diff", "base.safetensors", "base.safetensors", "--rename", "x"], "expected 'REGEX=>REPLACEMENT'"),
-    (["inspect", "base.safetensors", "--filter", "("], "is not a valid regular expression"),
-    (["inspect", "base.safetensors", "--select", "state_dict"], "one flat list of tensors"),
-    (["inspect", "truncated.safetensors"], "(truncated?)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["diff", "nope.safetensors", "base.safetensors"],
+            "Cannot read 'nope.safetensors': no such file",
+        ),
+        (["inspect", "empty_dir"], "it holds no weights"),
+        (
+            ["diff", "base.safetensors", "base.safetensors", "--rename", "x"],
+            "expected 'REGEX=>REPLACEMENT'",
+        ),
+        (["inspect", "base.safetensors", "--filter", "("], "is not a valid regular expression"),
+        (["inspect", "base.safetensors", "--select", "state_dict"], "one flat list of tensors"),
+        (["inspect", "truncated.safetensors"], "(truncated?)"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(files, runner, args, message):
     data = Path("base.safetensors").read_bytes()
     Path("truncated.safetensors").write_bytes(data[: len(data) // 2])
@@ -152,8 +181,11 @@ def test_help_teaches():
 
 
 def test_installed_script_and_no_torch_import(files):
-    r = subprocess.run([str(SCRIPT), "diff", "ddp.safetensors", "base.safetensors",
-                        "--strip-prefix", "module."], capture_output=True, text=True)
+    r = subprocess.run(
+        [str(SCRIPT), "diff", "ddp.safetensors", "base.safetensors", "--strip-prefix", "module."],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     code = (
         "import sys\n"
@@ -163,6 +195,10 @@ def test_installed_script_and_no_torch_import(files):
         "except SystemExit as e:\n"
         "    print('torch' in sys.modules, e.code, file=sys.stderr)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     assert r.stderr.strip() == "False 1", r.stderr

@@ -46,8 +46,11 @@ def test_natural_sort():
 
 
 def test_tied_target_key_absent_from_checkpoint_is_not_missing():
-    target = M("t", {"embed.weight": (10, 4), "lm_head.weight": (10, 4)},
-               tied=(("embed.weight", "lm_head.weight"),))
+    target = M(
+        "t",
+        {"embed.weight": (10, 4), "lm_head.weight": (10, 4)},
+        tied=(("embed.weight", "lm_head.weight"),),
+    )
     r = compare(M("c", {"embed.weight": (10, 4)}), target)
     assert r.ok and r.tied == ("lm_head.weight",)
 
@@ -59,9 +62,13 @@ def test_checkpoint_aliases_count_as_present():
 
 
 def test_buffers_and_ignore_patterns():
-    target = M("t", {"w": (2,), "running_mean": (2,), "extra.bias": (2,)},
-               buffers=frozenset({"running_mean"}), non_persistent=frozenset({"position_ids"}),
-               metadata={"ignore_missing": [r"^extra\."], "ignore_unexpected": [r"attn\.masked_bias$"]})
+    target = M(
+        "t",
+        {"w": (2,), "running_mean": (2,), "extra.bias": (2,)},
+        buffers=frozenset({"running_mean"}),
+        non_persistent=frozenset({"position_ids"}),
+        metadata={"ignore_missing": [r"^extra\."], "ignore_unexpected": [r"attn\.masked_bias$"]},
+    )
     ck = M("c", {"w": (2,), "position_ids": ((1, 512), "int64"), "h.attn.masked_bias": (1,)})
     r = compare(ck, target)
     assert [t.key for t in r.buffers_missing] == ["running_mean"]
@@ -110,29 +117,46 @@ def test_prefix_with_shape_differences_is_still_the_right_map():
 
 
 def test_no_spurious_prefix_rule_from_leaf_names():
-    r = diff_manifests(M("c", {"a.weight": (1,), "x.y.weight": (1,)}),
-                       M("t", {"b.weight": (1,), "z.weight": (2,)}))
+    r = diff_manifests(
+        M("c", {"a.weight": (1,), "x.y.weight": (1,)}), M("t", {"b.weight": (1,), "z.weight": (2,)})
+    )
     assert r.findings == () and r.suggestions == ()
 
 
 def test_key_map_collision_is_reported():
     ck = M("c", {"module.w": (1,), "w": (1,)})
-    r = diff_manifests(ck, M("t", {"w": (1,)}), key_map=KeyMap.from_options(strip_prefix=["module."]))
+    r = diff_manifests(
+        ck, M("t", {"w": (1,)}), key_map=KeyMap.from_options(strip_prefix=["module."])
+    )
     assert any(f.kind == "key_map_collision" for f in r.findings)
 
 
 def test_coverage_rows():
-    target = M("t", {"visual.conv.weight": (10,), "visual.blocks.0.w": (30,), "text.emb": (60,),
-                     "logit_scale": ()})
+    target = M(
+        "t",
+        {
+            "visual.conv.weight": (10,),
+            "visual.blocks.0.w": (30,),
+            "text.emb": (60,),
+            "logit_scale": (),
+        },
+    )
     r = compare(M("c", {"visual.conv.weight": (10,), "visual.blocks.0.w": (30,)}), target, depth=2)
     cov = {c.module: (c.supplied, c.expected) for c in r.coverage}
-    assert cov == {"": (40, 101), "visual": (40, 40), "visual.conv": (10, 10),
-                   "visual.blocks": (30, 30), "text": (0, 60)}
+    assert cov == {
+        "": (40, 101),
+        "visual": (40, 40),
+        "visual.conv": (10, 10),
+        "visual.blocks": (30, 30),
+        "text": (0, 60),
+    }
     assert r.coverage[0].module == ""
 
 
 def test_json_contract():
-    r = diff_manifests(M("a", {"w": (2, 3), "u": (1,)}), M("b", {"w": (3, 2), "m": ((4,), "int64")}))
+    r = diff_manifests(
+        M("a", {"w": (2, 3), "u": (1,)}), M("b", {"w": (3, 2), "m": ((4,), "int64")})
+    )
     d = json.loads(r.to_json())
     assert d["schema"] == "ckptdiff.report/1" and d["ok"] is False
     assert d["missing"] == [{"key": "m", "shape": [4], "dtype": "int64"}]
@@ -144,19 +168,23 @@ def test_json_contract():
 
 
 def test_keymap_rules_and_snippet():
-    km = KeyMap.from_options(strip_prefix=["module."], rename=[r"\.gamma$=>.weight"],
-                             add_prefix=["net."])
+    km = KeyMap.from_options(
+        strip_prefix=["module."], rename=[r"\.gamma$=>.weight"], add_prefix=["net."]
+    )
     assert km.apply("module.ln.gamma") == "net.ln.weight"
     ns: dict = {}
     exec(km.python_snippet().split("\nstate_dict =")[0], ns)  # the snippet's remap function
     assert ns["remap"]("module.ln.gamma") == "net.ln.weight"
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"op": "nope"}, "has op 'nope'"),
-    ({"op": "rename", "pattern": "("}, "is not a valid regular expression"),
-    ({"op": "strip_prefix"}, "needs a non-empty 'prefix'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"op": "nope"}, "has op 'nope'"),
+        ({"op": "rename", "pattern": "("}, "is not a valid regular expression"),
+        ({"op": "strip_prefix"}, "needs a non-empty 'prefix'"),
+    ],
+)
 def test_keymap_errors(bad, message):
     from ckptdiff.errors import UsageError
 

@@ -18,30 +18,63 @@ from ckptdiff.cli.common import (
 @click.command("diff")
 @click.argument("a")
 @click.argument("b")
-@click.option("--select", metavar="PATH", help="The state dict to use inside A (state_dict, model_ema...).")
+@click.option(
+    "--select", metavar="PATH", help="The state dict to use inside A (state_dict, model_ema...)."
+)
 @click.option("--b-select", metavar="PATH", help="The state dict to use inside B.")
 @keymap_options("", "A")
 @keymap_options("b-", "B")
-@click.option("--key-map", "key_map_file", metavar="FILE", type=click.Path(dir_okay=False),
-              help="JSON key-map rules applied to A's keys before the other options.")
-@click.option("--emit-key-map", "emit_key_map", metavar="OUT.json", type=click.Path(dir_okay=False),
-              help="Write the verified key map found (prefixes, renames, fused/split q/k/v, "
-                   "transposes) to OUT.json, for --key-map.")
-@click.option("--full", is_flag=True,
-              help="List every key; by default keys that differ only in a layer index are "
-                   "collapsed into one row (resblocks.{0-23}.ln_1.weight).")
+@click.option(
+    "--key-map",
+    "key_map_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="JSON key-map rules applied to A's keys before the other options.",
+)
+@click.option(
+    "--emit-key-map",
+    "emit_key_map",
+    metavar="OUT.json",
+    type=click.Path(dir_okay=False),
+    help="Write the verified key map found (prefixes, renames, fused/split q/k/v, "
+    "transposes) to OUT.json, for --key-map.",
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="List every key; by default keys that differ only in a layer index are "
+    "collapsed into one row (resblocks.{0-23}.ln_1.weight).",
+)
 @click.option("--coverage", is_flag=True, help="Add per-module coverage of B by A.")
-@click.option("--depth", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Module depth of the coverage table.")
+@click.option(
+    "--depth",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Module depth of the coverage table.",
+)
 @format_option
 @debug_option
 @stats_option
 @handle_errors
-def diff(a: str, b: str, select: str | None, b_select: str | None,
-         strip_prefix: tuple[str, ...], add_prefix: tuple[str, ...], rename: tuple[str, ...],
-         b_strip_prefix: tuple[str, ...], b_add_prefix: tuple[str, ...], b_rename: tuple[str, ...],
-         key_map_file: str | None, emit_key_map: str | None, full: bool, coverage: bool,
-         depth: int, fmt: str) -> None:
+def diff(
+    a: str,
+    b: str,
+    select: str | None,
+    b_select: str | None,
+    strip_prefix: tuple[str, ...],
+    add_prefix: tuple[str, ...],
+    rename: tuple[str, ...],
+    b_strip_prefix: tuple[str, ...],
+    b_add_prefix: tuple[str, ...],
+    b_rename: tuple[str, ...],
+    key_map_file: str | None,
+    emit_key_map: str | None,
+    full: bool,
+    coverage: bool,
+    depth: int,
+    fmt: str,
+) -> None:
     """Compare checkpoint A with B, the checkpoint or layout you mean to load it into.
 
     Reports what loading A into a model shaped like B would hit: keys B expects that A lacks
@@ -62,10 +95,13 @@ def diff(a: str, b: str, select: str | None, b_select: str | None,
     from ckptdiff.report import render_report
 
     report = diff_sources(
-        a, b,
+        a,
+        b,
         key_map=build_keymap(strip_prefix, add_prefix, rename, key_map_file),
         target_key_map=build_keymap(b_strip_prefix, b_add_prefix, b_rename),
-        select=select, target_select=b_select, depth=depth,
+        select=select,
+        target_select=b_select,
+        depth=depth,
     )
     if fmt == "json":
         emit(render_report(report, "json"))

@@ -12,18 +12,30 @@ from ckptdiff.errors import UsageError
 
 @click.command("inspect")
 @click.argument("source")
-@click.option("--select", metavar="PATH",
-              help="The state dict to use in a nested checkpoint (state_dict, model_ema, ...).")
-@click.option("--filter", "pattern", metavar="REGEX",
-              help="Only keys matching REGEX (re.search), e.g. '^visual\\.' or 'attn'.")
-@click.option("--depth", type=click.IntRange(min=0), metavar="N",
-              help="Summarise by module, N key components deep, instead of listing keys.")
+@click.option(
+    "--select",
+    metavar="PATH",
+    help="The state dict to use in a nested checkpoint (state_dict, model_ema, ...).",
+)
+@click.option(
+    "--filter",
+    "pattern",
+    metavar="REGEX",
+    help="Only keys matching REGEX (re.search), e.g. '^visual\\.' or 'attn'.",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Summarise by module, N key components deep, instead of listing keys.",
+)
 @format_option
 @debug_option
 @stats_option
 @handle_errors
-def inspect(source: str, select: str | None, pattern: str | None, depth: int | None,
-            fmt: str) -> None:
+def inspect(
+    source: str, select: str | None, pattern: str | None, depth: int | None, fmt: str
+) -> None:
     """List a checkpoint's tensors: keys, shapes, dtypes, parameter counts.
 
     Reads only headers and pickle metadata, never tensor data, and never runs code from a
@@ -48,7 +60,9 @@ def inspect(source: str, select: str | None, pattern: str | None, depth: int | N
         try:
             rx = re.compile(pattern)
         except re.error as e:
-            raise UsageError(f"--filter {pattern!r} is not a valid regular expression ({e}).") from e
+            raise UsageError(
+                f"--filter {pattern!r} is not a valid regular expression ({e})."
+            ) from e
         tensors = [t for t in tensors if rx.search(t.key)]
     emit(render_manifest(manifest, fmt, tensors=tensors, depth=depth))
     if manifest.security_findings:

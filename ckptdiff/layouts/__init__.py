@@ -106,8 +106,9 @@ def _read_ranks(folder: str, files: list[str], source: str, select: str | None) 
         args = ranks[0].metadata.get("args")
         if isinstance(args, dict) and type(args.get("hidden_size")) is int:
             hidden = args["hidden_size"]
-    return merge_manifests(ranks, source, rank_files=[os.path.relpath(f, folder) for f in files],
-                           hidden=hidden)
+    return merge_manifests(
+        ranks, source, rank_files=[os.path.relpath(f, folder) for f in files], hidden=hidden
+    )
 
 
 def annotate(m: Manifest) -> Manifest:

@@ -107,10 +107,17 @@ def merge_manifests(
     keysets = [set(r.tensors) for r in ranks]
     uneven = sorted(set[str]().union(*keysets) - keysets[0].intersection(*keysets[1:]))
     if uneven:
-        findings.append(Finding(
-            "mp_keys_differ", f"the {n} model-parallel ranks do not hold the same keys "
-            f"({len(uneven)} differ, e.g. {', '.join(uneven[:3])}): a rank file is from another "
-            "model or save", tuple(uneven[:50]), "error"))
+        findings.append(
+            Finding(
+                "mp_keys_differ",
+                f"the {n} model-parallel ranks do not hold the same keys "
+                f"({len(uneven)} differ, e.g. {', '.join(uneven[:3])}): "
+                "a rank file is from another "
+                "model or save",
+                tuple(uneven[:50]),
+                "error",
+            )
+        )
     h = hidden_width(first.tensors, hidden)
     dims = split_dims(first.tensors, n, h)
     merged: dict[str, TensorSpec] = {}
@@ -131,24 +138,36 @@ def merge_manifests(
             by_dim["replicated"] += 1
         nbytes = None if t.nbytes is None or not t.numel else t.nbytes // t.numel * math.prod(shape)
         merged[key] = TensorSpec(key, shape, t.dtype, nbytes, t.file)
-    counts = ", ".join(f"{c} on {d}" if d != "replicated" else f"{c} replicated"
-                       for d, c in sorted(by_dim.items()))
+    counts = ", ".join(
+        f"{c} on {d}" if d != "replicated" else f"{c} replicated" for d, c in sorted(by_dim.items())
+    )
     width = f"hidden width {h}" if h else "no hidden width found"
     more = ", ..." if len(rank_files) > 4 else ""
     files = f" ({', '.join(rank_files[:4])}{more})" if rank_files else ""
-    findings.insert(0, Finding(
-        "layout",
-        f"model-parallel shards: {n} ranks{files}, each holding 1/{n} of the split tensors. "
-        f"Listed with merged logical shapes ({counts}; split dimensions inferred from the {width}). "
-        "Merge the ranks (concatenate along those dimensions) before loading into an unsharded "
-        "model, or load with the same model-parallel size",
-        (), "info",
-        {"layout": "model-parallel", "mp_world_size": n, "hidden": h,
-         "split_dims": {k: d for k, d in dims.items() if d is not None}}))
+    findings.insert(
+        0,
+        Finding(
+            "layout",
+            f"model-parallel shards: {n} ranks{files}, each holding 1/{n} of the split tensors. "
+            f"Listed with merged logical shapes ({counts}; "
+            f"split dimensions inferred from the {width}). "
+            "Merge the ranks (concatenate along those dimensions) before loading into an unsharded "
+            "model, or load with the same model-parallel size",
+            (),
+            "info",
+            {
+                "layout": "model-parallel",
+                "mp_world_size": n,
+                "hidden": h,
+                "split_dims": {k: d for k, d in dims.items() if d is not None},
+            },
+        ),
+    )
     metadata: dict[str, Any] = dict(first.metadata)
     inner = metadata.get("layout")
-    metadata.update({"layout": "model-parallel", "mp_world_size": n, "rank_layout": inner,
-                     "hidden": h})
+    metadata.update(
+        {"layout": "model-parallel", "mp_world_size": n, "rank_layout": inner, "hidden": h}
+    )
     return Manifest(
         source=source,
         format=format_,
@@ -199,7 +218,10 @@ def shard_factor_finding(report: Report) -> Finding | None:
         f"exactly 1/{n} of the target's along one dimension ({listed}). Merge the {n} rank files "
         f"(e.g. consolidated.00.pth ... consolidated.{n - 1:02d}.pth) first, or run with "
         f"model parallelism {n}",
-        keys[:50], "error", {"mp_world_size": n, "dims": dict(dims)})
+        keys[:50],
+        "error",
+        {"mp_world_size": n, "dims": dict(dims)},
+    )
 
 
 def with_finding(report: Report, finding: Finding | None) -> Report:

@@ -69,8 +69,14 @@ class QuantInfo:
     @property
     def label(self) -> str:
         """``GPTQ 4-bit, group 128``."""
-        names = {"gptq": "GPTQ", "awq": "AWQ", "bnb-4bit": "bitsandbytes 4-bit",
-                 "bnb-8bit": "bitsandbytes 8-bit (LLM.int8)", "fp8": "fp8", "mlx": "MLX affine"}
+        names = {
+            "gptq": "GPTQ",
+            "awq": "AWQ",
+            "bnb-4bit": "bitsandbytes 4-bit",
+            "bnb-8bit": "bitsandbytes 8-bit (LLM.int8)",
+            "fp8": "fp8",
+            "mlx": "MLX affine",
+        }
         out = names.get(self.scheme or "", str(self.scheme))
         if self.bits and self.scheme in ("gptq", "awq", "mlx"):
             out += f" {self.bits}-bit"
@@ -154,8 +160,9 @@ def _gptq_awq(t: Mapping[str, TensorSpec], cfg: dict[str, Any]) -> QuantInfo:
         schemes[scheme] += 1
         bits_seen[bits] += 1
         groups[-1 if scales.shape[0] == 1 else in_ // max(scales.shape[0], 1)] += 1
-        info.logical[parent + ".weight"] = TensorSpec(parent + ".weight", (out, in_), scales.dtype,
-                                                      None, q.file)
+        info.logical[parent + ".weight"] = TensorSpec(
+            parent + ".weight", (out, in_), scales.dtype, None, q.file
+        )
         info.packed[parent + ".weight"] = key
         info.side += [parent + "." + s for s in _GPTQ_SIDE if parent + "." + s in t]
     info.scheme = schemes.most_common(1)[0][0] if schemes else "gptq"
@@ -258,19 +265,44 @@ def logical_view(m: Manifest, target: Manifest | None = None) -> Manifest:
         else:
             unresolved.append(key)
     n = len(info.packed)
-    msg = (f"quantized checkpoint ({info.label}): {n} packed weight{'' if n == 1 else 's'} "
-           f"compared at their unquantized shapes, {len(info.side)} side tensors "
-           "(scales, zeros, absmax...) left out. Loading it into an unquantized model needs the "
-           "quantization library (a quantization_config) or dequantized weights")
+    msg = (
+        f"quantized checkpoint ({info.label}): {n} packed weight{'' if n == 1 else 's'} "
+        f"compared at their unquantized shapes, {len(info.side)} side tensors "
+        "(scales, zeros, absmax...) left out. Loading it into an unquantized model needs the "
+        "quantization library (a quantization_config) or dequantized weights"
+    )
     if unresolved:
-        msg += (f"; {len(unresolved)} bitsandbytes 4-bit weights have no target weight of the "
-                "same element count, so only their element count is known")
-    finding = Finding("quantized", msg, tuple(list(info.packed.values())[:20]), "warning",
-                      {"scheme": info.scheme, "bits": info.bits, "group_size": info.group_size,
-                       "packed": n, "side_tensors": len(info.side)})
-    return replace(m, tensors=tensors, findings=(*m.findings, finding),
-                   metadata={**m.metadata, "layout": info.scheme, "quantization": {
-                       "scheme": info.scheme, "bits": info.bits, "group_size": info.group_size}})
+        msg += (
+            f"; {len(unresolved)} bitsandbytes 4-bit weights have no target weight of the "
+            "same element count, so only their element count is known"
+        )
+    finding = Finding(
+        "quantized",
+        msg,
+        tuple(list(info.packed.values())[:20]),
+        "warning",
+        {
+            "scheme": info.scheme,
+            "bits": info.bits,
+            "group_size": info.group_size,
+            "packed": n,
+            "side_tensors": len(info.side),
+        },
+    )
+    return replace(
+        m,
+        tensors=tensors,
+        findings=(*m.findings, finding),
+        metadata={
+            **m.metadata,
+            "layout": info.scheme,
+            "quantization": {
+                "scheme": info.scheme,
+                "bits": info.bits,
+                "group_size": info.group_size,
+            },
+        },
+    )
 
 
 def quant_finding(m: Manifest) -> Finding | None:
@@ -282,13 +314,18 @@ def quant_finding(m: Manifest) -> Finding | None:
     for logical, stored in list(info.packed.items())[:2]:
         shape = "x".join(map(str, info.logical[logical].shape))
         have = m.tensors[stored]
-        to = (f"{logical} [{shape}]" if logical not in info.unresolved else
-              f"{math.prod(info.logical[logical].shape):,} elements")
+        to = (
+            f"{logical} [{shape}]"
+            if logical not in info.unresolved
+            else f"{math.prod(info.logical[logical].shape):,} elements"
+        )
         examples.append(f"{stored} {list(have.shape)} {have.dtype} -> {to}")
     return Finding(
         "layout",
         f"quantized weights: {info.label}; {len(info.packed)} packed weights and "
         f"{len(info.side)} side tensors (e.g. {'; '.join(examples)}). check and diff compare "
         "them at their unquantized shapes",
-        tuple(list(info.packed.values())[:20]), "info",
-        {"layout": info.scheme, "bits": info.bits, "group_size": info.group_size})
+        tuple(list(info.packed.values())[:20]),
+        "info",
+        {"layout": info.scheme, "bits": info.bits, "group_size": info.group_size},
+    )

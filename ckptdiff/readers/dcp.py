@@ -180,8 +180,14 @@ def parse_dcp_metadata(data: bytes, name: str) -> DcpMetadata:
             sizes = cstate.get("sizes") if isinstance(cstate, dict) else None
             covered += math.prod(_shape(sizes, f"a chunk size of '{fqn}'", name))
         files = files_by_fqn.get(fqn)
-        out.tensors[fqn] = DcpEntry(fqn, shape, _dtype_of(rec.get("properties"), fqn, name),
-                                    len(chunks), covered, files[0] if files else None)
+        out.tensors[fqn] = DcpEntry(
+            fqn,
+            shape,
+            _dtype_of(rec.get("properties"), fqn, name),
+            len(chunks),
+            covered,
+            files[0] if files else None,
+        )
     return out
 
 
@@ -218,7 +224,8 @@ def split_parts(keys: list[str]) -> dict[str, tuple[str, list[str]]]:
         by_root.setdefault(k.split(".", 1)[0], []).append(k)
     parts: dict[str, tuple[str, list[str]]] = {"model": ("", [])}
     model_root = next(
-        (r for r in MODEL_ROOTS if r in by_root and any("." in k for k in by_root[r])), None)
+        (r for r in MODEL_ROOTS if r in by_root and any("." in k for k in by_root[r])), None
+    )
     optim = [k for r in OPTIMIZER_ROOTS for k in by_root.get(r, ())]
     if optim:
         roots = [r for r in OPTIMIZER_ROOTS if r in by_root]
@@ -233,8 +240,10 @@ def split_parts(keys: list[str]) -> dict[str, tuple[str, list[str]]]:
         parts["model"] = ("", flat)
     for r in rest:
         if r in OTHER_ROOTS or (model_root is not None and r not in OTHER_ROOTS):
-            parts[r] = (r + "." if any(k.startswith(r + ".") for k in by_root[r]) else "",
-                        by_root[r])
+            parts[r] = (
+                r + "." if any(k.startswith(r + ".") for k in by_root[r]) else "",
+                by_root[r],
+            )
     if not parts["model"][1]:
         del parts["model"]
     return parts
@@ -289,54 +298,82 @@ def read_dcp(folder: str, source: str, *, select: str | None = None) -> Manifest
         e = meta.tensors.get(k)
         if e is None:
             continue
-        key = k[len(prefix):] if prefix and k.startswith(prefix) else k
+        key = k[len(prefix) :] if prefix and k.startswith(prefix) else k
         itemsize = _unpickler.DTYPES[e.dtype].itemsize if e.dtype in _unpickler.DTYPES else 0
-        tensors[key] = TensorSpec(key, e.shape, e.dtype, math.prod(e.shape) * itemsize or None,
-                                  e.file)
+        tensors[key] = TensorSpec(
+            key, e.shape, e.dtype, math.prod(e.shape) * itemsize or None, e.file
+        )
     incomplete = [e.fqn for e in meta.tensors.values() if e.covered != math.prod(e.shape)]
     if incomplete:
-        findings.append(Finding(
-            "dcp_incomplete",
-            f"{len(incomplete)} tensors' chunks do not cover their global shape "
-            f"({', '.join(incomplete[:3])}{', ...' if len(incomplete) > 3 else ''}): a writer's "
-            "metadata is missing or the save was interrupted",
-            tuple(incomplete), "error"))
+        findings.append(
+            Finding(
+                "dcp_incomplete",
+                f"{len(incomplete)} tensors' chunks do not cover their global shape "
+                f"({', '.join(incomplete[:3])}{', ...' if len(incomplete) > 3 else ''}): "
+                "a writer's "
+                "metadata is missing or the save was interrupted",
+                tuple(incomplete),
+                "error",
+            )
+        )
     part_info = {}
     lines = []
     for part, (pfx, pkeys) in parts.items():
         entries = [meta.tensors[k] for k in pkeys if k in meta.tensors]
         objects = sum(1 for k in pkeys if k not in meta.tensors)
-        part_info[part] = {"prefix": pfx, "tensors": len(entries), "objects": objects,
-                           "elements": sum(math.prod(e.shape) for e in entries)}
+        part_info[part] = {
+            "prefix": pfx,
+            "tensors": len(entries),
+            "objects": objects,
+            "elements": sum(math.prod(e.shape) for e in entries),
+        }
         lines.append(_summary(part, pfx, entries, objects))
     writers = len(meta.files)
-    findings.insert(0, Finding(
-        "layout",
-        f"torch.distributed.checkpoint folder (FSDP/FSDP2/torchtitan), {writers} shard "
-        f"file{'' if writers == 1 else 's'}; global shapes from {METADATA_FILE}. Parts: "
-        + "; ".join(lines) + f". Listing '{chosen}'"
-        + (f" without its '{prefix}' prefix" if prefix else "")
-        + ". To get a plain state dict: python -m torch.distributed.checkpoint.format_utils "
-        "dcp_to_torch <folder> <out.pt>",
-        (), "info",
-        {"layout": "dcp", "parts": part_info, "selected": chosen,
-         "candidate_sizes": {p: {"tensors": v["tensors"], "parameters": v["elements"]}
-                             for p, v in part_info.items()}}))
+    findings.insert(
+        0,
+        Finding(
+            "layout",
+            f"torch.distributed.checkpoint folder (FSDP/FSDP2/torchtitan), {writers} shard "
+            f"file{'' if writers == 1 else 's'}; global shapes from {METADATA_FILE}. Parts: "
+            + "; ".join(lines)
+            + f". Listing '{chosen}'"
+            + (f" without its '{prefix}' prefix" if prefix else "")
+            + ". To get a plain state dict: python -m torch.distributed.checkpoint.format_utils "
+            "dcp_to_torch <folder> <out.pt>",
+            (),
+            "info",
+            {
+                "layout": "dcp",
+                "parts": part_info,
+                "selected": chosen,
+                "candidate_sizes": {
+                    p: {"tensors": v["tensors"], "parameters": v["elements"]}
+                    for p, v in part_info.items()
+                },
+            },
+        ),
+    )
     return Manifest(
         source=source,
         format="dcp",
         tensors=tensors,
         files=(path, *(os.path.join(folder, f) for f in meta.files)),
-        metadata={"layout": "dcp", "parts": part_info, "dcp_version": meta.version,
-                  "shard_files": meta.files, "non_tensor_entries": len(meta.objects)},
+        metadata={
+            "layout": "dcp",
+            "parts": part_info,
+            "dcp_version": meta.version,
+            "shard_files": meta.files,
+            "non_tensor_entries": len(meta.objects),
+        },
         findings=tuple(findings),
         selected=chosen,
         candidates=tuple(parts),
     )
 
 
-def _choose(parts: dict[str, tuple[str, list[str]]], select: str | None, source: str,
-            all_keys: list[str]) -> tuple[str, str, list[str]]:
+def _choose(
+    parts: dict[str, tuple[str, list[str]]], select: str | None, source: str, all_keys: list[str]
+) -> tuple[str, str, list[str]]:
     if select is None:
         if "model" in parts:
             return "model", *parts["model"]
@@ -370,9 +407,13 @@ def _missing_shards(folder: str, source: str, files: list[str]) -> list[Finding]
             missing.append(rel)
     if not missing:
         return []
-    return [Finding(
-        "shard_missing",
-        f"{len(missing)} of the {len(files)} shard files that {METADATA_FILE} names are not in "
-        f"the folder ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): loading "
-        "will fail; copy every *.distcp file of the save",
-        tuple(missing), "error")]
+    return [
+        Finding(
+            "shard_missing",
+            f"{len(missing)} of the {len(files)} shard files that {METADATA_FILE} names are not in "
+            f"the folder ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): loading "
+            "will fail; copy every *.distcp file of the save",
+            tuple(missing),
+            "error",
+        )
+    ]

@@ -82,8 +82,11 @@ class DeepSpeedStates:
     @property
     def placeholders(self) -> list[str]:
         """Parameters stored as ZeRO-3 placeholders whose recorded shape is not theirs."""
-        return [k for k, t in self.tensors.items()
-                if t.shape in ((0,), (1,)) and self.param_shapes.get(k, t.shape) != t.shape]
+        return [
+            k
+            for k, t in self.tensors.items()
+            if t.shape in ((0,), (1,)) and self.param_shapes.get(k, t.shape) != t.shape
+        ]
 
 
 def is_deepspeed_folder(path: str) -> bool:
@@ -228,27 +231,38 @@ def _describe(states: DeepSpeedStates, folder_files: tuple[int, int, int]) -> tu
     dp = states.dp_world_size or max(optim_files // max(mp, 1), 1)
     version = f" {states.ds_version}" if states.ds_version else ""
     where = f"stage {stage}" if stage is not None else "stage unknown"
-    head = f"DeepSpeed{version} checkpoint (ZeRO {where}, {dp} data-parallel rank" \
-           f"{'' if dp == 1 else 's'}" + (f", {mp} model-parallel ranks" if mp > 1 else "") + ")"
+    head = (
+        f"DeepSpeed{version} checkpoint (ZeRO {where}, {dp} data-parallel rank"
+        f"{'' if dp == 1 else 's'}" + (f", {mp} model-parallel ranks" if mp > 1 else "") + ")"
+    )
     if placeholders:
-        missing = [k for k, t in states.tensors.items() if t.shape in ((0,), (1,))
-                   and k not in states.param_shapes]
-        msg = (f"{head}: {len(placeholders)} of the module's {len(states.tensors)} tensors are "
-               "ZeRO-3 placeholders of shape [0]; listed with the global shapes DeepSpeed "
-               "recorded in param_shapes (as float32, as zero_to_fp32.py writes them). The "
-               f"weights exist only partitioned across {optim_files} optimizer-state file"
-               f"{'' if optim_files == 1 else 's'}: {CONSOLIDATE}")
+        missing = [
+            k
+            for k, t in states.tensors.items()
+            if t.shape in ((0,), (1,)) and k not in states.param_shapes
+        ]
+        msg = (
+            f"{head}: {len(placeholders)} of the module's {len(states.tensors)} tensors are "
+            "ZeRO-3 placeholders of shape [0]; listed with the global shapes DeepSpeed "
+            "recorded in param_shapes (as float32, as zero_to_fp32.py writes them). The "
+            f"weights exist only partitioned across {optim_files} optimizer-state file"
+            f"{'' if optim_files == 1 else 's'}: {CONSOLIDATE}"
+        )
         if missing:
             msg += f"; {len(missing)} placeholders have no recorded shape"
         return "deepspeed-zero3", msg
     if stage == 3 or (not states.param_shapes and _zero3_without_shapes(states)):
         return "deepspeed-zero3", (
             f"{head}: the module's parameters are ZeRO-3 placeholders and the file records no "
-            f"param_shapes, so their real shapes cannot be told: {CONSOLIDATE}")
+            f"param_shapes, so their real shapes cannot be told: {CONSOLIDATE}"
+        )
     layout = f"deepspeed-zero{stage}" if stage is not None else "deepspeed"
-    extra = (f"; the fp32 master weights and optimizer state are partitioned across "
-             f"{optim_files} optimizer-state files ({CONSOLIDATE} for an fp32 state dict)"
-             if optim_files else "")
+    extra = (
+        f"; the fp32 master weights and optimizer state are partitioned across "
+        f"{optim_files} optimizer-state files ({CONSOLIDATE} for an fp32 state dict)"
+        if optim_files
+        else ""
+    )
     return layout, f"{head}: full weights in the model states' 'module'{extra}"
 
 
@@ -257,25 +271,42 @@ def _zero3_without_shapes(states: DeepSpeedStates) -> bool:
     return len(empty) >= 1 and len(empty) * 2 >= len(states.tensors)
 
 
-def _manifest(states: DeepSpeedStates, source: str, files: tuple[str, ...],
-              counts: tuple[int, int, int], format_: str = "deepspeed") -> Manifest:
+def _manifest(
+    states: DeepSpeedStates,
+    source: str,
+    files: tuple[str, ...],
+    counts: tuple[int, int, int],
+    format_: str = "deepspeed",
+) -> Manifest:
     layout, message = _describe(states, counts)
     severity: Severity = "warning" if layout == "deepspeed-zero3" else "info"
     if layout == "deepspeed-zero3" and not states.placeholders:
         severity = "error"
-    finding = Finding("layout", message, tuple(states.placeholders[:20]), severity,
-                      {"layout": layout,
-                       "zero_stage": 3 if layout.endswith("zero3") else states.stage,
-                       "consolidate": "zero_to_fp32.py"})
+    finding = Finding(
+        "layout",
+        message,
+        tuple(states.placeholders[:20]),
+        severity,
+        {
+            "layout": layout,
+            "zero_stage": 3 if layout.endswith("zero3") else states.stage,
+            "consolidate": "zero_to_fp32.py",
+        },
+    )
     return Manifest(
         source=source,
         format=format_,
         tensors=_logical(states),
         files=files,
-        metadata={"layout": layout, "zero_stage": states.stage, "ds_version": states.ds_version,
-                  "dp_world_size": states.dp_world_size, "mp_world_size": states.mp_world_size,
-                  "buffer_names": states.buffer_names[:32],
-                  "placeholders": len(states.placeholders)},
+        metadata={
+            "layout": layout,
+            "zero_stage": states.stage,
+            "ds_version": states.ds_version,
+            "dp_world_size": states.dp_world_size,
+            "mp_world_size": states.mp_world_size,
+            "buffer_names": states.buffer_names[:32],
+            "placeholders": len(states.placeholders),
+        },
         findings=(finding, *states.findings),
         selected=states.selected,
         candidates=states.candidates,
@@ -337,7 +368,12 @@ def read_deepspeed(path: str, source: str, *, select: str | None = None) -> Mani
         return manifest
     from ckptdiff.layouts.parallel import merge_manifests
 
-    others = [_manifest(s, source, (f,), (1, 0, 1)) for s, f in zip(states[1:], files[1:],
-                                                                      strict=True)]
-    return merge_manifests([manifest, *others], source, format_="deepspeed",
-                           rank_files=[os.path.basename(f) for f in files])
+    others = [
+        _manifest(s, source, (f,), (1, 0, 1)) for s, f in zip(states[1:], files[1:], strict=True)
+    ]
+    return merge_manifests(
+        [manifest, *others],
+        source,
+        format_="deepspeed",
+        rank_files=[os.path.basename(f) for f in files],
+    )

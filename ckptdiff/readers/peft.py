@@ -151,7 +151,7 @@ def annotate_adapter(m: Manifest, config: Mapping[str, Any] | None) -> Manifest:
     lora = 0
     copies = []
     for key in m.tensors:
-        rest = key[len(ADAPTER_PREFIX):] if key.startswith(ADAPTER_PREFIX) else key
+        rest = key[len(ADAPTER_PREFIX) :] if key.startswith(ADAPTER_PREFIX) else key
         parsed = parse_adapter_key(rest)
         if parsed is None:
             copies.append(rest)
@@ -161,33 +161,45 @@ def annotate_adapter(m: Manifest, config: Mapping[str, Any] | None) -> Manifest:
     ranks = Counter(t.shape[0] for k, t in m.tensors.items()
                     if ".lora_A." in k + "." and len(t.shape) >= 1)  # fmt: skip
     r = cfg.get("r")
-    rank_txt = f"r={r}" if r is not None else (
-        f"r={ranks.most_common(1)[0][0]} (from lora_A rows; no {ADAPTER_CONFIG})" if ranks else "")
+    rank_txt = (
+        f"r={r}"
+        if r is not None
+        else (
+            f"r={ranks.most_common(1)[0][0]} (from lora_A rows; no {ADAPTER_CONFIG})"
+            if ranks
+            else ""
+        )
+    )
     alpha = f", alpha={cfg['lora_alpha']}" if "lora_alpha" in cfg else ""
     base = cfg.get("base_model_name_or_path")
     auto = cfg.get("auto_mapping")
     base_cls = auto.get("base_model_class") if isinstance(auto, Mapping) else None
     for_ = f" for {base or base_cls}" if base or base_cls else ""
     names = ", ".join(sorted(modules))
-    msg = (f"PEFT {peft_type.upper()} adapter{for_} ({rank_txt}{alpha}): {lora} adapter tensors on "
-           f"{len(_modules(m))} modules "
-           f"({names})")
+    msg = (
+        f"PEFT {peft_type.upper()} adapter{for_} ({rank_txt}{alpha}): {lora} adapter tensors on "
+        f"{len(_modules(m))} modules "
+        f"({names})"
+    )
     if copies:
-        msg += f", {len(copies)} full tensors saved by modules_to_save ({', '.join(copies[:3])}" \
-               f"{', ...' if len(copies) > 3 else ''})"
+        msg += (
+            f", {len(copies)} full tensors saved by modules_to_save ({', '.join(copies[:3])}"
+            f"{', ...' if len(copies) > 3 else ''})"
+        )
     if config is None:
         msg += f"; no {ADAPTER_CONFIG} next to it"
     msg += ". Check it against its base model: ckptdiff check ADAPTER --model BASE"
     layout = f"peft-{peft_type}"
     finding = Finding("layout", msg, (), "info", {"layout": layout, "peft": cfg})
-    return replace(m, metadata={**m.metadata, "layout": layout, "peft": cfg},
-                   findings=(finding, *m.findings))
+    return replace(
+        m, metadata={**m.metadata, "layout": layout, "peft": cfg}, findings=(finding, *m.findings)
+    )
 
 
 def _modules(m: Manifest) -> set[str]:
     out = set()
     for key in m.tensors:
-        rest = key[len(ADAPTER_PREFIX):] if key.startswith(ADAPTER_PREFIX) else key
+        rest = key[len(ADAPTER_PREFIX) :] if key.startswith(ADAPTER_PREFIX) else key
         parsed = parse_adapter_key(rest)
         if parsed is not None:
             out.add(parsed.module)

@@ -11,8 +11,12 @@ from ckptdiff.types import Manifest, TensorSpec
 
 def manifest(name: str, shapes: dict[str, tuple[int, ...]], **kw: Any) -> Manifest:
     """A manifest of float32 tensors with these shapes."""
-    return Manifest(name, "safetensors",
-                    {k: TensorSpec(k, tuple(v), "float32") for k, v in shapes.items()}, **kw)
+    return Manifest(
+        name,
+        "safetensors",
+        {k: TensorSpec(k, tuple(v), "float32") for k, v in shapes.items()},
+        **kw,
+    )
 
 
 @pytest.fixture(autouse=True)

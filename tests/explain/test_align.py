@@ -15,16 +15,20 @@ from .conftest import manifest
 
 
 def test_gamma_beta_become_weight_bias():
-    ck = manifest("c", {"blocks.0.norm.gamma": (8,), "blocks.0.norm.beta": (8,),
-                        "blocks.0.fc.weight": (8, 8)})
-    tg = manifest("t", {"blocks.0.norm.weight": (8,), "blocks.0.norm.bias": (8,),
-                        "blocks.0.fc.weight": (8, 8)})
+    ck = manifest(
+        "c", {"blocks.0.norm.gamma": (8,), "blocks.0.norm.beta": (8,), "blocks.0.fc.weight": (8, 8)}
+    )
+    tg = manifest(
+        "t",
+        {"blocks.0.norm.weight": (8,), "blocks.0.norm.bias": (8,), "blocks.0.fc.weight": (8, 8)},
+    )
     r = diff_manifests(ck, tg)
     (s,) = [s for s in r.suggestions if s.data.get("combined")]
     assert s.verified and s.data["coverage_before"] < 1 and s.data["coverage_after"] == 1
     assert {(x["pattern"], x["replacement"]) for x in s.suggested} == {
         (r"(?P<pre>^|\.)gamma(?=\.|$)", r"\g<pre>weight"),
-        (r"(?P<pre>^|\.)beta(?=\.|$)", r"\g<pre>bias")}
+        (r"(?P<pre>^|\.)beta(?=\.|$)", r"\g<pre>bias"),
+    }
     assert diff_manifests(ck, tg, key_map=KeyMap.from_rules(s.suggested)).ok
     assert {f.kind for f in r.findings} == {"key_rename"}
 
@@ -43,8 +47,9 @@ def test_a_single_unknown_rename_is_not_proposed():
 
 
 def test_rename_needs_the_same_shape_and_layer_index():
-    assert find_renames({"l.0.a.w": (4,), "l.1.a.w": (4,)}, {"l.1.b.w": (4,), "l.2.b.w": (5,)}) \
-        == []
+    assert (
+        find_renames({"l.0.a.w": (4,), "l.1.a.w": (4,)}, {"l.1.b.w": (4,), "l.2.b.w": (5,)}) == []
+    )
 
 
 def _hf_attn(layers: int, d: int) -> dict[str, tuple[int, ...]]:
@@ -83,10 +88,13 @@ def test_split_checkpoint_fused_target_gives_a_concat_rule():
     assert "concatenate along dim 0" in al.transforms[0].message
 
 
-@pytest.mark.parametrize("fused, names", [
-    ("qkv", ("q", "k", "v")),
-    ("query_key_value", ("query", "key", "value")),
-])
+@pytest.mark.parametrize(
+    "fused, names",
+    [
+        ("qkv", ("q", "k", "v")),
+        ("query_key_value", ("query", "key", "value")),
+    ],
+)
 def test_other_fused_names(fused, names):
     ck = {f"h.{i}.attn.{fused}.weight": (12, 4) for i in range(2)}
     tg = {f"h.{i}.attn.{n}.weight": (4, 4) for i in range(2) for n in names}
@@ -104,9 +112,10 @@ def test_gqa_split_has_sizes():
 
 
 def test_transposed_conv1d_names_square_keys_too():
-    t = find_transposed([("h.0.mlp.c_fc.weight", (8, 32), (32, 8)),
-                         ("h.0.mlp.c_proj.weight", (32, 8), (8, 32))],
-                        {"h.0.attn.c_proj.weight": (8, 8), "h.0.ln_1.weight": (8,)})
+    t = find_transposed(
+        [("h.0.mlp.c_fc.weight", (8, 32), (32, 8)), ("h.0.mlp.c_proj.weight", (32, 8), (8, 32))],
+        {"h.0.attn.c_proj.weight": (8, 8), "h.0.ln_1.weight": (8,)},
+    )
     assert t is not None and t.rules[0]["op"] == "transpose"
     assert t.data["square"] == ["h.0.attn.c_proj.weight"]
     assert re.search(t.rules[0]["pattern"], "h.3.attn.c_proj.weight")
@@ -122,18 +131,26 @@ def test_key_map_to_emit_prefers_the_combined_map():
 
 def test_snippet_with_transforms_runs_on_real_tensors():
     torch = pytest.importorskip("torch")
-    km = KeyMap.from_rules([
-        {"op": "strip_prefix", "prefix": "module."},
-        {"op": "transpose", "pattern": r"c_fc\.weight$"},
-        {"op": "split", "pattern": r"in_proj_weight$", "into": ["q.weight", "k.weight",
-                                                                "v.weight"], "dim": 0},
-    ])
+    km = KeyMap.from_rules(
+        [
+            {"op": "strip_prefix", "prefix": "module."},
+            {"op": "transpose", "pattern": r"c_fc\.weight$"},
+            {
+                "op": "split",
+                "pattern": r"in_proj_weight$",
+                "into": ["q.weight", "k.weight", "v.weight"],
+                "dim": 0,
+            },
+        ]
+    )
     code = km.python_snippet()
     assert "def remap(state_dict)" in code and ".t()" in code and "chunk(3, dim=0)" in code
     ns: dict = {}
     exec(code.split("\n\nmodel.load_state_dict")[0], ns)
-    sd = {"module.c_fc.weight": torch.arange(6.0).reshape(2, 3),
-          "module.in_proj_weight": torch.arange(12.0).reshape(6, 2)}
+    sd = {
+        "module.c_fc.weight": torch.arange(6.0).reshape(2, 3),
+        "module.in_proj_weight": torch.arange(12.0).reshape(6, 2),
+    }
     out = ns["remap"](sd)
     assert out["c_fc.weight"].shape == (3, 2)
     assert torch.equal(out["k.weight"], sd["module.in_proj_weight"][2:4])

@@ -11,8 +11,12 @@ from .conftest import manifest
 
 COCA_CONFIG = {
     "embed_dim": 512,
-    "text_cfg": {"hf_model_name": "roberta-base", "width": 768, "context_length": 77,
-                 "vocab_size": 49408},
+    "text_cfg": {
+        "hf_model_name": "roberta-base",
+        "width": 768,
+        "context_length": 77,
+        "vocab_size": 49408,
+    },
     "multimodal_cfg": {"context_length": 76, "width": 768, "heads": 8, "layers": 12},
 }
 
@@ -27,9 +31,11 @@ def test_text_context_77_vs_decoder_76_names_both_fields():
 
 
 def test_roberta_tower_vs_decoder_head_classes_in_a_report_that_loads():
-    shapes = {"text.transformer.embeddings.word_embeddings.weight": (50265, 768),
-              "text_decoder.text_projection": (768, 49408),
-              "text_decoder.ln_final.weight": (768,)}
+    shapes = {
+        "text.transformer.embeddings.word_embeddings.weight": (50265, 768),
+        "text_decoder.text_projection": (768, 49408),
+        "text_decoder.ln_final.weight": (768,),
+    }
     ck = manifest("ck", shapes)
     target = manifest("model", shapes, config=COCA_CONFIG)
     r = diff_manifests(ck, target)
@@ -39,22 +45,30 @@ def test_roberta_tower_vs_decoder_head_classes_in_a_report_that_loads():
     assert {f.data["side"] for f in vocab} == {"checkpoint", "target"}
     assert vocab[0].data["values"] == {
         "text.transformer.embeddings.word_embeddings.weight": 50265,
-        "text_decoder.text_projection": 49408}
+        "text_decoder.text_projection": 49408,
+    }
     assert any(f.data["what"] == "context_length" for f in found)
     assert json.loads(r.to_json())["findings"][0]["kind"] == "inconsistent"
 
 
 def test_config_vocab_vs_rows_and_tokenizer(tmp_path):
-    (tmp_path / "tokenizer.json").write_text(json.dumps({
-        "model": {"vocab": {f"t{i}": i for i in range(32000)}},
-        "added_tokens": [{"id": 32000 + i, "content": f"<x{i}>"} for i in range(5)]}))
+    (tmp_path / "tokenizer.json").write_text(
+        json.dumps(
+            {
+                "model": {"vocab": {f"t{i}": i for i in range(32000)}},
+                "added_tokens": [{"id": 32000 + i, "content": f"<x{i}>"} for i in range(5)],
+            }
+        )
+    )
     size = read_tokenizer_size(str(tmp_path))
     assert size == 32005
     ck = manifest("ck", {"model.embed_tokens.weight": (32000, 8), "lm_head.weight": (32000, 8)})
     found = lint(ck, {"vocab_size": 32001}, tokenizer_size=size)
     by_what = {f.data["what"]: f for f in found}
-    assert by_what["vocab_size"].data["values"] == {"vocab_size": 32001,
-                                                    "model.embed_tokens.weight": 32000}
+    assert by_what["vocab_size"].data["values"] == {
+        "vocab_size": 32001,
+        "model.embed_tokens.weight": 32000,
+    }
     assert by_what["tokenizer"].severity == "error"
     assert "resize_token_embeddings(32005)" in by_what["tokenizer"].message
 
@@ -65,8 +79,13 @@ def test_nested_and_top_level_vocab_disagree():
 
 
 def test_mllama_offset_is_by_design():
-    ck = manifest("ck", {"language_model.model.embed_tokens.weight": (128264, 16),
-                         "language_model.lm_head.weight": (128256, 16)})
+    ck = manifest(
+        "ck",
+        {
+            "language_model.model.embed_tokens.weight": (128264, 16),
+            "language_model.lm_head.weight": (128256, 16),
+        },
+    )
     assert lint(ck, {"model_type": "mllama", "text_config": {"vocab_size": 128256}}) == []
     assert lint(ck, {"model_type": "llama"})  # elsewhere the same shapes disagree
 

@@ -15,37 +15,46 @@ from ckptdiff.targets import build_target
 
 from .conftest import manifest
 
-SMALL_CLIP = {"embed_dim": 16,
-              "vision_cfg": {"width": 32, "layers": 2, "heads": 2, "patch_size": 8,
-                             "image_size": 32},
-              "text_cfg": {"width": 16, "layers": 2, "heads": 2, "context_length": 8,
-                           "vocab_size": 50}}
+SMALL_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"width": 32, "layers": 2, "heads": 2, "patch_size": 8, "image_size": 32},
+    "text_cfg": {"width": 16, "layers": 2, "heads": 2, "context_length": 8, "vocab_size": 50},
+}
 
 
 def test_text_branch_under_another_prefix_goes_from_0_to_100_percent():
     """Scenario 4 (CLAP): checkpoint embeddings.* / encoder.* vs model text_branch.*."""
-    text = {"embeddings.word_embeddings.weight": (50, 8), "embeddings.LayerNorm.weight": (8,),
-            **{f"encoder.layer.{i}.attention.self.query.weight": (8, 8) for i in range(2)}}
+    text = {
+        "embeddings.word_embeddings.weight": (50, 8),
+        "embeddings.LayerNorm.weight": (8,),
+        **{f"encoder.layer.{i}.attention.self.query.weight": (8, 8) for i in range(2)},
+    }
     audio = {"audio_branch.conv.weight": (8, 1, 3)}
     ck = manifest("ck", {**text, **audio})
     target = manifest("model", {**{"text_branch." + k: v for k, v in text.items()}, **audio})
     r = diff_manifests(ck, target)
     (s,) = [s for s in r.suggestions if s.kind == "key_map"]
     # not a bare add_prefix: that would move audio_branch.* too, which loads as it is
-    assert s.verified and s.suggested == [{"op": "rename",
-                                           "pattern": r"^(?=(?:embeddings|encoder)(?:\.|$))",
-                                           "replacement": "text_branch."}]
+    assert s.verified and s.suggested == [
+        {
+            "op": "rename",
+            "pattern": r"^(?=(?:embeddings|encoder)(?:\.|$))",
+            "replacement": "text_branch.",
+        }
+    ]
     assert s.data["coverage_by_module"] == [{"module": "text_branch", "before": 0.0, "after": 1.0}]
     assert s.data["coverage_before"] < s.data["coverage_after"] == 1.0
     assert diff_manifests(ck, target, key_map=KeyMap.from_rules(s.suggested)).ok
 
 
-@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod.",
-                                    "_orig_mod.module."])
+@pytest.mark.parametrize(
+    "prefix", ["module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module."]
+)
 def test_wrapper_prefixes(prefix):
     keys = {"enc.0.w": (4, 4), "enc.1.w": (4, 4), "head.b": (2,)}
-    r = diff_manifests(manifest("ck", {prefix + k: v for k, v in keys.items()}),
-                       manifest("model", keys))
+    r = diff_manifests(
+        manifest("ck", {prefix + k: v for k, v in keys.items()}), manifest("model", keys)
+    )
     assert key_map_to_emit(r) == [{"op": "strip_prefix", "prefix": prefix}]
     assert not [f for f in r.findings if f.kind == "cause"]
 
@@ -55,9 +64,16 @@ def test_lightning_state_dict_nesting(tmp_path):
 
     model = build_clip(**SMALL_CLIP)
     path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
-                "epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.1.0",
-                "hyper_parameters": {"lr": 1e-3}}, path)
+    torch.save(
+        {
+            "state_dict": {"model." + k: v for k, v in model.state_dict().items()},
+            "epoch": 3,
+            "global_step": 120,
+            "pytorch-lightning_version": "2.1.0",
+            "hyper_parameters": {"lr": 1e-3},
+        },
+        path,
+    )
     ck = read(str(path))
     assert ck.selected == "state_dict"
     r = diff_manifests(ck, build_target("fixtures.models:build_clip", config=SMALL_CLIP))
@@ -81,7 +97,9 @@ class _Block(nn.Module):
         self.mlp.c_proj = nn.Linear(4 * d, d)
 
 
-def build_linear_gpt(d: int = 32, layers: int = 2, vocab: int = 100, positions: int = 16) -> nn.Module:
+def build_linear_gpt(
+    d: int = 32, layers: int = 2, vocab: int = 100, positions: int = 16
+) -> nn.Module:
     """GPT-2's key names with nn.Linear ([out, in]) where GPT-2 has Conv1D ([in, out])."""
     model = nn.Module()
     model.transformer = nn.Module()
@@ -108,8 +126,10 @@ def test_gpt2_conv1d_into_linear_model(tmp_path):
     r = diff_manifests(read(str(tmp_path / "gpt2.safetensors")), target)
     (t,) = [f for f in r.findings if f.kind == "transposed"]
     assert t.data["transform"] == ".t()"
-    assert t.data["square"] == ["transformer.h.0.attn.c_proj.weight",
-                                "transformer.h.1.attn.c_proj.weight"]
+    assert t.data["square"] == [
+        "transformer.h.0.attn.c_proj.weight",
+        "transformer.h.1.attn.c_proj.weight",
+    ]
     (s,) = [s for s in r.suggestions if s.data.get("combined")]
     assert s.verified and s.data["coverage_after"] == 1.0
     # the Python snippet, run on the real tensors, gives a state dict the Linear model takes

@@ -17,8 +17,11 @@ LLAMA = "fixtures.models:build_llama"
 
 
 def config_suggestions(report):
-    return {s.field: (s.current, s.suggested, s.verified)
-            for s in report.suggestions if s.kind == "config"}
+    return {
+        s.field: (s.current, s.suggested, s.verified)
+        for s in report.suggestions
+        if s.kind == "config"
+    }
 
 
 def kinds(report, kind):
@@ -47,9 +50,13 @@ def test_vit_l14_weights_into_a_vit_b16_config():
     assert "vision_cfg.heads" in und.data["fields"] and "text_cfg.heads" in und.data["fields"]
     causes = {f.data["cause"]: f for f in kinds(r, "cause")}
     assert causes["depth"].message.startswith(
-        "depth: the checkpoint has 24 layers in visual.transformer.resblocks, the target 12")
-    widths = [(f.data["checkpoint"], f.data["target"]) for f in kinds(r, "cause")
-              if f.data["cause"] == "width"]
+        "depth: the checkpoint has 24 layers in visual.transformer.resblocks, the target 12"
+    )
+    widths = [
+        (f.data["checkpoint"], f.data["target"])
+        for f in kinds(r, "cause")
+        if f.data["cause"] == "width"
+    ]
     assert widths == [(1024, 768), (768, 512)]  # vision tower, text tower
     assert causes["patch_size"].data["checkpoint"] == 14
     assert causes["position_grid"].data["grid"] == {"checkpoint": 16, "target": 14}
@@ -71,8 +78,14 @@ def test_vit_l14_336_image_size_comes_from_the_position_grid():
 
 
 def _llama(vocab: int, **kw):
-    args = dict(vocab_size=vocab, hidden_size=64, num_layers=2, num_heads=4,
-                intermediate_size=128, tie_word_embeddings=False)
+    args = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=128,
+        tie_word_embeddings=False,
+    )
     return build_target(LLAMA, args={**args, **kw})
 
 
@@ -117,8 +130,9 @@ def test_no_verified_fix_when_shapes_cannot_be_reproduced():
     ck_tensors["model.norm.weight"] = type(spec)(spec.key, (65,), spec.dtype)
     from dataclasses import replace
 
-    ck = replace(target, source="ck", format="safetensors", tensors=ck_tensors, config=None,
-                 metadata={})
+    ck = replace(
+        target, source="ck", format="safetensors", tensors=ck_tensors, config=None, metadata={}
+    )
     r = diff_manifests(ck, target)
     assert config_suggestions(r) == {}
     (nofix,) = [f for f in kinds(r, "no_fix") if f.data.get("field") == "hidden_size"]
@@ -142,13 +156,29 @@ def test_no_fix_names_the_reason_for_foreign_shapes():
 def _mllama_config(tmp_path, vocab: int = 320):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.MllamaConfig(
-        text_config=dict(vocab_size=vocab, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                         hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64,
-                         cross_attention_layers=[1]),
-        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_global_layers=1,
-                           attention_heads=4, intermediate_size=64, image_size=28,
-                           patch_size=14, vision_output_dim=64, intermediate_layers_indices=[0]),
+        text_config=dict(
+            vocab_size=vocab,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            cross_attention_layers=[1],
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_global_layers=1,
+            attention_heads=4,
+            intermediate_size=64,
+            image_size=28,
+            patch_size=14,
+            vision_output_dim=64,
+            intermediate_layers_indices=[0],
+        ),
         architectures=["MllamaForConditionalGeneration"],
     )
     path = tmp_path / "config.json"
@@ -161,8 +191,11 @@ def test_mllama_embedding_is_vocab_plus_8_and_probing_knows_it(tmp_path):
     spec = _mllama_config(tmp_path)
     target = build_target(spec)
     ck = rebuild(target, {"text_config.vocab_size": 325})
-    rows = {k: v.shape[0] for k, v in ck.tensors.items()
-            if k.endswith(("embed_tokens.weight", "lm_head.weight"))}
+    rows = {
+        k: v.shape[0]
+        for k, v in ck.tensors.items()
+        if k.endswith(("embed_tokens.weight", "lm_head.weight"))
+    }
     assert sorted(rows.values()) == [325, 333]
     r = diff_manifests(ck, target)
     got = config_suggestions(r)
