@@ -13,6 +13,7 @@ __all__ = [
     "UnsupportedFormatError",
     "SelectError",
     "UnsafeCheckpointError",
+    "UnsafeUnreadableError",
     "TargetError",
     "IncompatibleCheckpointError",
     "UsageError",
@@ -51,6 +52,10 @@ class UnsafeCheckpointError(CkptDiffError):
     """The file would run code, or escape its folder, if loaded the usual way."""
 
     exit_code = 3
+
+
+class UnsafeUnreadableError(UnsafeCheckpointError, ReadError):
+    """A malformed pickle that names globals outside the allow-list before it breaks (exit 3)."""
 
 
 # --- targets and checks ------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal
 
-from ckptdiff.errors import ReadError, UnsafeCheckpointError
+from ckptdiff.errors import ReadError, UnsafeUnreadableError
 from ckptdiff.types import DTYPE_SIZES, Finding
 
 __all__ = [
@@ -72,10 +72,6 @@ StorageForm = Literal["zip", "legacy", "none"]
 
 class PickleDataError(ValueError):
     """Raised by the fakes when the pickle's data is inconsistent (turned into ReadError)."""
-
-
-class UnsafeUnreadableError(UnsafeCheckpointError, ReadError):
-    """A malformed pickle that names globals outside the allow-list before it breaks (exit 3)."""
 
 
 # --- immutable fakes -----------------------------------------------------------------------------

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from ckptdiff.errors import ReadError, UnsafeCheckpointError
+from ckptdiff.errors import ReadError, UnsafeCheckpointError, UnsafeUnreadableError
 from ckptdiff.readers import read
 from ckptdiff.readers import unpickler as unpickler_module
-from ckptdiff.readers.unpickler import UnsafeUnreadableError, scan_pickle, unpickle
+from ckptdiff.readers.unpickler import scan_pickle, unpickle
 from fixtures.hostile import _STATE_PKL, ROUTES, _with_payload
 
 
