@@ -407,6 +407,22 @@ def read_torch_zip(path: str, source: str, *, select: str | None = None) -> Mani
         ('torch-zip', (10, 512))
     """
     name = display_name(path, source)
+    entries, prefix, data, byteorder = _read_data_pkl(path, name)
+    return manifest_from_zip_parts(
+        data,
+        {e.name: e.size for e in entries.values()},
+        prefix,
+        name=name,
+        source=source,
+        file=os.path.basename(path),
+        files=(path,),
+        select=select,
+        byteorder=byteorder,
+    )
+
+
+def _read_data_pkl(path: str, name: str) -> tuple[dict[str, ZipEntry], str, bytes, bytes | None]:
+    """``(entries, prefix, data.pkl bytes, byteorder bytes)`` of a local torch zip file."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         entries = _read_directory(f, size, name)
@@ -421,17 +437,7 @@ def read_torch_zip(path: str, source: str, *, select: str | None = None) -> Mani
         data = _read_entry(f, pkl, size, name)
         order = entries.get(f"{prefix}byteorder")
         byteorder = _read_entry(f, order, size, name) if order and order.size <= 16 else None
-    return manifest_from_zip_parts(
-        data,
-        {e.name: e.size for e in entries.values()},
-        prefix,
-        name=name,
-        source=source,
-        file=os.path.basename(path),
-        files=(path,),
-        select=select,
-        byteorder=byteorder,
-    )
+    return entries, prefix, data, byteorder
 
 
 def unpickle_torch_zip(path: str, source: str) -> Unpickled:
@@ -444,18 +450,7 @@ def unpickle_torch_zip(path: str, source: str) -> Unpickled:
         ReadError: as :func:`read_torch_zip`.
     """
     name = display_name(path, source)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        entries = _read_directory(f, size, name)
-        prefix = archive_prefix(entries, name)
-        pkl = entries[f"{prefix}data.pkl"]
-        if pkl.size > _unpickler.MAX_PICKLE_SIZE:
-            raise ReadError(
-                f"Cannot read '{name}' ({pkl.name}): it is {pkl.size} bytes, over the "
-                f"{_unpickler.MAX_PICKLE_SIZE}-byte limit. Raise "
-                "ckptdiff.readers.unpickler.MAX_PICKLE_SIZE if you trust the file."
-            )
-        data = _read_entry(f, pkl, size, name)
+    entries, prefix, data, _ = _read_data_pkl(path, name)
     unpickled = unpickle(data, name, context=f"{prefix}data.pkl", storage_form="zip")
     check_storage_records(unpickled.storages, {e.name: e.size for e in entries.values()},
                           prefix, name)
