@@ -174,7 +174,10 @@ def find_prefix_matches(
 Shape = tuple[int, ...]
 
 #: Renames worth proposing even when only one key shows them.
-KNOWN_RENAMES = {("gamma",): ("weight",), ("beta",): ("bias",)}
+KNOWN_RENAMES: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("gamma",): ("weight",),
+    ("beta",): ("bias",),
+}
 
 #: Names of split query/key/value projections, as (q, k, v).
 SPLIT_QKV = (
@@ -429,10 +432,10 @@ def find_fused_qkv(
                 st, si = _template(sparent) if sparent else ((), ())
                 if fi != si:
                     continue
-                p = 0
-                while p < min(len(ft), len(st)) and ft[p] == st[p]:
-                    p += 1
-                diff = (ft[p:], st[p:])
+                common = 0
+                while common < min(len(ft), len(st)) and ft[common] == st[common]:
+                    common += 1
+                diff = (ft[common:], st[common:])
                 sizes = None if len(set(rows)) == 1 else rows
                 groups[(diff, fname, family, leaf, sizes)].append((fkey, keys3, fshape))
         for (diff, fname, family, leaf, sizes), items in groups.items():
@@ -519,6 +522,7 @@ def _qkv_transform(
     fname: str,
     names: Sequence[str],
 ) -> KeyTransform:
+    pairs: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]
     if kind == "split":
         pairs = tuple(((f,), s) for f, s, _ in items)
         what = f"the checkpoint's fused '{fname}' holds the target's {'/'.join(names)}"

@@ -56,19 +56,19 @@ class _Rule:
         return self.pattern.sub(self.replacement, key)
 
     def to_dict(self) -> dict[str, Any]:
-        assert self.op in ("strip_prefix", "add_prefix") or self.pattern is not None  # noqa: S101
+        pattern = self.pattern.pattern if self.pattern is not None else ""
         if self.op == "rename":
             return {
                 "op": "rename",
-                "pattern": self.pattern.pattern,
+                "pattern": pattern,
                 "replacement": self.replacement,
             }
         if self.op == "transpose":
-            return {"op": "transpose", "pattern": self.pattern.pattern}
+            return {"op": "transpose", "pattern": pattern}
         if self.op == "split":
             out: dict[str, Any] = {
                 "op": "split",
-                "pattern": self.pattern.pattern,
+                "pattern": pattern,
                 "into": list(self.into),
                 "dim": self.dim,
             }
@@ -78,7 +78,7 @@ class _Rule:
         if self.op == "concat":
             return {
                 "op": "concat",
-                "pattern": self.pattern.pattern,
+                "pattern": pattern,
                 "parts": list(self.parts),
                 "replacement": self.replacement,
                 "dim": self.dim,

@@ -128,7 +128,9 @@ def resolve_folder(path: str, source: str) -> str:
     if len(indexes) == 1:
         return os.path.join(path, indexes[0])
     weights = [
-        e for e in entries if e.endswith(WEIGHT_EXTENSIONS) and os.path.isfile(os.path.join(path, e))
+        e
+        for e in entries
+        if e.endswith(WEIGHT_EXTENSIONS) and os.path.isfile(os.path.join(path, e))
     ]
     safetensors = [e for e in weights if e.endswith(".safetensors")]
     if len(weights) == 1:

@@ -132,7 +132,8 @@ def parse_header(
             range, overlapping or out-of-range offsets, gaps in the data region.
 
     Example:
-        >>> specs, meta = parse_header(b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', 8, "x")
+        >>> raw = b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+        >>> specs, meta = parse_header(raw, 8, "x")
         >>> specs["a"].shape
         (2,)
     """
@@ -178,7 +179,9 @@ def _tensor(name: str, key: str, info: Any) -> tuple[TensorSpec, int, int]:
         isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
     ):
         shown = _short(shape)
-        raise _fail(name, ctx, f"shape must be a list of non-negative integers below 2**63, got {shown}")
+        raise _fail(
+            name, ctx, f"shape must be a list of non-negative integers below 2**63, got {shown}"
+        )
     if len(shape) > MAX_NDIM:
         raise _fail(name, ctx, f"shape has {len(shape)} dimensions, more than {MAX_NDIM}")
     if (
@@ -192,7 +195,7 @@ def _tensor(name: str, key: str, info: Any) -> tuple[TensorSpec, int, int]:
         raise _fail(
             name, ctx, f"data_offsets must be [begin, end] with begin <= end, got {_short(offsets)}"
         )
-    torch_name, bits = SAFETENSORS_DTYPES[dtype_code]
+    torch_name, bits = SAFETENSORS_DTYPES[str(dtype_code)]
     numel = 1
     for d in shape:
         numel *= d
@@ -214,10 +217,14 @@ def _check_layout(name: str, ranges: list[tuple[int, int, str]], data_size: int 
     pos = 0
     for begin, end, key in ranges:
         if begin < pos:
-            raise _fail(name, f"tensor '{key}'", f"data_offsets [{begin}, {end}] overlap another tensor")
+            raise _fail(
+                name, f"tensor '{key}'", f"data_offsets [{begin}, {end}] overlap another tensor"
+            )
         if begin > pos:
             raise _fail(
-                name, f"tensor '{key}'", f"gap in the data region: bytes {pos}..{begin} belong to no tensor"
+                name,
+                f"tensor '{key}'",
+                f"gap in the data region: bytes {pos}..{begin} belong to no tensor",
             )
         pos = end
     if data_size is not None:

@@ -16,8 +16,19 @@ from ckptdiff import read
 from ckptdiff.errors import ReadError, SelectError, SourceNotFoundError, UnsupportedFormatError
 from ckptdiff.readers import safetensors_file
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
-          torch.int8, torch.uint8, torch.bool, torch.float8_e4m3fn, torch.float8_e5m2]
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+]
 
 
 def oracle(path) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -31,10 +42,19 @@ def oracle(path) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
-_SF_TO_TORCH = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "I8": torch.int8,
-                "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
-                "F8_E5M2": torch.float8_e5m2}
+_SF_TO_TORCH = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 
 
 def mine(path) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -43,8 +63,10 @@ def mine(path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 @pytest.fixture
 def many_dtypes(tmp_path):
-    tensors = {f"t.{i}.{str(d).removeprefix('torch.')}": torch.zeros(3, i + 1).to(d)
-               for i, d in enumerate(DTYPES)}
+    tensors = {
+        f"t.{i}.{str(d).removeprefix('torch.')}": torch.zeros(3, i + 1).to(d)
+        for i, d in enumerate(DTYPES)
+    }
     tensors["scalar"] = torch.tensor(1.5)
     tensors["empty"] = torch.zeros(0, 4)
     path = tmp_path / "many.safetensors"
@@ -98,8 +120,9 @@ def test_reads_header_only_and_survives_garbage_data(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(safetensors_file, "open", lambda p, mode="r": Counting(real_open(p, mode)),
-                        raising=False)
+    monkeypatch.setattr(
+        safetensors_file, "open", lambda p, mode="r": Counting(real_open(p, mode)), raising=False
+    )
     read(str(path))
     assert sum(read_bytes) == 8 + n
     assert sum(read_bytes) < size / 1000
@@ -136,23 +159,57 @@ T = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 @pytest.mark.parametrize(
     "header, data, length, message",
     [
-        ({"a": T}, b"\0" * 4, None, "tensors need 8 bytes but the file holds 4 after the header (truncated?)"),
+        (
+            {"a": T},
+            b"\0" * 4,
+            None,
+            "tensors need 8 bytes but the file holds 4 after the header (truncated?)",
+        ),
         ({"a": T}, b"\0" * 12, None, "4 trailing bytes belong to no tensor"),
-        ({"a": {"dtype": "F33", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "unknown dtype 'F33'"),
-        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None,
-         "shape [3] of F32 needs 12 bytes but its data_offsets span 8"),
-        ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]}}, b"\0" * 8, None,
-         "shape must be a list of non-negative integers"),
-        ({"a": T, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, None,
-         "overlap another tensor"),
-        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, None,
-         "gap in the data region"),
-        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8, None,
-         "data_offsets must be [begin, end]"),
-        (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": 1}', b"\0" * 8, None,
-         "duplicate key 'a'"),
+        (
+            {"a": {"dtype": "F33", "shape": [2], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            None,
+            "unknown dtype 'F33'",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            None,
+            "shape [3] of F32 needs 12 bytes but its data_offsets span 8",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            None,
+            "shape must be a list of non-negative integers",
+        ),
+        (
+            {"a": T, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+            b"\0" * 12,
+            None,
+            "overlap another tensor",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+            b"\0" * 12,
+            None,
+            "gap in the data region",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}},
+            b"\0" * 8,
+            None,
+            "data_offsets must be [begin, end]",
+        ),
+        (
+            b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": 1}',
+            b"\0" * 8,
+            None,
+            "duplicate key 'a'",
+        ),
         (b'{"a": [1, 2', b"", None, "header is not valid JSON"),
-        (b'[1, 2]', b"", None, "header is not a JSON object"),
+        (b"[1, 2]", b"", None, "header is not a JSON object"),
         ({"__metadata__": {"x": 1}}, b"", None, "__metadata__): must map strings to strings"),
         ({"a": T}, b"\0" * 8, 10**6, "runs past the end"),
         ({"a": T}, b"\0" * 8, 10**9, "header length 1000000000 exceeds 100000000 bytes"),
