@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest
 
 __all__ = ["DESIGN_OFFSETS", "lint", "lint_config", "read_tokenizer_size", "vocab_tensors"]
@@ -95,15 +96,6 @@ def _tensor_lint(m: Manifest, side: str, offset: int | None) -> list[Finding]:
     return out
 
 
-def _leaves(config: Mapping[str, Any], path: str = "") -> Iterator[tuple[str, Any]]:
-    for k, v in config.items():
-        dotted = f"{path}.{k}" if path else str(k)
-        if isinstance(v, Mapping):
-            yield from _leaves(v, dotted)
-        else:
-            yield dotted, v
-
-
 def lint_config(config: Mapping[str, Any], *, side: str = "config") -> list[Finding]:
     """A setting the config gives twice with two values (``text_cfg.context_length`` 77 and
     ``multimodal_cfg.context_length`` 76).
@@ -114,7 +106,7 @@ def lint_config(config: Mapping[str, Any], *, side: str = "config") -> list[Find
         ('text_cfg.context_length', 'multimodal_cfg.context_length')
     """
     seen: dict[str, dict[str, Any]] = defaultdict(dict)
-    for dotted, v in _leaves(config):
+    for dotted, v in dotted_leaves(config):
         name = dotted.rsplit(".", 1)[-1]
         if name in SHARED_SETTINGS and isinstance(v, int) and not isinstance(v, bool):
             seen[name][dotted] = v
@@ -140,7 +132,7 @@ def _config_vs_rows(config: Mapping[str, Any], m: Manifest, side: str,
     if not rows:
         return []
     out = []
-    for dotted, v in _leaves(config):
+    for dotted, v in dotted_leaves(config):
         if dotted.rsplit(".", 1)[-1] != "vocab_size" or not isinstance(v, int):
             continue
         if any(r == v or (offset is not None and r - v == offset) for r in rows.values()):

@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import CkptDiffError
+from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
 
 __all__ = [
@@ -109,15 +110,6 @@ class SuggestResult:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def _leaves(config: Mapping[str, Any], path: str = "") -> Iterator[tuple[str, Any]]:
-    for k, v in config.items():
-        dotted = f"{path}.{k}" if path else str(k)
-        if isinstance(v, Mapping):
-            yield from _leaves(v, dotted)
-        else:
-            yield dotted, v
-
-
 def numeric_fields(config: Mapping[str, Any]) -> dict[str, int | float]:
     """The config leaves worth probing: positive ints (and ``*ratio*`` floats), by dotted path.
 
@@ -126,7 +118,7 @@ def numeric_fields(config: Mapping[str, Any]) -> dict[str, int | float]:
         {'vision_cfg.width': 768, 'vision_cfg.mlp_ratio': 4.0}
     """
     out: dict[str, int | float] = {}
-    for dotted, v in _leaves(config):
+    for dotted, v in dotted_leaves(config):
         name = dotted.rsplit(".", 1)[-1].lower()
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             continue
@@ -732,7 +724,7 @@ def _undetermined(
     config: Mapping[str, Any], quiet: Sequence[str], chosen: Mapping[str, Any]
 ) -> list[str]:
     names = list(quiet)
-    for dotted, v in _leaves(config):
+    for dotted, v in dotted_leaves(config):
         leaf = dotted.rsplit(".", 1)[-1].lower()
         if dotted in names or any(p.isdigit() for p in dotted.split(".")):
             continue

@@ -14,7 +14,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ckptdiff.errors import TargetError
@@ -69,6 +69,21 @@ def set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
             )
         node = child
     node[parts[-1]] = value
+
+
+def dotted_leaves(config: Mapping[str, Any], path: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted path, value)`` of every non-mapping value in a nested config.
+
+    Example:
+        >>> list(dotted_leaves({"vision_cfg": {"width": 768}, "embed_dim": 512}))
+        [('vision_cfg.width', 768), ('embed_dim', 512)]
+    """
+    for k, v in config.items():
+        dotted = f"{path}.{k}" if path else str(k)
+        if isinstance(v, Mapping):
+            yield from dotted_leaves(v, dotted)
+        else:
+            yield dotted, v
 
 
 def parse_arg_assignments(assignments: Iterable[str]) -> dict[str, Any]:
