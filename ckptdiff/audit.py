@@ -712,7 +712,11 @@ def _verdict(result: AuditResult) -> str:
     if result.report is not None and not result.report.ok:
         parts.append("does not load cleanly into its config")
     if bad:
-        parts.append(f"{len(bad)} finding{'' if len(bad) == 1 else 's'}")
+        errors = sum(1 for f in bad if f.severity == "error")
+        warnings = len(bad) - errors
+        counts = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in
+                  ((errors, "error"), (warnings, "warning")) if n]
+        parts.append(" and ".join(counts))
     return "NOT consistent: " + ", ".join(parts)
 
 

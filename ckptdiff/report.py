@@ -235,12 +235,18 @@ def render_report_table(
             "--full lists the keys as they are.\n"
         )
     parts += _key_sections(body, full, fmt)
-    if coverage and report.coverage:
+    if coverage and body.coverage:
+        title = "Coverage by module (tensors and parameters the checkpoint supplies)"
+        if body is not report and report.coverage:
+            title = (
+                "Coverage by module, with the suggested key map applied "
+                f"(without it: {100 * report.coverage[0].share:.1f}% of the model loads)"
+            )
         parts.append(
             _section(
-                "Coverage by module (tensors and parameters the checkpoint supplies)",
+                title,
                 ["module", "tensors", "parameters", "share"],
-                _coverage_rows(report.coverage),
+                _coverage_rows(body.coverage),
                 fmt,
             )
         )
@@ -410,7 +416,8 @@ def _count_with_human(n: int) -> str:
 def _tree_rows(specs: Sequence[TensorSpec], depth: int) -> list[list[Any]]:
     """Every module down to ``depth`` components, each with the totals of everything under it.
 
-    Rows are in tree order; a top-level tensor (``logit_scale``) is a row of its own.
+    Rows are in tree order; a top-level tensor (``logit_scale``) is a row of its own; depth 0
+    is one row for everything.
     """
     from ckptdiff.sorting import natural_key
 
@@ -418,6 +425,8 @@ def _tree_rows(specs: Sequence[TensorSpec], depth: int) -> list[list[Any]]:
     for s in specs:
         parts = s.key.split(".")
         levels = [".".join(parts[:n]) for n in range(1, min(depth, len(parts) - 1) + 1)]
+        if depth == 0:
+            levels = ["(all)"]
         for name in levels or [s.key]:
             row = rows.setdefault(name, [0, 0, set()])
             row[0] += 1
@@ -470,7 +479,7 @@ def render_manifest(
         head += f", state dict at '{m.selected}'"
     head += f"): {len(specs)} tensors, {human(sum(s.numel for s in specs))} parameters"
     if len(m.files) > 1:
-        head += f" in {len(m.files)} files"
+        head += f", read from {len(m.files)} files"
     parts = [head + "\n"]
     if depth is not None:
         rows = _tree_rows(specs, depth)

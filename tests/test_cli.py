@@ -202,3 +202,16 @@ def test_installed_script_and_no_torch_import(files):
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     assert r.stderr.strip() == "False 1", r.stderr
+
+
+def test_inspect_depth_0_is_one_total_row(files, runner):
+    r = run(runner, "inspect", "large.safetensors", "--depth", "0")
+    assert r.exit_code == 0
+    table = r.stdout.split("\n\n")[1].splitlines()
+    assert len(table) == 3 and table[2].split()[:2] == ["(all)", "17"]
+
+
+def test_coverage_follows_the_key_map_it_shows(files, runner):
+    r = run(runner, "diff", "ddp.safetensors", "base.safetensors", "--coverage")
+    assert "with the suggested key map applied (without it: 0.0% of the model loads)" in r.stdout
+    assert "(whole model)  11/11" in r.stdout
