@@ -30,6 +30,7 @@ __all__ = [
     "MAX_ZIP_ENTRIES",
     "ZipEntry",
     "archive_prefix",
+    "check_entry",
     "check_storage_records",
     "decode_entry",
     "display_name",
@@ -44,9 +45,12 @@ __all__ = [
 
 #: Most entries a torch zip may hold (one per storage, plus a handful).
 MAX_ZIP_ENTRIES = 1_000_000
-#: A deflated entry may declare at most this many times its compressed size (past 1 MiB):
-#: torch stores its records uncompressed, and deflate tops out near 1032:1 on a zip bomb.
+#: A deflated entry may declare at most this many times its compressed size (past
+#: :data:`INFLATE_FLOOR`): torch stores its records uncompressed, a pickle deflates to no better
+#: than about 10:1, and deflate tops out near 1032:1 on a zip bomb.
 MAX_INFLATE_RATIO = 100
+#: Deflated entries up to this size are inflated whatever their ratio.
+INFLATE_FLOOR = 1 << 20
 _FIX_CORRUPT = "The file is truncated or corrupt; download or save it again."
 
 
@@ -78,9 +82,7 @@ def archive_prefix(names: Iterable[str], name: str) -> str:
         'archive/'
     """
     names = list(names)
-    pickles = sorted(
-        n for n in names if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)
-    )
+    pickles = sorted(n for n in names if _is_pickle(n))
     prefixes = {n[: -len("data.pkl")] for n in pickles}
     for prefix in sorted(prefixes) or [""]:
         if f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names):
@@ -259,9 +261,14 @@ def parse_zip64_end_record(record: bytes, name: str) -> tuple[int, int, int]:
 def parse_central_directory(directory: bytes, entries: int, name: str) -> dict[str, ZipEntry]:
     """Decode a zip's central directory into entries by name.
 
+    Every ``data.pkl`` entry is checked by :func:`check_entry` here, so a zip bomb is refused
+    before any size limit is applied to it, by every reader of the directory.
+
     Raises:
-        ReadError: a malformed entry or a directory shorter than it declares.
-        UnsafeCheckpointError: two entries share a name (loaders disagree on which they read).
+        ReadError: a malformed entry or a directory shorter than it declares; a ``data.pkl``
+            that :func:`check_entry` refuses as corrupt.
+        UnsafeCheckpointError: two entries share a name (loaders disagree on which they read);
+            a ``data.pkl`` that is a zip bomb.
     """
     unpack = _CENTRAL.unpack_from
     size = len(directory)
@@ -290,7 +297,10 @@ def parse_central_directory(directory: bytes, entries: int, name: str) -> dict[s
                 "zip readers disagree on which one they use, so what a checker reads need not be "
                 "what torch.load runs. Refusing to guess."
             )
-        out[entry_name] = ZipEntry(entry_name, usize, csize, offset, method, crc, flags)
+        entry = ZipEntry(entry_name, usize, csize, offset, method, crc, flags)
+        if _is_pickle(entry_name):
+            check_entry(entry, name)
+        out[entry_name] = entry
     return out
 
 
@@ -320,28 +330,75 @@ def local_data_offset(header: bytes, entry: ZipEntry, name: str) -> int:
     return entry.offset + _LOCAL.size + fields[10] + fields[11]
 
 
-def decode_entry(raw: bytes, entry: ZipEntry, name: str) -> bytes:
-    """An entry's bytes from its stored (maybe deflated) bytes, with length and CRC checked."""
+def _is_pickle(entry_name: str) -> bool:
+    """Whether an entry is a ``data.pkl`` that :func:`archive_prefix` may choose."""
+    return entry_name == "data.pkl" or (
+        entry_name.endswith("/data.pkl") and entry_name.count("/") == 1
+    )
+
+
+def check_entry(entry: ZipEntry, name: str) -> None:
+    """Refuse an entry from its directory fields alone, before any size limit or read.
+
+    Run on every ``data.pkl`` as the directory is parsed, and on every entry before it is
+    decoded: a zip bomb is a security finding, not a file too large to read.
+
+    Raises:
+        UnsafeCheckpointError: a deflated entry declaring over :data:`MAX_INFLATE_RATIO` times
+            its compressed size (and over :data:`INFLATE_FLOOR`): a zip bomb.
+        ReadError: an encrypted entry, an unknown compression method, or a stored entry whose
+            declared size is not its stored size.
+
+    Example:
+        >>> check_entry(ZipEntry("archive/data.pkl", 10, 10, 0, 0, 0, 0), "x.pt")  # stored
+        >>> check_entry(ZipEntry("archive/data.pkl", 1 << 30, 1 << 20, 0, 8, 0, 0), "x.pt")
+        ... # doctest: +SKIP
+        UnsafeCheckpointError: Cannot read 'x.pt' (archive/data.pkl): a zip bomb: ...
+    """
     if entry.flags & 0x1:
         raise _zip_error(name, entry.name, "the entry is encrypted")
+    if entry.method == 0:
+        if entry.size != entry.compressed_size:
+            raise _zip_error(
+                name,
+                entry.name,
+                f"the entry is stored uncompressed in {entry.compressed_size} bytes but declares "
+                f"{entry.size}",
+            )
+    elif entry.method == 8:
+        if entry.size > max(INFLATE_FLOOR, MAX_INFLATE_RATIO * entry.compressed_size):
+            ratio = (
+                f"{entry.size // entry.compressed_size}:1"
+                if entry.compressed_size
+                else "from nothing"
+            )
+            raise UnsafeCheckpointError(
+                f"Cannot read '{name}' ({entry.name}): a zip bomb: {entry.compressed_size} "
+                f"deflated bytes declare {entry.size} bytes inflated ({ratio}, over the "
+                f"{MAX_INFLATE_RATIO}:1 a checkpoint reader accepts). Refusing to inflate it; "
+                "torch.load would."
+            )
+    else:
+        raise _zip_error(name, entry.name, f"unsupported compression method {entry.method}")
+
+
+def decode_entry(raw: bytes, entry: ZipEntry, name: str) -> bytes:
+    """An entry's bytes from its stored (maybe deflated) bytes, with length and CRC checked.
+
+    Raises:
+        UnsafeCheckpointError, ReadError: see :func:`check_entry`; also bytes that do not
+            inflate, or whose length or CRC disagree with the directory.
+    """
+    check_entry(entry, name)
     if len(raw) != entry.compressed_size:
         raise _zip_error(name, entry.name, "the file ends inside this entry")
     if entry.method == 0:
         data = raw
-    elif entry.method == 8:
-        if entry.size > max(1 << 20, MAX_INFLATE_RATIO * entry.compressed_size):
-            raise UnsafeCheckpointError(
-                f"Cannot read '{name}' ({entry.name}): {entry.compressed_size} deflated bytes "
-                f"declare {entry.size} bytes, a ratio over {MAX_INFLATE_RATIO}:1 (a zip bomb?). "
-                "Refusing to inflate it. Raise ckptdiff.readers.torch_zip.MAX_INFLATE_RATIO if "
-                "you trust the file."
-            )
+    else:
         try:
             data = zlib.decompressobj(-15).decompress(raw, entry.size + 1)
         except zlib.error as e:
             raise _zip_error(name, entry.name, f"it does not inflate ({e})") from e
-    else:
-        raise _zip_error(name, entry.name, f"unsupported compression method {entry.method}")
     if len(data) != entry.size:
         raise _zip_error(name, entry.name, f"it holds {len(data)} bytes, not {entry.size}")
     if zlib.crc32(data) != entry.crc:
