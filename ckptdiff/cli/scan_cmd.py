@@ -114,10 +114,13 @@ def _scan_index(path: str, shown: str) -> ScanResult:
 
 
 def scan_source(source: str) -> list[ScanResult]:
-    """Scan one source: a file, a folder (every weights file below it) or a hub repo."""
+    """Scan one source: a file, a folder (every weights file below it) or a hub repo.
+
+    In a folder, every file and index is judged as a checkpoint of the folder it sits in, so a
+    subfolder gets the same verdicts whether it is scanned alone or as part of its parent.
+    """
     from ckptdiff.errors import CkptDiffError, UnsafeCheckpointError
     from ckptdiff.readers import HUB_PREFIXES, read
-    from ckptdiff.readers.sharded import confined_path
 
     if source.startswith(HUB_PREFIXES):
         try:
@@ -140,17 +143,38 @@ def scan_source(source: str) -> list[ScanResult]:
     for full, rel in _walk(path):
         shown = os.path.join(source, rel)
         if os.path.islink(full):
-            try:
-                confined_path(path, rel, source)
-            except UnsafeCheckpointError as e:
-                escape = [_finding("path_escape", str(e))]
-                results.append(ScanResult(shown, "flagged", findings=escape))
+            escape = _link_escape(full, shown)
+            if escape is not None:
+                results.append(ScanResult(shown, "flagged", findings=[escape]))
                 continue
             if os.path.isdir(full):
                 continue
         if _wanted(full):
             results.append(scan_file(full, shown))
     return results
+
+
+def _link_escape(full: str, shown: str) -> dict[str, Any] | None:
+    """The finding for a link that leaves the folder it sits in, else None.
+
+    Each link is judged against its own folder, the checkpoint folder a reader pointed at that
+    folder would confine itself to, whatever folder the scan started from: a verdict does not
+    depend on where the scan starts. Links into a Hugging Face cache's own blobs stay inside.
+    """
+    from ckptdiff.errors import UnsafeCheckpointError
+    from ckptdiff.readers.sharded import confined_path
+
+    folder, name = os.path.split(full)
+    try:
+        confined_path(folder, name, shown)
+    except UnsafeCheckpointError:
+        target = os.path.realpath(full)
+        message = (
+            f"Cannot read '{shown}': it is a link to {target}, outside the checkpoint's folder "
+            f"'{os.path.dirname(shown) or '.'}'. Refusing to follow it."
+        )
+        return _finding("path_escape", message, (name,))
+    return None
 
 
 def render_table(results: list[ScanResult]) -> str:
@@ -184,23 +208,28 @@ def render_json(results: list[ScanResult]) -> str:
 @click.command("scan")
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="A text list for people, JSON for machines.")
+              show_default=True,
+              help="Output: table (a line per file, its first findings under it) or json "
+                   "(schema ckptdiff.scan/1, every finding). No markdown.")
 @debug_option
 @handle_errors
 def scan(sources: tuple[str, ...], fmt: str) -> None:
     """Report what is unsafe in checkpoints, without loading them: findings only.
 
     Each SOURCE is a file, a folder (every weights file below it, found by content or
-    extension; links are not followed out of it) or a hub repo. Nothing is imported or run:
-    a pickle is read with an allow-list of globals and every other global is reported.
+    extension) or a hub repo. In a folder, each file is judged against the folder it sits in,
+    as if that folder were scanned alone: a link out of it is flagged, not followed (links
+    into a Hugging Face cache's own blobs are fine). Nothing is imported or run: a pickle is
+    read with an allow-list of globals and every other global is reported.
 
     \b
     Examples:
       ckptdiff scan downloaded.ckpt
       ckptdiff scan ~/models/ --format json
 
-    Exit codes: 0 every file is clean, 2 some file could not be read (and none is flagged),
-    3 some file names code outside the allow-list, escapes its folder or is a zip bomb.
+    Exit codes: 0 every file is clean, 2 some file could not be read or no weights file was
+    found (and none is flagged), 3 some file names code outside the allow-list, escapes its
+    folder or is a zip bomb.
     """
     results = [r for source in sources for r in scan_source(source)]
     emit(render_json(results) if fmt == "json" else render_table(results))

@@ -110,3 +110,64 @@ def test_scan_reports_unreadable_files_with_exit_2(runner, tmp_path):
     assert result.exit_code == 2, result.output
     doc = json.loads(result.stdout)
     assert doc["schema"] == "ckptdiff.scan/1" and doc["counts"]["unreadable"] == 1
+
+
+_FOLDER_CASES = [c.name for c in CASES if not c.torch_applies and c.name != "fifo.pt"]
+
+
+def test_scan_verdicts_do_not_depend_on_where_the_scan_starts(corpus, canary):
+    from ckptdiff.cli.scan_cmd import scan_source
+
+    root = next(iter(corpus.values()))[1].parent
+    from_root = {r.path: r.to_dict() for r in scan_source(str(root))}
+    assert not canary.exists()
+    for name in _FOLDER_CASES:
+        path = corpus[name][1]
+        assert path.is_dir(), name
+        alone = {r.path: r.to_dict() for r in scan_source(str(path))}
+        assert alone, name
+        below = {p: r for p, r in from_root.items() if p.startswith(f"{path}{os.sep}")}
+        assert below == alone, name
+    assert from_root[f"{root}/traversal_symlink/model-1.safetensors"]["status"] == "flagged"
+
+
+def test_scan_judges_a_link_against_the_folder_it_sits_in(runner, tmp_path):
+    from fixtures.hostile import _safetensors_bytes
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.safetensors").write_bytes(_safetensors_bytes())
+    os.symlink("../b/model.safetensors", tmp_path / "a" / "model.safetensors")  # leaves a/
+    os.symlink("model.safetensors", tmp_path / "b" / "same.safetensors")  # stays in b/
+    for source in (tmp_path, tmp_path / "a"):
+        result = runner.invoke(main, ["scan", str(source), "--format", "json"])
+        assert result.exit_code == 3, result.output
+        status = {f["path"]: f["status"] for f in json.loads(result.stdout)["files"]}
+        assert status[f"{tmp_path}/a/model.safetensors"] == "flagged"
+        if source == tmp_path:
+            assert status[f"{tmp_path}/b/same.safetensors"] == "clean"
+            assert status[f"{tmp_path}/b/model.safetensors"] == "clean"
+
+
+def test_scan_allows_links_into_a_hub_cache_s_own_blobs(runner, tmp_path):
+    from fixtures.hostile import _safetensors_bytes
+
+    repo = tmp_path / "hub" / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "abc123").write_bytes(_safetensors_bytes())
+    snapshot = repo / "snapshots" / "0123abcd"
+    (snapshot / "sub").mkdir(parents=True)
+    os.symlink("../../blobs/abc123", snapshot / "model.safetensors")
+    os.symlink("../../../blobs/abc123", snapshot / "sub" / "model.safetensors")
+    for source in (tmp_path / "hub", snapshot, snapshot / "sub"):
+        result = runner.invoke(main, ["scan", str(source), "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert all(f["status"] == "clean" for f in json.loads(result.stdout)["files"])
+
+
+def test_scan_help_names_exactly_the_formats_it_takes(runner):
+    result = runner.invoke(main, ["scan", "--help"])
+    assert "--format [table|json]" in result.stdout
+    assert "ckptdiff.scan/1" in result.stdout
+    result = runner.invoke(main, ["scan", ".", "--format", "markdown"])
+    assert result.exit_code == 2 and "'markdown' is not one of 'table', 'json'" in result.output
