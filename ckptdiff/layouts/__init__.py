@@ -170,5 +170,5 @@ def layout_findings(report: Report, checkpoint: Manifest, target: Manifest) -> l
     """Findings ``check`` adds after diffing: one model-parallel rank of N checked alone."""
     from ckptdiff.layouts.parallel import shard_factor_finding
 
-    found = shard_factor_finding(report)
+    found = shard_factor_finding(report, target)
     return [found] if found is not None else []

@@ -194,12 +194,23 @@ def _factor(m: Mismatch) -> tuple[int, int] | None:
     return None
 
 
-def shard_factor_finding(report: Report) -> Finding | None:
-    """One model-parallel rank checked against the whole model: every mismatch is ``x N``.
+def shard_factor_finding(report: Report, target: Manifest | None = None) -> Finding | None:
+    """One model-parallel rank checked against the whole model: the matrices are cut ``1/N``.
 
     Returns an ``error`` finding (``mp_shard``) when at least two mismatches, and every one of
-    them, are the target's shape with one dimension divided by the same ``N``.
+    them, are the target's shape with one dimension divided by the same ``N``, and those cut
+    tensors are most of the split-able ones (matrices: embeddings and projections) the
+    checkpoint supplies. A rank cuts every column- and row-parallel matrix, so a handful of
+    halved tensors among many that load (the k/v projections of grouped-query attention, a
+    vocabulary half the size) is another cause, not a shard. When the explain layer found a
+    key map, the comparison with it applied (``report.aligned``) is the one judged.
+
+    Args:
+        report: the comparison (``aligned`` used when present).
+        target: the target's manifest, for the shapes of the keys that match.
     """
+    findings = report.findings
+    report = report.aligned or report
     if len(report.mismatched) < 2:
         return None
     factors = [_factor(m) for m in report.mismatched]
@@ -209,19 +220,44 @@ def shard_factor_finding(report: Report) -> Finding | None:
     if len(ns) != 1:
         return None
     n = ns.pop()
+    if _explained_elsewhere(report.mismatched, findings):
+        return None
+    cut = len(report.mismatched)
+    splittable = cut + sum(1 for k in report.matched if _is_matrix(k, target))
+    if cut * 2 < splittable:  # a uniform split leaves few matrices whole
+        return None
     dims = Counter(f[0] for f in factors if f is not None)
     listed = ", ".join(f"{c} on dim {d}" for d, c in sorted(dims.items()))
     keys = tuple(m.key for m in report.mismatched)
     return Finding(
         "mp_shard",
         f"This looks like one of {n} model-parallel shards: all {len(keys)} mismatched tensors are "
-        f"exactly 1/{n} of the target's along one dimension ({listed}). Merge the {n} rank files "
+        f"exactly 1/{n} of the target's along one dimension ({listed}), "
+        f"{cut} of the {splittable} matrices it supplies. Merge the {n} rank files "
         f"(e.g. consolidated.00.pth ... consolidated.{n - 1:02d}.pth) first, or run with "
         f"model parallelism {n}",
         keys[:50],
         "error",
-        {"mp_world_size": n, "dims": dict(dims)},
+        {"mp_world_size": n, "dims": dict(dims), "cut": cut, "matrices": splittable},
     )
+
+
+#: causes that halve a dimension of some tensors for another reason than a model-parallel cut
+_OTHER_CAUSES = frozenset({"kv_heads"})
+
+
+def _explained_elsewhere(mismatched: Sequence[Mismatch], findings: Sequence[Finding]) -> bool:
+    """Every mismatch is named by a cause that is not a model-parallel cut (GQA's k/v rows)."""
+    explained: set[str] = set()
+    for f in findings:
+        if f.kind == "cause" and f.data.get("cause") in _OTHER_CAUSES:
+            explained.update(f.data.get("keys") or f.keys)
+    return bool(explained) and all(m.key in explained for m in mismatched)
+
+
+def _is_matrix(key: str, target: Manifest | None) -> bool:
+    spec = target.tensors.get(key) if target is not None else None
+    return spec is not None and len(spec.shape) >= 2
 
 
 def with_finding(report: Report, finding: Finding | None) -> Report:

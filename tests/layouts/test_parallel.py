@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def test_one_rank_against_the_whole_model(tmp_path: Path) -> None:
     assert report.exit_code == 1
     shard = report.findings[0]
     assert shard.kind == "mp_shard" and shard.severity == "error"
-    assert shard.data == {"mp_world_size": 2, "dims": {0: 3, 1: 2}}
+    assert shard.data == {"mp_world_size": 2, "dims": {0: 3, 1: 2}, "cut": 5, "matrices": 5}
     assert "one of 2 model-parallel shards" in shard.message
 
 
@@ -83,3 +84,54 @@ def test_split_dims_rules() -> None:
     assert split_dims(specs, 2, 16) == {
         "tok_embeddings.weight": 1, "wq.weight": 0, "wo.weight": 1, "w1.weight": 0,
         "w1.bias": 0, "wo.bias": None, "norm.weight": None}
+
+
+def _llama_dims(model: torch.nn.Module) -> dict[str, int | None]:
+    """Megatron's cut of a Llama: column-parallel q/k/v/gate/up/lm_head and the vocabulary,
+    row-parallel o/down; norms replicated."""
+    rows = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head", "embed_tokens")
+    cols = ("o_proj", "down_proj")
+    return {k: 0 if any(r in k for r in rows) else 1 if any(c in k for c in cols) else None
+            for k in model.state_dict()}
+
+
+def test_one_llama_rank_is_a_shard(tmp_path: Path) -> None:
+    model = L.tiny_llama(num_key_value_heads=2, tie_word_embeddings=False)
+    folder = L.write_mp_shards(tmp_path / "ckpt", model, _llama_dims(model), 2)
+    report = ckptdiff.check(L.tiny_llama(num_key_value_heads=2, tie_word_embeddings=False),
+                            str(folder / "consolidated.00.pth"))
+    (shard,) = [f for f in report.findings if f.kind == "mp_shard"]
+    assert shard.data["mp_world_size"] == 2 and shard.data["cut"] == shard.data["matrices"] == 16
+    assert not any(f.data.get("cause") == "kv_heads" for f in report.findings)
+
+
+def test_grouped_query_attention_is_not_a_shard(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    gqa = L.tiny_llama(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    path = tmp_path / "gqa.safetensors"
+    save_file({k: v.contiguous() for k, v in gqa.state_dict().items()}, str(path))
+    report = ckptdiff.check(
+        L.tiny_llama(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
+        str(path))
+    assert len(report.mismatched) == 4  # k_proj and v_proj of both layers, half the rows
+    assert not [f for f in report.findings if f.kind == "mp_shard"]
+    assert any(f.data.get("cause") == "kv_heads" for f in report.findings)
+
+
+def test_few_halved_matrices_are_not_a_shard() -> None:
+    """Two halved tables among many whole matrices (a vocabulary half the size) is no cut."""
+    from ckptdiff.layouts.parallel import shard_factor_finding
+    from ckptdiff.types import Manifest, Mismatch, Report
+
+    target = Manifest("t", "meta-model", {
+        k: T(k, s, "f") for k, s in [("embed.weight", (64, 16)), ("head.weight", (64, 16)),
+                                     ("a.weight", (16, 16)), ("b.weight", (16, 16)),
+                                     ("c.weight", (16, 16))]})
+    report = Report("c", "t", "safetensors", "meta-model",
+                    mismatched=(Mismatch("embed.weight", (32, 16), (64, 16), "f", "f"),
+                                Mismatch("head.weight", (32, 16), (64, 16), "f", "f")),
+                    matched=("a.weight", "b.weight", "c.weight"))
+    assert shard_factor_finding(report, target) is None
+    whole = replace(report, matched=("a.weight",))
+    assert shard_factor_finding(whole, target) is not None
