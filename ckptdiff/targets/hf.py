@@ -9,8 +9,12 @@ from the hub; no repository code is run.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
+import inspect
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -26,6 +30,7 @@ __all__ = [
     "model_class_name",
     "quiet_transformers",
     "resolve_config_path",
+    "unknown_fields",
 ]
 
 HF_PREFIX = "hf-config:"
@@ -136,6 +141,7 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None, base: Any
             raise TargetError(f"Cannot read '{path}' (target config): not valid JSON ({e}).") from e
         if not isinstance(data, dict):
             raise TargetError(f"Cannot read '{path}' (target config): not a JSON object.")
+    original = data
     data = deep_merge(data, overrides or {})
     model_type = data.get("model_type")
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -156,13 +162,119 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None, base: Any
             f"model_type {model_type!r}.{code} Upgrade transformers, or use a Python factory "
             "target (pkg.module:callable)."
         )
+    config_class = CONFIG_MAPPING[model_type]
+    unknown = unknown_fields(config_class, original, overrides or {})
+    if unknown:
+        raise TargetError(
+            f"Cannot build '{spec}': "
+            + "; ".join(
+                f"unknown config field '{path}' for {cls_name}"
+                + (f" (did you mean {close}?)" if close else "")
+                for path, cls_name, close in unknown
+            )
+            + ". --arg and --config keys must be fields of the config class (dotted paths reach "
+            "into sub-configs: text_config.vocab_size)."
+        )
     try:
         with quiet_transformers():
-            return CONFIG_MAPPING[model_type].from_dict(data)
+            return config_class.from_dict(data)
     except Exception as e:
         raise TargetError(
             f"Cannot build '{spec}' (config of model_type {model_type!r}): {type(e).__name__}: {e}."
         ) from e
+
+
+def unknown_fields(
+    config_class: Any, data: Mapping[str, Any], overrides: Mapping[str, Any], prefix: str = ""
+) -> list[tuple[str, str, str | None]]:
+    """The overrides that name no field of ``config_class`` (nor a key ``data`` already has).
+
+    A field is a key of the class's default ``to_dict()``, a parameter of its ``__init__``, an
+    ``attribute_map`` alias (GPT-2's ``hidden_size``), a public property (``num_labels``) or a
+    legacy keyword its ``__init__`` still reads from ``kwargs`` (``rope_theta``).
+    Nested overrides are checked against the sub-config's class (``text_config.vocab_size``);
+    other dict-valued fields (``label2id``, ``rope_parameters``) take any key.
+
+    Returns:
+        ``(dotted path, config class name, closest known path or None)`` per unknown field.
+    """
+    known = set(_field_names(config_class)) | set(data)
+    subs = _sub_config_classes(config_class, data)
+    out: list[tuple[str, str, str | None]] = []
+    for key, value in overrides.items():
+        path = prefix + str(key)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            out.append((path, config_class.__name__, prefix + close[0] if close else None))
+            continue
+        if isinstance(value, Mapping) and key in subs:
+            sub_data = data.get(key)
+            out += unknown_fields(
+                subs[key], sub_data if isinstance(sub_data, Mapping) else {}, value, path + "."
+            )
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _field_names(config_class: Any) -> frozenset[str]:
+    names: set[str] = set()
+    with contextlib.suppress(Exception), quiet_transformers():
+        names.update(config_class().to_dict())
+    with contextlib.suppress(TypeError, ValueError):
+        names.update(
+            n
+            for n, p in inspect.signature(config_class.__init__).parameters.items()
+            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
+    names.update(getattr(config_class, "attribute_map", None) or {})
+    names.update(
+        n
+        for n, v in inspect.getmembers(config_class, lambda v: isinstance(v, property))
+        if not n.startswith("_")
+    )
+    for cls in config_class.__mro__:  # legacy keys an __init__ still takes: rope_theta
+        with contextlib.suppress(OSError, TypeError):
+            names.update(
+                n for n in _KWARGS_READ.findall(inspect.getsource(cls)) if not n.startswith("_")
+            )
+    return frozenset(names)
+
+
+_KWARGS_READ = re.compile(r"kwargs\.(?:pop|get)\(\s*[\"'](\w+)[\"']")
+
+
+def _sub_config_classes(config_class: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``{field: config class}`` of the sub-configs (``text_config``...) of ``config_class``."""
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    declared = dict(getattr(config_class, "sub_configs", None) or {})
+    out: dict[str, Any] = {}
+    for name in set(declared) | {k for k, v in data.items() if isinstance(v, Mapping)}:
+        value = data.get(name)
+        model_type = value.get("model_type") if isinstance(value, Mapping) else None
+        if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+            out[name] = CONFIG_MAPPING[model_type]
+            continue
+        cls = declared.get(name)
+        if isinstance(cls, type) and issubclass(cls, PretrainedConfig) and cls.model_type:
+            out[name] = cls
+            continue
+        default = _default_sub_config(config_class, name)
+        if default is not None:
+            out[name] = default
+    return out
+
+
+def _default_sub_config(config_class: Any, name: str) -> Any:
+    from transformers import PretrainedConfig
+
+    try:
+        with quiet_transformers():
+            value = getattr(config_class(), name, None)
+    except Exception:
+        return None
+    return type(value) if isinstance(value, PretrainedConfig) else None
 
 
 def model_class_name(config: Any, auto_class: str | None) -> str:
