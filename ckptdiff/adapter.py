@@ -27,9 +27,9 @@ from dataclasses import replace
 from typing import Any
 
 from ckptdiff.align import find_prefix_matches
-from ckptdiff.diff import compare
+from ckptdiff.diff import compare, module_coverage
 from ckptdiff.keymap import KeyMap
-from ckptdiff.readers.peft import ADAPTER_PREFIX, parse_adapter_key
+from ckptdiff.readers.peft import ADAPTER_PREFIX, CHECK_ADVICE, parse_adapter_key
 from ckptdiff.types import Finding, Manifest, Report, Suggestion, TensorSpec
 
 __all__ = ["base_manifest", "check_adapter", "expected_adapter", "level_change"]
@@ -211,6 +211,10 @@ def check_adapter(
 ) -> Report:
     """Check a PEFT adapter against its base model.
 
+    Coverage counts the adapter's own tensors together with those the base expects of it
+    (``lora_A``/``lora_B`` of targeted modules, ``modules_to_save`` copies): a tensor counts as
+    supplied when it lands on its base module with the expected shape.
+
     Args:
         target: the base model's manifest (a built target; a PEFT-wrapped model works too).
         adapter: the adapter's manifest (``read("adapter_dir")``).
@@ -318,7 +322,8 @@ def check_adapter(
             tuple(lora_keys[:5]), "error",
             {"adapter_tensors": len(lora_keys), "base": target.source}))
     layout = next((f for f in adapter.findings if f.kind == "layout"), None)
-    extra = ([layout] if layout else [])
+    # checked against its base now: the advice to do so is dropped
+    extra = [replace(layout, message=layout.message.removesuffix(CHECK_ADVICE))] if layout else []
     return replace(
         report,
         findings=tuple(extra + findings) + tuple(f for f in report.findings if f is not layout),
@@ -335,8 +340,13 @@ def _compare(tensors: Mapping[str, TensorSpec], base: Manifest, cfg: Mapping[str
                             expected)
     ck = replace(adapter, tensors=dict(tensors), aliases={})
     report = compare(ck, exp_manifest, depth=depth)
+    # coverage of the adapter as a whole: every tensor it holds or the base expects of it, and
+    # the ones that land; an adapter none of whose modules is in the base reads 0%, not 0/0
+    every = {**tensors, **expected}
+    coverage = module_coverage(every.values(), set(report.matched), depth)
     # adapter tensors and their expected ones are float32 by default: dtype is not a finding here
-    return replace(report, dtype_changes=(), target=target.source, target_format=target.format)
+    return replace(report, dtype_changes=(), coverage=coverage, target=target.source,
+                   target_format=target.format)
 
 
 def _shape_causes(report: Report, cfg: Mapping[str, Any]) -> list[Finding]:

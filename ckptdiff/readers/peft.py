@@ -135,6 +135,10 @@ _CONFIG_FIELDS = ("peft_type", "r", "lora_alpha", "target_modules", "exclude_mod
                   "lora_bias", "bias", "task_type", "peft_version", "auto_mapping")  # fmt: skip
 
 
+#: the end of the layout finding's message; ``check`` against a base drops it
+CHECK_ADVICE = ". Check it against its base model: ckptdiff check ADAPTER --model BASE"
+
+
 def annotate_adapter(m: Manifest, config: Mapping[str, Any] | None) -> Manifest:
     """Mark a manifest as a PEFT adapter: ``metadata["layout"]``, ``metadata["peft"]``, a finding.
 
@@ -188,7 +192,7 @@ def annotate_adapter(m: Manifest, config: Mapping[str, Any] | None) -> Manifest:
         )
     if config is None:
         msg += f"; no {ADAPTER_CONFIG} next to it"
-    msg += ". Check it against its base model: ckptdiff check ADAPTER --model BASE"
+    msg += CHECK_ADVICE
     layout = f"peft-{peft_type}"
     finding = Finding("layout", msg, (), "info", {"layout": layout, "peft": cfg})
     return replace(

@@ -118,6 +118,28 @@ def test_adapter_matching_nothing_is_a_loud_error(lora_dir: Path) -> None:
     assert kinds["target_modules_absent"] == "error"
     nothing = next(f for f in report.findings if f.kind == "adapter_matches_nothing")
     assert "none of the adapter's 8 LoRA tensors" in nothing.message
+    # coverage counts the adapter's own tensors: nothing lands, and it does not read 0/0 = 100%
+    whole = report.coverage[0]
+    assert whole.module == "" and whole.share == 0.0
+    assert (whole.supplied_tensors, whole.expected_tensors) == (0, 9)  # 8 LoRA + the lm_head copy
+
+
+def test_coverage_counts_adapter_tensors_the_base_has_no_place_for(lora_dir: Path) -> None:
+    base = L.tiny_llama(num_hidden_layers=1)  # layer 1's four LoRA tensors find no module
+    report = ckptdiff.check(base, str(lora_dir))
+    whole = report.coverage[0]
+    assert len(report.unexpected) == 4
+    assert (whole.supplied_tensors, whole.expected_tensors) == (5, 9)
+
+
+def test_check_against_a_base_drops_the_advice_to_do_so(lora_dir: Path) -> None:
+    advice = "ckptdiff check ADAPTER --model BASE"
+    (read_layout,) = [f for f in ckptdiff.read(str(lora_dir)).findings if f.kind == "layout"]
+    assert advice in read_layout.message  # inspect still says it
+    (layout,) = [f for f in ckptdiff.check(L.tiny_llama(), str(lora_dir)).findings
+                 if f.kind == "layout"]
+    assert advice not in layout.message
+    assert layout.message.startswith("PEFT LORA adapter for LlamaForCausalLM (r=4, alpha=8)")
 
 
 def test_cli_check_exit_codes(lora_dir: Path, old_layout_lora: Path, runner) -> None:
