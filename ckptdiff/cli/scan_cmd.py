@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ckptdiff.cli.common import debug_option, emit, handle_errors
+from ckptdiff.cli.common import debug_option, emit, handle_errors, stats_option
 
 SCAN_SCHEMA = "ckptdiff.scan/1"
 #: Findings listed per file in the table (JSON has them all).
@@ -212,6 +212,7 @@ def render_json(results: list[ScanResult]) -> str:
               help="Output: table (a line per file, its first findings under it) or json "
                    "(schema ckptdiff.scan/1, every finding). No markdown.")
 @debug_option
+@stats_option
 @handle_errors
 def scan(sources: tuple[str, ...], fmt: str) -> None:
     """Report what is unsafe in checkpoints, without loading them: findings only.
