@@ -192,7 +192,8 @@ def render_table(results: list[ScanResult]) -> str:
     counts = {s: sum(r.status == s for r in results) for s in ("clean", "flagged", "unreadable")}
     lines.append("")
     lines.append(
-        f"{len(results)} files: {counts['flagged']} flagged, {counts['unreadable']} unreadable, "
+        f"{len(results)} file{'' if len(results) == 1 else 's'}: "
+        f"{counts['flagged']} flagged, {counts['unreadable']} unreadable, "
         f"{counts['clean']} clean."
     )
     return "\n".join(lines) + "\n"
