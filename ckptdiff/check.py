@@ -21,7 +21,12 @@ from ckptdiff.keymap import KeyMap
 from ckptdiff.readers import read
 from ckptdiff.types import Coverage, Finding, Manifest, Report
 
-__all__ = ["check", "base_model_prefix_keymap", "unloaded_module_findings"]
+__all__ = [
+    "check",
+    "base_model_prefix_keymap",
+    "key_map_coverage_finding",
+    "unloaded_module_findings",
+]
 
 
 def check(
@@ -92,8 +97,7 @@ def check(
     prefix_map, prefix_finding = base_model_prefix_keymap(checkpoint, target, user_map)
     combined = (user_map or KeyMap()) + (prefix_map or KeyMap())
     report = diff_manifests(checkpoint, target, key_map=combined or None, depth=depth)
-    extra = ([prefix_finding] if prefix_finding else []) + unloaded_module_findings(
-        report.coverage, mismatched=[m.key for m in report.mismatched])
+    extra = ([prefix_finding] if prefix_finding else []) + _coverage_findings(report)
     extra = layout_findings(report, checkpoint, target) + extra
     return replace(report, findings=tuple(extra) + report.findings) if extra else report
 
@@ -165,15 +169,70 @@ def base_model_prefix_keymap(
     return prefix_map, finding
 
 
+def _coverage_findings(report: Report) -> list[Finding]:
+    """The unloaded-module warnings, from the comparison the output shows.
+
+    When the explain layer found a key map (``report.aligned``), the modules are judged with it
+    applied, and one finding says how much of the model loads without it and with it.
+    """
+    aligned = report.aligned
+    if aligned is None:
+        return unloaded_module_findings(
+            report.coverage, mismatched=[m.key for m in report.mismatched])
+    return [key_map_coverage_finding(report, aligned)] + unloaded_module_findings(
+        aligned.coverage, mismatched=[m.key for m in aligned.mismatched], with_key_map=True)
+
+
+def key_map_coverage_finding(report: Report, aligned: Report) -> Finding:
+    """How much of the model loads as the checkpoint is, and with the suggested key map."""
+    before = _whole(report.coverage)
+    after = _whole(aligned.coverage)
+    options = [s.field for s in report.suggestions if s.kind == "key_map" and s.field]
+    named = ", ".join(f"'{o}'" for o in options[:3]) + (", ..." if len(options) > 3 else "")
+    how = f" ({named})" if named else ""
+    share_before = before.share if before and before.expected else 0.0
+    share_after = after.share if after and after.expected else 0.0
+    if before is None or not before.supplied_tensors:
+        lead = f"Without the key map{how}, nothing loads"
+    else:
+        lead = (f"Without the key map{how}, {before.supplied_tensors} of "
+                f"{before.expected_tensors} tensors load")
+    tensors = (f" ({after.supplied_tensors} of {after.expected_tensors} tensors)"
+               if after is not None else "")
+    return Finding(
+        "key_map_coverage",
+        f"{lead}: coverage (parameters) goes from {share_before:.1%} as-is to {share_after:.1%} "
+        f"with the key map applied{tensors}.",
+        (),
+        "warning" if share_after > share_before else "info",
+        {
+            "before": round(share_before, 6),
+            "after": round(share_after, 6),
+            "supplied_tensors_before": before.supplied_tensors if before else 0,
+            "supplied_tensors_after": after.supplied_tensors if after else 0,
+            "expected_tensors": after.expected_tensors if after else 0,
+            "options": options,
+            "rules": list(aligned.key_map),
+        },
+    )
+
+
+def _whole(coverage: Sequence[Coverage]) -> Coverage | None:
+    return next((c for c in coverage if c.module == ""), None)
+
+
 def unloaded_module_findings(
-    coverage: Sequence[Coverage], mismatched: Sequence[str] = ()
+    coverage: Sequence[Coverage], mismatched: Sequence[str] = (), *, with_key_map: bool = False
 ) -> list[Finding]:
     """A warning for each outermost module the checkpoint supplies nothing of.
 
     A module whose parent already got a warning is not repeated; when nothing at all loads,
     one warning covers the whole model. ``mismatched`` (keys present with another shape) says
     whether the module is absent from the checkpoint or there with other shapes.
+    ``with_key_map``: the coverage is the one with the suggested key map applied (worded so).
     """
+    even = "Even with the key map, t" if with_key_map else "T"
+    in_ = "Even with the key map, nothing in" if with_key_map else "Nothing in"
     findings: list[Finding] = []
     empty: list[str] = []
     shaped: list[tuple[Coverage, int]] = []
@@ -192,7 +251,7 @@ def unloaded_module_findings(
         findings.append(
             Finding(
                 "module_not_loaded",
-                f"The checkpoint supplies none of {where} ({row.expected_tensors} "
+                f"{even}he checkpoint supplies none of {where} ({row.expected_tensors} "
                 f"tensor{'' if row.expected_tensors == 1 else 's'}, "
                 f"{row.expected:,} parameters): it would stay at its initial values.",
                 (row.module,),
@@ -201,6 +260,7 @@ def unloaded_module_findings(
                     "module": row.module,
                     "expected": row.expected,
                     "expected_tensors": row.expected_tensors,
+                    "with_key_map": with_key_map,
                 },
             )
         )
@@ -211,13 +271,14 @@ def unloaded_module_findings(
         findings.append(
             Finding(
                 "module_not_loaded",
-                f"Nothing in {names} loads with the right shape ({n_wrong} tensors there with "
+                f"{in_} {names} loads with the right shape ({n_wrong} "
+                f"tensor{'' if n_wrong == 1 else 's'} there with "
                 f"other shapes, {n_params:,} parameters): load_state_dict raises, and with "
                 "strict=False or ignore_mismatched_sizes they keep their initial values.",
                 tuple(r.module for r, _ in shaped),
                 "warning",
                 {"modules": [r.module for r, _ in shaped], "mismatched": n_wrong,
-                 "expected": n_params},
+                 "expected": n_params, "with_key_map": with_key_map},
             )
         )
     return findings
