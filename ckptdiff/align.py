@@ -27,6 +27,7 @@ __all__ = [
     "find_renames",
     "find_transposed",
     "scoped_prefix_rules",
+    "shared_components",
 ]
 
 #: Prefixes that wrappers add to every key (DDP, torch.compile, FSDP, Lightning, PEFT).
@@ -283,6 +284,27 @@ def _rename_candidates(
     return groups
 
 
+def shared_components(a: str, b: str) -> float:
+    """The share of two keys' components that agree at both ends (indices as ``#``).
+
+    ``enc.layers.0.layer_norm1.weight`` and ``enc.layers.0.ln_1.weight`` share 4 of 5;
+    ``encoder.layer.0.output.LayerNorm.weight`` and ``layers.0.input_layernorm.weight`` 1 of 6.
+
+    Example:
+        >>> shared_components("a.0.norm1.weight", "a.0.ln_1.weight")
+        0.75
+    """
+    ta, tb = _template(a)[0], _template(b)[0]
+    n = min(len(ta), len(tb))
+    p = 0
+    while p < n and ta[p] == tb[p]:
+        p += 1
+    s = 0
+    while s < n - p and ta[-1 - s] == tb[-1 - s]:
+        s += 1
+    return (p + s) / max(len(ta), len(tb), 1)
+
+
 def find_renames(
     unexpected: Mapping[str, Shape], missing: Mapping[str, Shape], *, min_pairs: int = 2
 ) -> list[KeyTransform]:
@@ -342,6 +364,7 @@ def find_renames(
         used_u.update(u for u, _ in unique)
         used_m.update(m for _, m in unique)
         old, new = ".".join(x), ".".join(y)
+        similarity = sum(shared_components(u, m) for u, m in unique) / len(unique)
         out.append(
             KeyTransform(
                 "rename",
@@ -349,7 +372,7 @@ def find_renames(
                 tuple(((u,), (m,)) for u, m in unique),
                 f"{len(unique)} checkpoint keys name '{old}' what the target calls '{new}' "
                 f"(same shapes): rename it",
-                {"from": old, "to": new},
+                {"from": old, "to": new, "known": known, "similarity": round(similarity, 3)},
             )
         )
     out.sort(key=lambda t: -len(t.pairs))
@@ -540,21 +563,97 @@ def _qkv_transform(
     )
 
 
+#: Projections whose output is wider than their input (``c_attn`` [d -> 3d], ``c_fc``...).
+_UP_PROJECTIONS = frozenset(
+    {
+        "c_attn",
+        "c_fc",
+        "qkv",
+        "query_key_value",
+        "Wqkv",
+        "wqkv",
+        "fc1",
+        "fc_in",
+        "up_proj",
+        "gate_proj",
+        "gate_up_proj",
+        "dense_h_to_4h",
+        "w1",
+        "w3",
+        "in_proj",
+        "c_fc2",
+    }
+)
+#: Projections whose output is narrower than their input (``mlp.c_proj`` [4d -> d]...).
+_DOWN_PROJECTIONS = frozenset({"fc2", "fc_out", "down_proj", "dense_4h_to_h", "w2"})
+#: transformers modules whose linear layers are GPT-2's ``Conv1D`` ([in, out]).
+_CONV1D_MODULES = re.compile(r"modeling_(gpt2|openai|imagegpt|decision_transformer)\b")
+
+
+def _stores_in_out(key: str, shape: Shape) -> bool | None:
+    """True when a 2-D weight of this name is stored [in, out], False for [out, in], None when
+    its name does not tell which of its dims is the input."""
+    parts = key.split(".")
+    if len(parts) < 2 or shape[0] == shape[1]:
+        return None
+    name, parent = parts[-2], parts[-3] if len(parts) > 2 else ""
+    if name in _UP_PROJECTIONS:
+        return shape[1] > shape[0]
+    if name in _DOWN_PROJECTIONS or (name == "c_proj" and parent == "mlp"):
+        return shape[0] > shape[1]
+    return None
+
+
+def transposed_layout(
+    mismatched: Iterable[tuple[str, Shape, Shape]], target_class: str | None = None
+) -> str | None:
+    """Which layout the checkpoint's transposed weights are in: ``"conv1d"`` ([in, out], as
+    GPT-2's ``Conv1D``), ``"linear"`` ([out, in], ``nn.Linear``), or None when nothing tells.
+
+    A target built from a transformers GPT-2-family module is Conv1D, so the checkpoint is
+    Linear; otherwise the names of up and down projections (``c_attn`` is wider out than in,
+    ``mlp.c_proj`` narrower) tell which dim of the checkpoint's shape is the input.
+
+    Example:
+        >>> transposed_layout([("h.0.mlp.c_fc.weight", (8, 32), (32, 8))])
+        'conv1d'
+    """
+    if target_class and _CONV1D_MODULES.search(target_class):
+        return "linear"
+    votes: Counter[bool] = Counter()
+    for key, a, _ in mismatched:
+        v = _stores_in_out(key, a)
+        if v is not None:
+            votes[v] += 1
+    if votes[True] > votes[False]:
+        return "conv1d"
+    if votes[False] > votes[True]:
+        return "linear"
+    return None
+
+
 def find_transposed(
-    mismatched: Iterable[tuple[str, Shape, Shape]], matched: Mapping[str, Shape] | None = None
+    mismatched: Iterable[tuple[str, Shape, Shape]],
+    matched: Mapping[str, Shape] | None = None,
+    *,
+    target_class: str | None = None,
 ) -> KeyTransform | None:
-    """Weights stored [in, out] (GPT-2's ``Conv1D``) where the target has [out, in] (``Linear``).
+    """Weights stored transposed: [in, out] (GPT-2's ``Conv1D``) on one side and [out, in]
+    (``nn.Linear``) on the other.
 
     One rule covers every key ending like a transposed one (``c_attn.weight``,
     ``c_fc.weight``): square weights with those endings (``attn.c_proj.weight``) are
     transposed too, as the layout is a property of the module type, and are listed in
-    ``data["square"]`` because their shapes alone cannot show it.
+    ``data["square"]`` because their shapes alone cannot show it. Which side is which is said
+    only when it is known (:func:`transposed_layout`): ``data["checkpoint_layout"]``.
 
     Args:
         mismatched: ``(key, checkpoint_shape, target_shape)`` for keys on both sides.
         matched: ``key -> shape`` of keys that already load, to find the square ones.
+        target_class: the target model's class path, when it was built.
     """
-    keys = [k for k, a, b in mismatched if len(a) == 2 and a != b and a == b[::-1]]
+    items = [(k, a, b) for k, a, b in mismatched if len(a) == 2 and a != b and a == b[::-1]]
+    keys = [k for k, _, _ in items]
     if not keys:
         return None
     endings = sorted({".".join(k.split(".")[-2:]) for k in keys})
@@ -570,13 +669,30 @@ def find_transposed(
         if square
         else ""
     )
+    layout = transposed_layout(items, target_class)
+    n = f"{len(keys)} weight{'s' if len(keys) != 1 else ''}"
+    if layout == "conv1d":
+        message = (
+            f"{n}: the checkpoint stores them as [in, out] (GPT-2's Conv1D); the target "
+            f"expects [out, in] (nn.Linear): transpose them (.t()){note}"
+        )
+    elif layout == "linear":
+        message = (
+            f"{n}: the checkpoint stores them as [out, in] (nn.Linear); the target (GPT-2's "
+            f"Conv1D) expects [in, out]: transpose them (.t()){note}"
+        )
+    else:
+        k, a, b = items[0]
+        message = (
+            f"{n} are stored transposed relative to the target ({k}: {list(a)} where the "
+            f"target has {list(b)}): transpose them (.t()){note}"
+        )
     return KeyTransform(
         "transpose",
         ({"op": "transpose", "pattern": pattern},),
         tuple(((k,), (k,)) for k in keys),
-        f"{len(keys)} weights are stored transposed ([in, out], as GPT-2's Conv1D) where the "
-        f"target has [out, in] (Linear): apply .t(){note}",
-        {"transform": ".t()", "square": square},
+        message,
+        {"transform": ".t()", "square": square, "checkpoint_layout": layout},
     )
 
 
@@ -584,7 +700,8 @@ def scoped_prefix_rules(match: PrefixMatch, checkpoint_keys: Iterable[str]) -> l
     """The rules of a prefix match, limited to the keys it pairs when it would touch others.
 
     ``--add-prefix text_branch.`` moves every key, also an ``audio_branch.*`` that loads as it
-    is; then the rule becomes a rename of the paired keys' first components only
+    is (and ``--strip-prefix a. --add-prefix b.`` moves the keys outside ``a.`` too); then the
+    rule becomes a rename of the paired keys' first components only
     (``^(?=(?:embeddings|encoder)\\.)`` -> ``text_branch.``).
 
     Example:
@@ -593,7 +710,8 @@ def scoped_prefix_rules(match: PrefixMatch, checkpoint_keys: Iterable[str]) -> l
         '^(?=(?:embeddings)(?:\\\\.|$))'
     """
     paired = {u for u, _ in match.pairs}
-    if not match.add or all(k in paired for k in checkpoint_keys if k.startswith(match.strip)):
+    # an add_prefix rule moves every key, also those outside the strip prefix
+    if not match.add or all(k in paired for k in checkpoint_keys):
         return match.rules()
     heads = sorted({u[len(match.strip) :].split(".", 1)[0] for u in paired})
     alternatives = "|".join(re.escape(h) for h in heads)

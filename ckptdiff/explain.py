@@ -70,11 +70,15 @@ class Alignment:
     before: Report
     after: Report
     checkpoint: Manifest
+    foreign: Finding | None = None
 
     @property
     def verified(self) -> bool:
-        """True when every target key a transform explains loads after the map."""
+        """True when every target key a transform explains loads after the map, and no
+        transform rests on equal shapes alone (a rename between unrelated names)."""
         ok = set(self.after.matched) | set(self.after.tied)
+        if any(t.data.get("basis") == "shapes" for t in self.transforms):
+            return False
         return all(k in ok for t in self.transforms for k in t.target_keys)
 
 
@@ -115,10 +119,18 @@ def align(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Alignmen
     ck = km.apply_to_manifest(checkpoint)
     report = compare(ck, target, depth=depth) if prefix_rules else before
     transforms: list[KeyTransform] = []
+    foreign = other_architecture(ck, target)
+    if foreign is not None:  # per-key renames between two architectures are coincidences
+        return Alignment(tuple(prefix_rules), (), km, before, report, ck, foreign)
 
     def take(found: Iterable[KeyTransform]) -> None:
         nonlocal ck, report, km
-        for t in found:
+        for found_t in found:
+            t: KeyTransform | None = found_t
+            if found_t.kind == "rename" and not found_t.data.get("known", True):
+                t = _rename_basis(found_t, report)
+            if t is None:
+                continue
             step = KeyMap.from_rules(t.rules)
             trial = step.apply_to_manifest(ck)
             trial_report = compare(trial, target, depth=depth)
@@ -134,6 +146,7 @@ def align(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Alignmen
                 find_transposed(
                     ((m.key, m.checkpoint_shape, m.target_shape) for m in report.mismatched),
                     {k: ck.tensors[k].shape for k in report.matched if k in ck.tensors},
+                    target_class=_target_class(target),
                 )
             ],
         )
@@ -143,6 +156,125 @@ def align(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Alignmen
     take(find_renames(*_only(report)))
     take(_known_renames_then_prefix(report))
     return Alignment(tuple(prefix_rules), tuple(transforms), km, before, report, ck)
+
+
+def _target_class(target: Manifest) -> str | None:
+    cls = target.metadata.get("class")
+    return cls if isinstance(cls, str) else None
+
+
+#: A rename whose keys share this share of their components is a rename of the same model.
+SIMILAR_NAMES = 0.5
+#: Share of the target's parameters that must already load for a rename on shapes alone.
+MOSTLY_MATCHES = 0.5
+
+
+def _rename_basis(t: KeyTransform, report: Report) -> KeyTransform | None:
+    """A rename that is not a known one is kept when the renamed keys share most of their
+    components (``basis="names"``), or when most of the model already loads as it is
+    (``basis="shapes"``: proposed, never verified); otherwise it is a coincidence of shapes."""
+    if float(t.data.get("similarity", 0.0)) >= SIMILAR_NAMES:
+        return replace(t, data={**t.data, "basis": "names"})
+    share = report.coverage[0].share if report.coverage else 0.0
+    if share < MOSTLY_MATCHES:
+        return None
+    return replace(
+        t,
+        message=t.message.replace(
+            "(same shapes): rename it",
+            "(same shapes, names with little in common): check it before renaming",
+        ),
+        data={**t.data, "basis": "shapes"},
+    )
+
+
+#: Key families recognisable by one pattern: (name, what shows it, regex).
+FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("BERT-like", "encoder.layer.*, LayerNorm", r"(^|\.)encoder\.layer\.\d+\.(attention|output)\."),
+    ("Llama-like", "layers.*.self_attn.q_proj", r"(^|\.)layers\.\d+\.self_attn\.q_proj\."),
+    ("GPT-2-like", "h.*.attn.c_attn", r"(^|\.)h\.\d+\.attn\.c_attn\."),
+    ("open_clip", "visual.transformer.resblocks", r"(^|\.)visual\.transformer\.resblocks\.\d+\."),
+    ("T5-like", "block.*.layer.*.SelfAttention", r"(^|\.)block\.\d+\.layer\.\d+\.SelfAttention\."),
+    ("timm ViT-like", "blocks.*.attn.qkv", r"(^|\.)blocks\.\d+\.attn\.qkv\."),
+    (
+        "transformers CLIP-like",
+        "vision_model.encoder.layers",
+        r"(^|\.)(vision|text)_model\.encoder\.layers\.\d+\.",
+    ),
+    (
+        "Meta's original Llama layout",
+        "layers.*.attention.wq",
+        r"(^|\.)layers\.\d+\.attention\.wq\.",
+    ),
+    (
+        "GPT-NeoX-like",
+        "layers.*.attention.query_key_value",
+        r"(^|\.)layers\.\d+\.attention\.query_key_value\.",
+    ),
+)
+_GENERIC_PARTS = frozenset({"weight", "bias"})
+
+
+def key_family(keys: Iterable[str]) -> tuple[str, str] | None:
+    """``(family, what shows it)`` of the key family most keys belong to, or None.
+
+    Example:
+        >>> key_family(["encoder.layer.0.attention.self.query.weight"])
+        ('BERT-like', 'encoder.layer.*, LayerNorm')
+    """
+    keys = list(keys)
+    best: tuple[int, tuple[str, str]] | None = None
+    for name, shown, rx in FAMILIES:
+        compiled = re.compile(rx)
+        n = sum(1 for k in keys if compiled.search(k))
+        if n and (best is None or n > best[0]):
+            best = (n, (name, shown))
+    return best[1] if best else None
+
+
+def _parts_of(keys: Iterable[str]) -> set[str]:
+    return {p for k in keys for p in k.split(".") if not p.isdigit() and p not in _GENERIC_PARTS}
+
+
+def other_architecture(checkpoint: Manifest, target: Manifest) -> Finding | None:
+    """One finding when the two sides share almost no key structure: under 10% of the
+    target's keys by name, and under a quarter of their key components.
+
+    The families are named where recognisable (BERT-like, Llama-like, GPT-2-like, open_clip).
+    """
+    ck_keys, tg_keys = list(checkpoint.tensors), list(target.tensors)
+    if len(ck_keys) < 4 or len(tg_keys) < 4:
+        return None
+    by_name = sum(1 for k in tg_keys if k in checkpoint.tensors)
+    if by_name >= 0.1 * len(tg_keys):
+        return None
+    a, b = _parts_of(ck_keys), _parts_of(tg_keys)
+    if not a or not b or len(a & b) >= 0.25 * len(a | b):
+        return None
+    fa, fb = key_family(ck_keys), key_family(tg_keys)
+    if fa and fb and fa[0] != fb[0]:
+        what = f"its keys are {fa[0]} ({fa[1]}), the target's {fb[0]} ({fb[1]})"
+    elif fa and not fb:
+        what = f"its keys are {fa[0]} ({fa[1]}), unlike the target's (e.g. {tg_keys[0]})"
+    elif fb and not fa:
+        what = f"its keys (e.g. {ck_keys[0]}) are unlike the target's, which are {fb[0]} ({fb[1]})"
+    else:
+        what = f"its keys (e.g. {ck_keys[0]}) are unlike the target's (e.g. {tg_keys[0]})"
+    return Finding(
+        "other_architecture",
+        f"The checkpoint looks like another architecture: {what}; they share almost no key "
+        f"structure ({by_name} of the target's {len(tg_keys)} keys by name), so no key map "
+        "or config change is proposed. Check that this is the model the checkpoint is for.",
+        (),
+        "warning",
+        {
+            "checkpoint_family": fa[0] if fa else None,
+            "target_family": fb[0] if fb else None,
+            "keys_by_name": by_name,
+            "target_keys": len(tg_keys),
+            "shared_components": sorted(a & b),
+        },
+    )
 
 
 def _known_renames_then_prefix(report: Report) -> list[KeyTransform]:
@@ -201,9 +333,7 @@ def _alignment_findings(al: Alignment) -> tuple[list[Finding], list[Suggestion]]
         if m and round(a, 6) != round(b_mod.get(m, 0.0), 6)
     ]
     kinds = ", ".join(sorted({t.kind for t in al.transforms}))
-    evidence = tuple(
-        f"{' + '.join(ks)} -> {' + '.join(ts)}" for t in al.transforms for ks, ts in t.pairs[:2]
-    )
+    evidence = _key_map_evidence(al.transforms)
     suggestion = Suggestion(
         "key_map",
         "--key-map",
@@ -222,6 +352,40 @@ def _alignment_findings(al: Alignment) -> tuple[list[Finding], list[Suggestion]]
         },
     )
     return findings, [suggestion]
+
+
+#: Samples of keys a suggestion shows; a last ``"... N more"`` entry counts the rest.
+EVIDENCE_SAMPLES = 5
+
+
+def sampled(entries: Sequence[str], n: int = EVIDENCE_SAMPLES) -> tuple[str, ...]:
+    """Up to ``n`` entries, then ``"... N more"`` with the exact number of the others.
+
+    Example:
+        >>> sampled([f"k{i}" for i in range(8)], 2)
+        ('k0', 'k1', '... 6 more')
+    """
+    rest = len(entries) - n
+    return tuple(entries[:n]) + ((f"... {rest} more",) if rest > 0 else ())
+
+
+def _key_map_evidence(transforms: Sequence[KeyTransform]) -> tuple[str, ...]:
+    """One entry per key a transform moves (transposed square keys too), the transforms
+    taking turns so each shows up in the samples."""
+    per: list[list[str]] = []
+    for t in transforms:
+        if t.kind == "transpose":
+            keys = [k for ks, _ in t.pairs for k in ks] + list(t.data.get("square", ()))
+            per.append([f"{k}: .t()" for k in keys])
+        else:
+            per.append([f"{' + '.join(ks)} -> {' + '.join(ts)}" for ks, ts in t.pairs])
+    entries = [e for row in _zip_longest(per) for e in row]
+    return sampled(entries)
+
+
+def _zip_longest(rows: Sequence[Sequence[str]]) -> list[list[str]]:
+    width = max((len(r) for r in rows), default=0)
+    return [[r[i] for r in rows if i < len(r)] for i in range(width)]
 
 
 def key_map_to_emit(report: Report) -> list[dict[str, Any]] | None:
@@ -497,13 +661,21 @@ def mlp_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
 
 def vocab_rows(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | None:
     """Input embedding and output head rows: the vocabulary."""
+    from ckptdiff.lint import VOCAB_HEAD_ROWS, vocab_tensors
+
+    vocab_keys: set[str] = set()
+    for side in (ck, target):
+        embeds, heads = vocab_tensors(side)
+        vocab_keys.update(embeds)
+        vocab_keys.update(k for k in heads if set(_parts(k)) & set(VOCAB_HEAD_ROWS))
+    widths = _width_pairs(report)
     rows: dict[str, tuple[int, int]] = {}
     for m in report.mismatched:
-        if not m.checkpoint_shape or not m.target_shape or len(m.checkpoint_shape) != 2:
+        if m.key not in vocab_keys or len(m.checkpoint_shape) != 2 or len(m.target_shape) != 2:
             continue
-        if _has(m.key, EMBED_NAMES) or (_has(m.key, HEAD_NAMES) and m.key.endswith("weight")):
-            if m.checkpoint_shape[0] != m.target_shape[0]:
-                rows[m.key] = (m.checkpoint_shape[0], m.target_shape[0])
+        pair = (m.checkpoint_shape[0], m.target_shape[0])
+        if pair[0] != pair[1] and pair not in widths:  # the hidden width is not a vocabulary
+            rows[m.key] = pair
     if not rows:
         return None
     keys = list(rows)
@@ -825,23 +997,118 @@ def explain(
     out = Explanation()
     if not report.ok:
         al = align(checkpoint, target, depth=depth)
+        if al.foreign is not None:
+            out.findings.append(al.foreign)
         f, s = _alignment_findings(al)
         out.findings += f
         out.suggestions += s
         aligned = al.after
         if al.key_map:
             out.aligned = replace(aligned, key_map=tuple(al.key_map.to_list()))
-        out.findings += causes(aligned, al.checkpoint, target)
-        if suggest and _rebuildable(target) and not aligned.ok:
-            from ckptdiff.suggest import suggest_config
+        if al.foreign is None:
+            out.findings += causes(aligned, al.checkpoint, target)
+            heads = new_heads(aligned, al.checkpoint, target)
+            out.findings += heads
+            explained = {k for h in heads for k in h.keys}
+            if suggest and _rebuildable(target) and not aligned.ok:
+                from ckptdiff.suggest import head_fixes, suggest_config
 
-            extra = suggest_config(aligned, al.checkpoint, target, key_map=al.key_map)
-            out.findings += extra.findings
-            out.suggestions += extra.suggestions
+                fixes = head_fixes(aligned, al.checkpoint, target)
+                out.findings += fixes.findings
+                out.suggestions += fixes.suggestions
+                explained |= fixes.explained
+                if not _all_explained(aligned, explained):
+                    extra = suggest_config(
+                        aligned, al.checkpoint, target, key_map=al.key_map, ignore=explained
+                    )
+                    out.findings += extra.findings
+                    out.suggestions += extra.suggestions
+                if fixes.overrides:
+                    _merge_fixed_config(out, target, fixes.overrides)
     from ckptdiff.lint import lint
 
     out.findings += lint(checkpoint, target=target)
     return out
+
+
+def _merge_fixed_config(out: Explanation, target: Manifest, overrides: Mapping[str, Any]) -> None:
+    """Add verified head changes (``tie_word_embeddings``) to the fixed config."""
+    from ckptdiff.suggest import fixed_config
+
+    for i, f in enumerate(out.findings):
+        if f.kind == "fixed_config":
+            merged = {**f.data.get("overrides", {}), **overrides}
+            config = fixed_config(target.config or {}, merged)
+            out.findings[i] = replace(
+                f,
+                message=f"The config with the {len(merged)} verified changes "
+                "(write it with --emit-config).",
+                keys=tuple(merged),
+                data={**f.data, "config": config, "overrides": merged},
+            )
+            return
+    out.findings.append(
+        Finding(
+            "fixed_config",
+            f"The config with the {len(overrides)} verified changes (write it with --emit-config).",
+            tuple(overrides),
+            "info",
+            {"config": fixed_config(target.config or {}, overrides), "overrides": dict(overrides)},
+        )
+    )
+
+
+def _all_explained(report: Report, explained: set[str]) -> bool:
+    """True when every key that keeps the report from loading is already explained."""
+    if report.mismatched or report.buffers_missing:
+        return False
+    return all(t.key in explained for t in report.missing + report.unexpected)
+
+
+#: Module names of task heads a base checkpoint does not have (a fine-tune starts them fresh).
+NEW_HEAD_NAMES = (*CLASS_HEADS, "qa_outputs", "pre_classifier")
+
+
+def new_heads(report: Report, ck: Manifest, target: Manifest) -> list[Finding]:
+    """A task head (``classifier.*``, ``score.*``) the target has and the checkpoint has not:
+    the usual start of a fine-tune, not a checkpoint of another model.
+
+    A head is a module named like one (:data:`NEW_HEAD_NAMES`) at the top or one level down,
+    all of whose tensors are missing, with no checkpoint key under it.
+    """
+    missing = {t.key for t in report.missing}
+    modules: dict[str, list[str]] = {}
+    for key in sorted(missing):
+        parts = _parts(key)
+        for i, p in enumerate(parts[:2]):
+            if _INT.match(p):
+                break
+            if p in NEW_HEAD_NAMES and i < len(parts) - 1:
+                modules.setdefault(".".join(parts[: i + 1]), []).append(key)
+                break
+    heads: list[str] = []
+    keys: list[str] = []
+    for mod, under in modules.items():
+        dot = mod + "."
+        if any(k.startswith(dot) for k in ck.tensors):
+            continue
+        if any(k.startswith(dot) and k not in missing for k in target.tensors):
+            continue
+        heads.append(mod)
+        keys += under
+    if not heads:
+        return []
+    shown = ", ".join(f"{h}.*" for h in heads)
+    return [
+        Finding(
+            "new_head",
+            f"A new head the checkpoint does not have ({shown}): it starts from its initial "
+            "values, as in any fine-tune from this checkpoint.",
+            tuple(keys),
+            "info",
+            {"modules": heads},
+        )
+    ]
 
 
 def _rebuildable(target: Manifest) -> bool:

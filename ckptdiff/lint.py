@@ -24,7 +24,14 @@ from typing import Any
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest
 
-__all__ = ["DESIGN_OFFSETS", "lint", "lint_config", "read_tokenizer_size", "vocab_tensors"]
+__all__ = [
+    "DESIGN_OFFSETS",
+    "VOCAB_HEAD_ROWS",
+    "lint",
+    "lint_config",
+    "read_tokenizer_size",
+    "vocab_tensors",
+]
 
 #: ``model_type -> embedding rows - head rows`` by design.
 DESIGN_OFFSETS: Mapping[str, int] = {"mllama": 8}
@@ -35,6 +42,8 @@ SHARED_SETTINGS = ("context_length", "vocab_size", "context_len")
 _EMBED = ("embed_tokens", "word_embeddings", "token_embedding", "wte", "tok_embeddings",
           "embed_in", "word_embedding", "tok_embedding")
 _HEAD_ROWS = ("lm_head", "embed_out")
+#: Output heads whose rows are the vocabulary.
+VOCAB_HEAD_ROWS = _HEAD_ROWS
 _HEAD_COLS = ("text_projection", "output_projection", "proj_out", "lm_head", "output")
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +33,11 @@ from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
 
 __all__ = [
+    "HeadFixes",
     "SuggestResult",
     "clear_cache",
+    "factory_defaults",
+    "head_fixes",
     "fixed_config",
     "numeric_fields",
     "suggest_config",
@@ -132,11 +136,76 @@ def numeric_fields(config: Mapping[str, Any]) -> dict[str, int | float]:
     return out
 
 
+def _probe_worthy(dotted: str) -> bool:
+    name = dotted.rsplit(".", 1)[-1].lower()
+    if name.endswith(_SKIP_SUFFIXES) or any(w in name for w in _SKIP_WORDS):
+        return False
+    return not any(p.isdigit() for p in dotted.split("."))
+
+
+#: Names of int fields that may be left None (``num_kv_heads=None``: "same as num_heads").
+_INT_LIKE = re.compile(r"(^|_)(num|n)_|_(size|dim|heads|layers)$|^(heads|layers|width)$")
+
+
+def factory_defaults(target: Manifest) -> dict[str, Any]:
+    """The keyword parameters of a factory target the config does not set, with their
+    defaults: ints, bools, and ``None`` where the annotation allows an int.
+
+    Example:
+        >>> m = build_target("fixtures.models:build_llama")  # doctest: +SKIP
+        >>> factory_defaults(m)["num_kv_heads"]  # doctest: +SKIP
+        None
+    """
+    import inspect
+
+    info = target.metadata.get("target")
+    if not isinstance(info, Mapping) or info.get("kind") != "factory":
+        return {}
+    from ckptdiff.targets.factory import load_callable
+
+    try:
+        params = inspect.signature(load_callable(str(info["spec"]))).parameters.values()
+    except (CkptDiffError, TypeError, ValueError):
+        return {}
+    config = target.config or {}
+    out: dict[str, Any] = {}
+    for p in params:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name in config:
+            continue
+        d = p.default
+        if d is None:
+            if re.search(r"\bint\b", str(p.annotation)):
+                out[p.name] = None
+        elif isinstance(d, (bool, int)):
+            out[p.name] = d
+    return out
+
+
+def _unset_fields(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, int]:
+    """Int fields whose value is None (in the config, or a factory's default) that are worth
+    probing: ``dotted -> 0`` (they are probed from explicit values, see :func:`_sensitivity`)."""
+    out: dict[str, int] = {}
+    leaves = [(d, v) for d, v in dotted_leaves(config)] + list(defaults.items())
+    for dotted, v in leaves:
+        name = dotted.rsplit(".", 1)[-1].lower()
+        if v is None and _probe_worthy(dotted) and _INT_LIKE.search(name):
+            out[dotted] = 0
+    return out
+
+
 def _get(config: Mapping[str, Any], dotted: str) -> Any:
     node: Any = config
     for p in dotted.split("."):
         node = node[p]
     return node
+
+
+def _current(config: Mapping[str, Any], defaults: Mapping[str, Any], dotted: str) -> Any:
+    """The value a field has now: the config's, else the factory's default, else None."""
+    try:
+        return _get(config, dotted)
+    except (KeyError, TypeError):
+        return defaults.get(dotted)
 
 
 def fixed_config(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,9 +293,27 @@ def _probe_value(v: int | float) -> int | float:
     return v * 2 if isinstance(v, int) else round(v * 2, 6)
 
 
+#: Explicit values an unset (None) field is probed at, in pairs; the first pair that builds.
+_UNSET_PROBES = ((1, 2), (2, 4), (4, 8), (8, 16))
+
+
 def _sensitivity(
-    prober: _Prober, base: Mapping[str, Any], cur: Manifest, fld: str, v0: int | float
+    prober: _Prober,
+    base: Mapping[str, Any],
+    cur: Manifest,
+    fld: str,
+    v0: int | float,
+    unset: bool = False,
 ) -> _Sensitivity | None:
+    if unset:  # no value to start from: compare two explicit ones
+        for a, b in _UNSET_PROBES:
+            ma, mb = prober.build({**base, fld: a}), prober.build({**base, fld: b})
+            if ma is None or mb is None:
+                continue
+            ca, cb = _container_counts(ma), _container_counts(mb)
+            containers = {c: (ca[c], cb[c]) for c in ca if c in cb and ca[c] != cb[c]}
+            return _Sensitivity(a, b, _shape_changes(ma, mb), containers)
+        return None
     for v1 in (_probe_value(v0), v0 + 1 if isinstance(v0, int) else v0 + 0.5):
         m = prober.build({**base, fld: v1})
         if m is None:
@@ -272,14 +359,27 @@ class _Solved:
     containers: list[str]
 
 
+def _free(s: _Sensitivity, loads: AbstractSet[str]) -> bool:
+    """True when changing the field moves no key that loads now."""
+    return not any(k in loads for k, _ in s.dims)
+
+
 def _solve_fields(
     sens: Mapping[str, _Sensitivity],
     dims: Mapping[DimKey, tuple[int, int]],
     containers: Mapping[str, tuple[int, int]],
     values: Mapping[str, int | float],
+    loads: AbstractSet[str] = frozenset(),
+    unset: AbstractSet[str] = frozenset(),
 ) -> tuple[dict[str, _Solved], list[str]]:
-    """Fields whose value follows from observations they move alone; and conflicts."""
-    movers_d = {d: [f for f, s in sens.items() if d in s.dims] for d in dims}
+    """Fields whose value follows from observations they move alone (or as the only field
+    among their movers that breaks no key that loads now: ``num_kv_heads`` for k/v rows that
+    ``hidden_size`` moves too); and conflicts."""
+
+    def solvers(movers: list[str]) -> list[str]:
+        return movers if len(movers) == 1 else [f for f in movers if _free(sens[f], loads)]
+
+    movers_d = {d: solvers([f for f, s in sens.items() if d in s.dims]) for d in dims}
     movers_c = {c: [f for f, s in sens.items() if c in s.containers] for c in containers}
     out: dict[str, _Solved] = {}
     conflicts: list[str] = []
@@ -309,9 +409,44 @@ def _solve_fields(
             continue
         value = vals.pop()
         assert value is not None  # noqa: S101 - checked above
-        if value != values[f]:
+        if value != values[f] or f in unset:
             out[f] = _Solved(value, used_d, used_c)
     return out, conflicts
+
+
+def _grid_solve(
+    prober: _Prober,
+    base: Mapping[str, Any],
+    ck: Manifest,
+    cur: Manifest,
+    dims: Mapping[DimKey, tuple[int, int]],
+    sens: Mapping[str, _Sensitivity],
+    values: Mapping[str, int | float],
+) -> dict[str, _Solved]:
+    """A ViT position grid, ``(image / patch)**2 (+1)`` rows: when the patch embedding's
+    kernel already agrees, the image size is ``grid * patch``; verified by a rebuild."""
+    from ckptdiff.explain import POSITION_HINTS, _grid, _patch
+
+    for (key, i), (want, _) in dims.items():
+        g = _grid(want) if any(h in key for h in POSITION_HINTS) else None
+        if g is None:
+            continue
+        branch = key.split(".")[0]
+        patch = _patch(ck, branch)
+        if patch is None or patch != _patch(cur, branch):
+            continue  # the patch size is solved first, from the kernel
+        for f, s in sens.items():
+            leaf = f.rsplit(".", 1)[-1].lower()
+            if (key, i) not in s.dims or not any(w in leaf for w in ("image", "img", "resol")):
+                continue
+            image = g[0] * patch
+            if image == values.get(f):
+                continue
+            m = prober.build({**base, f: image})
+            t = m.tensors.get(key) if m is not None else None
+            if t is not None and len(t.shape) > i and t.shape[i] == want:
+                return {f: _Solved(image, [(key, i)], [])}
+    return {}
 
 
 def _search(
@@ -463,6 +598,7 @@ def suggest_config(
     key_map: Any = None,
     rebuild: Rebuild | None = None,
     max_rounds: int = 4,
+    ignore: Collection[str] = (),
 ) -> SuggestResult:
     """Infer the config values that make the target's shapes the checkpoint's; verify on meta.
 
@@ -473,6 +609,7 @@ def suggest_config(
         key_map: the key map already applied (shown in messages only).
         rebuild: ``(target, overrides) -> Manifest``; default :func:`ckptdiff.targets.rebuild`.
         max_rounds: solve/rebuild rounds (each round solves what the previous one unlocked).
+        ignore: keys already explained otherwise (a new head): not reported as unfixed.
 
     Returns:
         A :class:`SuggestResult`: verified ``config`` (and ``call``) suggestions, and findings.
@@ -486,7 +623,17 @@ def suggest_config(
 
     out = SuggestResult()
     config = dict(target.config or {})
+    defaults = factory_defaults(target)
     values = numeric_fields(config)
+    values.update(
+        {
+            f: v
+            for f, v in defaults.items()
+            if isinstance(v, int) and not isinstance(v, bool) and _probe_worthy(f)
+        }
+    )
+    unset = _unset_fields(config, defaults)
+    values.update(unset)
     prober = _Prober(target, rebuild)
     overrides: dict[str, Any] = {}
     evidence: dict[str, _Solved] = {}
@@ -515,16 +662,31 @@ def suggest_config(
         base = {**overrides, **companions}
         sens: dict[str, _Sensitivity] = {}
         for f in pool:
-            s = _sensitivity(prober, base, cur, f, values[f])
+            s = _sensitivity(prober, base, cur, f, values[f], f in unset)
             if s is not None:
                 sens[f] = s
+                if f in unset:
+                    values[f] = int(s.v0)
         if not rnd:
             first_sens = dict(sens)
             quiet = [f for f, s in sens.items() if s.moves_nothing]
-        solved, _ = _solve_fields(sens, dims, containers, values)
+        now_loads = {
+            k
+            for k, t in cur.tensors.items()
+            if k in checkpoint.tensors and checkpoint.tensors[k].shape == t.shape
+        }
+        solved, _ = _solve_fields(sens, dims, containers, values, now_loads, set(unset))
         if not solved:
+            solved = _grid_solve(prober, base, checkpoint, cur, dims, sens, values)
+        if not solved:
+            # a search only over fields that break nothing that loads: any other value it
+            # found would be dropped, and is no answer worth reporting
             for f, s in sorted(sens.items(), key=lambda kv: -len(kv[1].dims)):
-                if any(d in s.dims for d in dims) and isinstance(values[f], int):
+                if (
+                    any(d in s.dims for d in dims)
+                    and isinstance(values[f], int)
+                    and _free(s, now_loads)
+                ):
                     hit = _search(prober, base, f, int(values[f]), dims, s)
                     if hit is not None:
                         solved = {f: hit}
@@ -562,7 +724,7 @@ def suggest_config(
             c in containers_left for c in sol.containers
         )
         ok = ok and not any(_under(k, c) for c in sol.containers for k in left_keys)
-        keys = [k for k, _ in sol.dims] + [
+        keys = list(dict.fromkeys(k for k, _ in sol.dims)) + [
             f"{c}.{{0-{_count(checkpoint, c) - 1}}}" for c in sol.containers
         ]
         ev = _evidence(keys, checkpoint, target, sol)
@@ -579,15 +741,18 @@ def suggest_config(
             )
             continue
         out.overrides[f] = sol.value
+        now = _current(config, defaults, f)
+        now_text = f"now {now}" if f in config or now is not None else "now unset"
+        if f not in config and f.split(".")[0] not in config:
+            now_text += ", the factory's default"
         out.suggestions.append(
             Suggestion(
                 "config",
                 f,
-                _get(config, f),
+                now,
                 sol.value,
                 True,
-                f"set {f} = {sol.value} (now {_get(config, f)}): "
-                f"{_reason(sol, checkpoint, target)}",
+                f"set {f} = {sol.value} ({now_text}): {_reason(sol, checkpoint, target)}",
                 tuple(ev),
                 {"explains": len(keys)},
             )
@@ -599,7 +764,7 @@ def suggest_config(
                 Suggestion(
                     "config",
                     h,
-                    _get(config, h),
+                    _current(config, defaults, h),
                     v,
                     True,
                     f"set {h} = {v} so the model builds with the widths above (keeping the head "
@@ -622,11 +787,15 @@ def suggest_config(
     _vocab_extras(out, config, values, checkpoint, target, prober, cur)
 
     residual = compare(checkpoint, cur)
-    leftover = (
-        [m.key for m in residual.mismatched]
-        + [t.key for t in residual.missing]
-        + [t.key for t in residual.unexpected]
-    )
+    leftover = [
+        k
+        for k in (
+            [m.key for m in residual.mismatched]
+            + [t.key for t in residual.missing]
+            + [t.key for t in residual.unexpected]
+        )
+        if k not in ignore
+    ]
     if leftover:
         reason = failure or _why_not(leftover, first_sens, values, prober)
         out.findings.append(
@@ -638,7 +807,7 @@ def suggest_config(
                 {"reason": reason},
             )
         )
-    undetermined = _undetermined(config, quiet, out.overrides)
+    undetermined, other = _undetermined(config, quiet, out.overrides)
     if undetermined and (out.suggestions or leftover):
         out.findings.append(
             Finding(
@@ -647,7 +816,7 @@ def suggest_config(
                 f"values the model was trained with): {', '.join(undetermined)}.",
                 tuple(undetermined),
                 "info",
-                {"fields": undetermined},
+                {"fields": undetermined, "other": other},
             )
         )
     if out.overrides:
@@ -688,7 +857,9 @@ def _evidence(keys: Sequence[str], ck: Manifest, target: Manifest, sol: _Solved)
         out.append(f"{k}: {_shape_text(ck, k)} vs {_shape_text(target, k)}")
     for c in sol.containers:
         out.append(f"{c}: {_count(ck, c)} layers vs {_count(target, c)}")
-    return out[:6] + ([f"... {len(out) - 6} more"] if len(out) > 6 else [])
+    from ckptdiff.explain import sampled
+
+    return list(sampled(out))
 
 
 def _reason(sol: _Solved, ck: Manifest, target: Manifest) -> str:
@@ -720,20 +891,35 @@ def _why_not(
     return "no single value of the fields that move these shapes reproduces them"
 
 
+#: Config fields shapes cannot pin down that change what the weights compute: the heads.
+_HEADS_LIKE = re.compile(r"(^|_)(heads?|n_head|head_dim)($|_)")
+#: Leaves that are labels, not architecture (``label2id.LABEL_1``, ``id2label.0``).
+_LABEL_PARTS = ("label2id", "id2label")
+
+
 def _undetermined(
     config: Mapping[str, Any], quiet: Sequence[str], chosen: Mapping[str, Any]
-) -> list[str]:
-    names = list(quiet)
+) -> tuple[list[str], list[str]]:
+    """``(fields, others)``: the fields the shapes cannot tell that matter to what the weights
+    compute (attention heads, key/value heads, head_dim), listed to the user; and the others
+    (activations, epsilons, dropout), kept for JSON only."""
+    names: list[str] = []
+    other: list[str] = []
+    for dotted in quiet:
+        if any(p in _LABEL_PARTS for p in dotted.split(".")):
+            continue
+        leaf = dotted.rsplit(".", 1)[-1].lower()
+        (names if _HEADS_LIKE.search(leaf) else other).append(dotted)
     for dotted, v in dotted_leaves(config):
         leaf = dotted.rsplit(".", 1)[-1].lower()
-        if dotted in names or any(p.isdigit() for p in dotted.split(".")):
+        if dotted in names or dotted in other or any(p.isdigit() for p in dotted.split(".")):
             continue
         if isinstance(v, (str, float, bool)) and any(
             leaf == h or leaf.startswith(h + "_") or leaf.endswith("_" + h) or h in leaf
             for h in ("act", "activation", "eps", "dropout", "quick_gelu")
         ):
-            names.append(dotted)
-    return names
+            other.append(dotted)
+    return names, other
 
 
 def _vocab_extras(
@@ -823,6 +1009,172 @@ def _vocab_extras(
             message,
             first.evidence,
             data,
+        )
+    )
+
+
+# --- heads: tied embeddings, a causal-LM head ---------------------------------------------------
+
+
+@dataclass
+class HeadFixes:
+    """What :func:`head_fixes` found: findings, suggestions, the keys they explain, and the
+    config changes among them (for the fixed config)."""
+
+    findings: list[Finding] = field(default_factory=list)
+    suggestions: list[Suggestion] = field(default_factory=list)
+    explained: set[str] = field(default_factory=set)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+_TIE_FIELD = re.compile(r"^tie_(word_)?embeddings?$")
+
+
+def head_fixes(
+    report: Report, checkpoint: Manifest, target: Manifest, *, rebuild: Rebuild | None = None
+) -> HeadFixes:
+    """The output head, verified by rebuilding the target:
+
+    - the target expects ``lm_head.weight``, the checkpoint has none but an embedding of the
+      same shape, and the config unties them: ``tie_word_embeddings = true``;
+    - the checkpoint has ``lm_head.*`` and the target is a transformers base model
+      (``LlamaModel``): build ``LlamaForCausalLM`` instead (``--auto-class``).
+    """
+    out = HeadFixes()
+    _tie_fix(out, report, checkpoint, target, rebuild)
+    _causal_lm_fix(out, report, checkpoint, target)
+    return out
+
+
+def _vocab_head(key: str) -> bool:
+    from ckptdiff.lint import VOCAB_HEAD_ROWS
+
+    return key.endswith("weight") and any(p in VOCAB_HEAD_ROWS for p in key.split("."))
+
+
+def _tie_fix(
+    out: HeadFixes,
+    report: Report,
+    ck: Manifest,
+    target: Manifest,
+    rebuild: Rebuild | None,
+) -> None:
+    from ckptdiff.diff import compare
+    from ckptdiff.lint import vocab_tensors
+
+    heads = [t for t in report.missing if _vocab_head(t.key) and len(t.shape) == 2]
+    embeds = vocab_tensors(ck)[0]
+    # head -> the checkpoint's embedding of its shape (or of the target's embedding of its
+    # shape: the widths may differ too, and are solved apart)
+    twins = {
+        h.key: e
+        for h in heads
+        for e in embeds
+        if h.shape in (ck.tensors[e].shape, getattr(target.tensors.get(e), "shape", None))
+    }
+    if not twins:
+        return
+    config = target.config or {}
+    defaults = factory_defaults(target)
+    fields = [
+        d
+        for d, v in [*dotted_leaves(config), *defaults.items()]
+        if v is False and _TIE_FIELD.match(d.rsplit(".", 1)[-1])
+    ]
+    prober = _Prober(target, rebuild)
+    for f in fields:
+        m = prober.build({f: True})
+        if m is None:
+            continue
+        r = compare(ck, m)
+        still = {t.key for t in r.missing}
+        fixed = [h for h in twins if h not in still]
+        if not fixed or not set(report.matched) <= set(r.matched):
+            continue
+        head, embed = fixed[0], twins[fixed[0]]
+        shape = _shape_text(ck, embed)
+        out.overrides[f] = True
+        out.explained.update(fixed)
+        out.suggestions.append(
+            Suggestion(
+                "config",
+                f,
+                False,
+                True,
+                True,
+                f"set {f} = true: the checkpoint stores no {head} but has {embed} "
+                f"({shape}), which is how a model with tied input and output embeddings "
+                f"saves itself; rebuilt with it, {head} is tied to {embed} and loads. If the "
+                "model was trained with a separate head, that head was not saved.",
+                (f"{head}: missing; {embed}: {shape}",),
+                {"explains": len(fixed), "tied_to": embed},
+            )
+        )
+        return
+
+
+def _causal_lm_fix(out: HeadFixes, report: Report, ck: Manifest, target: Manifest) -> None:
+    from ckptdiff.diff import compare
+
+    info = target.metadata.get("target")
+    cls = target.metadata.get("class")
+    if not isinstance(info, Mapping) or info.get("kind") != "hf-config" or not isinstance(cls, str):
+        return
+    name = cls.rsplit(".", 1)[-1]
+    if not name.endswith("Model") or "For" in name or name == "Model":
+        return
+    heads = [t.key for t in report.unexpected if t.key.split(".")[0] == "lm_head"]
+    if not heads:
+        return
+    wanted = name.removesuffix("Model") + "ForCausalLM"
+    from ckptdiff.check import base_model_prefix_keymap
+    from ckptdiff.targets import TargetSpec, build_target
+
+    spec = TargetSpec("hf-config", str(info["spec"]), dict(info.get("args") or {}), wanted)
+    try:
+        built = build_target(spec)
+    except CkptDiffError:
+        return  # transformers has no such class for this model: say nothing
+    km, _ = base_model_prefix_keymap(ck, built)
+    r = compare(km.apply_to_manifest(ck) if km else ck, built)
+    ok = set(r.matched) | set(r.tied)
+    verified = (
+        all(h in ok for h in heads)
+        and len(r.matched) >= len(report.matched) + len(heads)
+        and len(r.mismatched) <= len(report.mismatched)
+        and len(r.missing) <= len(report.missing)
+    )
+    if not verified:
+        return
+    auto = info.get("auto_class")
+    why = f"--auto-class {auto}" if auto else "the config names no architectures"
+    if not auto and (target.config or {}).get("architectures"):
+        why = "the config's architectures"
+    then = "every key then loads" if r.ok else "the head then loads"
+    out.explained.update(heads)
+    out.findings.append(
+        Finding(
+            "causal_lm_head",
+            f"The checkpoint has a causal-LM head ({_ex(heads)}) that the target, {name} ({why}), "
+            f"has no place for: build {wanted} (--auto-class {wanted}); rebuilt on meta, "
+            f"{then}. Keep {name} only to drop the head on purpose.",
+            tuple(heads),
+            "warning",
+            {"class": name, "suggested_class": wanted},
+        )
+    )
+    from ckptdiff.explain import sampled
+
+    out.suggestions.append(
+        Suggestion(
+            "call",
+            "--auto-class",
+            None,
+            wanted,
+            True,
+            f"build {wanted}, the class with the checkpoint's causal-LM head",
+            sampled([f"{h}: unexpected in {name}" for h in heads]),
+            {"class": wanted, "all_keys_load": r.ok},
         )
     )
 

@@ -37,7 +37,8 @@ def test_consistent_rename_across_layers_with_indices():
     ck = {f"enc.layers.{i}.layer_norm1.weight": (4,) for i in range(3)}
     tg = {f"enc.layers.{i}.ln_1.weight": (4,) for i in range(3)}
     (t,) = find_renames(ck, tg)
-    assert t.data == {"from": "layer_norm1", "to": "ln_1"} and len(t.pairs) == 3
+    assert t.data == {"from": "layer_norm1", "to": "ln_1", "known": False, "similarity": 0.8}
+    assert len(t.pairs) == 3
     km = KeyMap.from_rules(t.rules)
     assert [km.apply(k) for k in ck] == list(tg)
 

@@ -117,9 +117,11 @@ def test_gqa_mlp_and_vocab_together():
     assert got["intermediate_size"] == (128, 224, True)
     causes = {f.data["cause"] for f in kinds(r, "cause")}
     assert {"kv_heads", "mlp", "vocab"} <= causes
-    # num_kv_heads is None in the base config: it cannot be probed, so no guess is made
-    assert "num_kv_heads" not in got
-    assert kinds(r, "no_fix")
+    # num_kv_heads is None in the base config (the factory's default): probed from explicit
+    # values, it alone moves only the k/v rows, and 1 rebuilds them
+    assert got["num_kv_heads"] == (None, 1, True)
+    assert not kinds(r, "no_fix")
+    assert diff_manifests(ck, build_target(LLAMA, config=fixed_config_of(r)), suggest=False).ok
 
 
 def test_no_verified_fix_when_shapes_cannot_be_reproduced():

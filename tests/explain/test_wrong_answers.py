@@ -1,0 +1,358 @@
+"""Regressions: explanations and suggestions that were wrong, each on real tiny models.
+
+A wrong suggestion is worse than none: every test pins the exact suggestions, and checks that
+what is marked verified really loads.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ckptdiff import check
+from ckptdiff.diff import diff_manifests
+from ckptdiff.explain import fixed_config_of
+from ckptdiff.keymap import KeyMap
+from ckptdiff.readers import read
+from ckptdiff.report import render_report_table
+from ckptdiff.targets import build_target
+
+from .conftest import manifest
+
+transformers = pytest.importorskip("transformers")
+
+LLAMA = "fixtures.models:build_llama"
+CLIP = "fixtures.models:build_clip"
+
+
+def suggestions(report):
+    return {
+        s.field: (s.current, s.suggested, s.verified)
+        for s in report.suggestions
+        if s.kind in ("config", "call")
+    }
+
+
+def kinds(report, kind):
+    return [f for f in report.findings if f.kind == kind]
+
+
+def save(model_or_sd, path):
+    sd = model_or_sd if isinstance(model_or_sd, dict) else model_or_sd.state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return str(path)
+
+
+def bert_config(**kw):
+    args = dict(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    return transformers.BertConfig(**{**args, **kw})
+
+
+def llama_config(**kw):
+    args = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+    )
+    return transformers.LlamaConfig(**{**args, **kw})
+
+
+def folder(config, path):
+    config.save_pretrained(str(path))
+    return str(path)
+
+
+# --- 1. renames on equal shapes across architectures ------------------------------------------
+
+
+def test_bert_weights_against_a_llama_config_are_another_architecture(tmp_path):
+    """Was: 8 'rename encoder.layer.#.output.LayerNorm -> layers.#.input_layernorm (same
+    shapes)' warnings, as a key map marked verified."""
+    ck = save(transformers.BertModel(bert_config()), tmp_path / "bert.safetensors")
+    r = check(folder(llama_config(), tmp_path / "llama"), ck)
+    (foreign,) = kinds(r, "other_architecture")
+    assert foreign.message.startswith(
+        "The checkpoint looks like another architecture: its keys are BERT-like "
+        "(encoder.layer.*, LayerNorm), the target's Llama-like (layers.*.self_attn.q_proj); "
+        "they share almost no key structure (0 of the target's 20 keys by name)"
+    )
+    assert r.suggestions == ()
+    assert not kinds(r, "key_rename") and not kinds(r, "no_fix") and not kinds(r, "cause")
+    assert r.aligned is None
+    # it leads the explanation: the first finding after check's own coverage warnings
+    explained = [f for f in r.findings if f.kind not in ("module_not_loaded",)]
+    assert explained[0].kind == "other_architecture"
+
+
+def test_a_rename_on_shapes_alone_needs_the_rest_to_match_and_is_never_verified():
+    body = {f"blocks.{i}.fc.weight": (8, 8) for i in range(4)}
+    odd = {f"a.{i}.x.y.weight": (3, 8) for i in range(2)}
+    ck = manifest("c", {**body, **odd})
+    tg = manifest("t", {**body, **{f"b.{i}.z.weight": (3, 8) for i in range(2)}})
+    r = diff_manifests(ck, tg)
+    (s,) = [s for s in r.suggestions if s.kind == "key_map"]
+    assert s.verified is False  # equal shapes and unrelated names prove nothing
+    (f,) = kinds(r, "key_rename")
+    assert f.data["basis"] == "shapes" and "check it before renaming" in f.message
+    # the same rename with nothing else matching is a coincidence: not proposed at all
+    ck2 = manifest("c", {**odd, "x.w": (5,)})
+    tg2 = manifest("t", {**{f"b.{i}.z.weight": (3, 8) for i in range(2)}, "y.w": (7,)})
+    assert not [s for s in diff_manifests(ck2, tg2).suggestions if s.kind == "key_map"]
+
+
+def test_a_prefix_rule_never_moves_keys_that_load():
+    body = {f"blocks.{i}.fc.weight": (8, 8) for i in range(4)}
+    ck = manifest("c", {**body, "foo.0.weight": (3, 8), "foo.1.weight": (3, 8)})
+    tg = manifest("t", {**body, "bar.0.weight": (3, 8), "bar.1.weight": (3, 8)})
+    r = diff_manifests(ck, tg)
+    (s,) = [s for s in r.suggestions if s.kind == "key_map"]
+    assert s.suggested == [
+        {"op": "rename", "pattern": r"^foo\.(?=(?:0|1)(?:\.|$))", "replacement": "bar."}
+    ]
+    assert diff_manifests(ck, tg, key_map=KeyMap.from_rules(s.suggested)).ok
+
+
+def test_a_rename_of_similar_names_is_still_proposed_and_verified():
+    ck = manifest("c", {f"enc.layers.{i}.layer_norm1.weight": (4,) for i in range(3)})
+    tg = manifest("t", {f"enc.layers.{i}.ln_1.weight": (4,) for i in range(3)})
+    (s,) = [s for s in diff_manifests(ck, tg).suggestions if s.kind == "key_map"]
+    assert s.verified
+
+
+# --- 2. a factory's None default (num_kv_heads) -----------------------------------------------
+
+
+def test_gqa_checkpoint_against_a_factory_that_defaults_num_kv_heads_to_none(tmp_path):
+    """Was: no suggestion, and 'No verified fix from hidden_size = 32'."""
+    from fixtures.models import build_llama
+
+    args = dict(vocab_size=256, hidden_size=64, num_layers=3, num_heads=4, intermediate_size=128)
+    ck = save(
+        build_llama(**args, num_kv_heads=2, tie_word_embeddings=False), tmp_path / "m.safetensors"
+    )
+    r = check(LLAMA, ck, args={**args, "tie_word_embeddings": False})
+    assert suggestions(r) == {"num_kv_heads": (None, 2, True)}
+    assert not kinds(r, "no_fix")
+    fixed = fixed_config_of(r)
+    assert fixed is not None and fixed["num_kv_heads"] == 2
+    assert check(LLAMA, ck, args=fixed).ok
+
+
+def test_transformers_config_keeps_num_key_value_heads(tmp_path):
+    ck = save(
+        transformers.LlamaForCausalLM(llama_config(hidden_size=64, num_key_value_heads=2)),
+        tmp_path / "gqa.safetensors",
+    )
+    target = folder(
+        llama_config(hidden_size=64, architectures=["LlamaForCausalLM"]), tmp_path / "mha"
+    )
+    r = check(target, ck)
+    assert suggestions(r) == {"num_key_value_heads": (4, 2, True)}
+
+
+# --- 3. the position grid alone: the image size -----------------------------------------------
+
+SMALL_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"width": 32, "layers": 2, "heads": 2, "patch_size": 8, "image_size": 32},
+    "text_cfg": {"width": 16, "layers": 2, "heads": 2, "context_length": 8, "vocab_size": 50},
+}
+
+
+def test_open_clip_grid_with_the_same_patch_solves_the_image_size(tmp_path):
+    """Was: 'No verified fix from vision_cfg.patch_size = 9' and no image size."""
+    from fixtures.models import build_clip
+
+    big = {**SMALL_CLIP, "vision_cfg": {**SMALL_CLIP["vision_cfg"], "image_size": 48}}
+    ck = save(build_clip(**big), tmp_path / "clip48.safetensors")
+    r = check(CLIP, ck, config=SMALL_CLIP)
+    assert suggestions(r) == {"vision_cfg.image_size": (32, 48, True)}
+    assert not kinds(r, "no_fix")
+    assert check(CLIP, ck, config=SMALL_CLIP, args={"vision_cfg.image_size": 48}).ok
+
+
+def test_hf_clip_vision_224_config_for_a_336_checkpoint(tmp_path):
+    cfg = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        patch_size=14, architectures=["CLIPVisionModel"],
+    )  # fmt: skip
+    model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(image_size=336, **cfg))
+    ck = save(model, tmp_path / "v336.safetensors")
+    target = folder(transformers.CLIPVisionConfig(image_size=224, **cfg), tmp_path / "v224")
+    r = check(target, ck)
+    assert suggestions(r) == {"image_size": (224, 336, True)}
+    assert not kinds(r, "no_fix")
+    assert check(target, ck, args={"image_size": 336}).ok
+
+
+# --- 4. vocabulary rows only on embeddings and LM heads ---------------------------------------
+
+
+def test_a_wider_bert_is_not_added_tokens(tmp_path):
+    """Was: 'vocabulary rows: encoder.layer.0.attention.output.dense.weight 48 vs 32'."""
+    ck = save(transformers.BertModel(bert_config(hidden_size=48)), tmp_path / "w48.safetensors")
+    r = check(folder(bert_config(), tmp_path / "bert"), ck)
+    causes = {f.data["cause"]: f for f in kinds(r, "cause")}
+    assert set(causes) == {"width"}
+    assert suggestions(r) == {"hidden_size": (32, 48, True)}
+
+
+def test_added_tokens_are_still_vocabulary_rows(tmp_path):
+    model = transformers.BertModel(bert_config())
+    sd = dict(model.state_dict())
+    sd["embeddings.word_embeddings.weight"] = torch.zeros(108, 32)
+    r = check(folder(bert_config(), tmp_path / "bert"), save(sd, tmp_path / "v.safetensors"))
+    (vocab,) = [f for f in kinds(r, "cause") if f.data["cause"] == "vocab"]
+    assert vocab.data["keys"] == ["embeddings.word_embeddings.weight"]
+    assert suggestions(r)["vocab_size"] == (100, 108, True)
+
+
+# --- 5. Conv1D vs Linear: which side is which --------------------------------------------------
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64)
+    sd = transformers.GPT2LMHeadModel(cfg).state_dict()
+    return cfg, {k: v for k, v in sd.items() if k != "lm_head.weight"}
+
+
+def test_linear_checkpoint_into_gpt2_conv1d(tmp_path):
+    """Was: 'stored transposed ([in, out], as GPT-2's Conv1D)', of a checkpoint stored
+    [out, in]."""
+    cfg, sd = _gpt2()
+    linear = {
+        k: v.t() if v.dim() == 2 and re.search(r"c_(attn|proj|fc)\.weight$", k) else v
+        for k, v in sd.items()
+    }
+    ck = save(linear, tmp_path / "linear.safetensors")
+    r = check(folder(cfg, tmp_path / "gpt2"), ck)
+    (t,) = kinds(r, "transposed")
+    assert t.data["checkpoint_layout"] == "linear"
+    assert t.message.startswith(
+        "6 weights: the checkpoint stores them as [out, in] (nn.Linear); the target (GPT-2's "
+        "Conv1D) expects [in, out]: transpose them (.t())"
+    )
+    assert r.aligned is not None and r.aligned.ok
+
+
+def test_gpt2_conv1d_checkpoint_into_linear_model(tmp_path):
+    _, sd = _gpt2()
+    ck = read(save(sd, tmp_path / "gpt2.safetensors"))
+    target = build_target("tests.explain.test_scenarios:build_linear_gpt", args={"positions": 64})
+    r = diff_manifests(ck, target)
+    (t,) = kinds(r, "transposed")
+    assert t.data["checkpoint_layout"] == "conv1d"
+    assert t.message.startswith(
+        "6 weights: the checkpoint stores them as [in, out] (GPT-2's Conv1D); the target "
+        "expects [out, in] (nn.Linear): transpose them (.t())"
+    )
+
+
+# --- 6. heads: a new one, a tied one, a causal-LM one -----------------------------------------
+
+
+def test_a_new_classifier_head_is_the_start_of_a_fine_tune(tmp_path):
+    """Was: 'No verified config fix ... the checkpoint is not this model at another size'."""
+    ck = save(transformers.BertModel(bert_config()), tmp_path / "bert.safetensors")
+    target = folder(bert_config(), tmp_path / "cfg")
+    r = check(target, ck, auto_class="BertForSequenceClassification")
+    (head,) = kinds(r, "new_head")
+    assert head.message == (
+        "A new head the checkpoint does not have (classifier.*): it starts from its initial "
+        "values, as in any fine-tune from this checkpoint."
+    )
+    assert head.severity == "info"
+    assert set(head.keys) == {"classifier.weight", "classifier.bias"}
+    assert not kinds(r, "no_fix") and not kinds(r, "undetermined")
+    assert r.suggestions == ()
+
+
+def test_untied_config_for_a_checkpoint_saved_tied(tmp_path):
+    model = transformers.LlamaForCausalLM(llama_config(tie_word_embeddings=True))
+    sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    ck = save(sd, tmp_path / "tied.safetensors")
+    target = folder(llama_config(architectures=["LlamaForCausalLM"]), tmp_path / "untied")
+    r = check(target, ck)
+    assert suggestions(r) == {"tie_word_embeddings": (False, True, True)}
+    assert not kinds(r, "no_fix")
+    fixed = fixed_config_of(r)
+    assert fixed is not None and fixed["tie_word_embeddings"] is True
+    assert check(target, ck, args={"tie_word_embeddings": True}).ok
+
+
+def test_causal_lm_checkpoint_against_a_base_model_config(tmp_path):
+    ck = save(transformers.LlamaForCausalLM(llama_config()), tmp_path / "lm.safetensors")
+    target = folder(llama_config(), tmp_path / "base")  # no architectures: LlamaModel
+    r = check(target, ck)
+    assert suggestions(r) == {"--auto-class": (None, "LlamaForCausalLM", True)}
+    (f,) = kinds(r, "causal_lm_head")
+    assert f.message.startswith(
+        "The checkpoint has a causal-LM head (lm_head.weight) that the target, LlamaModel (the "
+        "config names no architectures), has no place for: build LlamaForCausalLM"
+    )
+    assert not kinds(r, "no_fix")
+    assert check(target, ck, auto_class="LlamaForCausalLM").ok
+
+
+# --- 7. what the shapes cannot tell, kept short -----------------------------------------------
+
+
+def test_undetermined_lists_heads_not_activations_or_labels(tmp_path):
+    ck = save(transformers.BertModel(bert_config(hidden_size=48)), tmp_path / "w48.safetensors")
+    r = check(folder(bert_config(), tmp_path / "bert"), ck)
+    (und,) = kinds(r, "undetermined")
+    assert und.data["fields"] == ["num_attention_heads"]
+    assert und.message.endswith("was trained with): num_attention_heads.")
+    assert "hidden_act" in und.data["other"] and "layer_norm_eps" in und.data["other"]
+    assert not [f for f in und.data["other"] if "label" in f]
+
+
+# --- 8. evidence counts keys --------------------------------------------------------------------
+
+
+def test_evidence_counts_every_renamed_key(tmp_path):
+    model = transformers.BertModel(bert_config())
+    old = {"weight": "gamma", "bias": "beta"}
+    sd = {
+        re.sub(r"LayerNorm\.(weight|bias)$", lambda m: "LayerNorm." + old[m[1]], k): v
+        for k, v in model.state_dict().items()
+    }
+    gamma = tmp_path / "gamma.bin"
+    torch.save(sd, gamma)
+    base = save(model, tmp_path / "bert.safetensors")
+    r = diff_manifests(read(str(gamma)), read(base))
+    (s,) = [s for s in r.suggestions if s.kind == "key_map"]
+    assert len(s.evidence) == 6 and s.evidence[-1] == "... 5 more"  # 10 renamed keys
+    assert "-> embeddings.LayerNorm.bias (+9 more)" in render_report_table(r)
+
+
+def test_evidence_counts_every_transposed_weight(tmp_path):
+    _, sd = _gpt2()
+    ck = read(save(sd, tmp_path / "gpt2.safetensors"))
+    target = build_target("tests.explain.test_scenarios:build_linear_gpt", args={"positions": 64})
+    r = diff_manifests(ck, target)
+    (s,) = [s for s in r.suggestions if s.kind == "key_map"]
+    assert s.evidence[-1] == "... 3 more"  # 6 mismatched + 2 square weights
+    assert ": .t() (+7 more)" in render_report_table(r)
+
+
+def test_config_evidence_counts_keys(tmp_path):
+    ck = save(transformers.BertModel(bert_config(hidden_size=48)), tmp_path / "w48.safetensors")
+    r = check(folder(bert_config(), tmp_path / "bert"), ck)
+    (s,) = [s for s in r.suggestions if s.field == "hidden_size"]
+    assert s.data["explains"] == 37 and s.evidence[-1] == "... 32 more"
+    assert "(+36 more)" in render_report_table(r)
