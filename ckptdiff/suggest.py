@@ -808,7 +808,14 @@ def suggest_config(
             )
         )
     undetermined, other = _undetermined(config, quiet, out.overrides)
-    if undetermined and (out.suggestions or leftover):
+    # the heads matter when the attention is resized, not for a vocabulary or an image size
+    resized = any(
+        _ATTENTION.search(k)
+        for f in out.overrides
+        if f in first_sens
+        for k, _ in first_sens[f].dims
+    )
+    if undetermined and (resized or leftover):
         out.findings.append(
             Finding(
                 "undetermined",
@@ -891,6 +898,8 @@ def _why_not(
     return "no single value of the fields that move these shapes reproduces them"
 
 
+#: Keys of attention projections, whose split into heads the shapes do not show.
+_ATTENTION = re.compile(r"attn|attention|(^|\.)(q|k|v|o)_proj\.|query|key|value|qkv|in_proj")
 #: Config fields shapes cannot pin down that change what the weights compute: the heads.
 _HEADS_LIKE = re.compile(r"(^|_)(heads?|n_head|head_dim)($|_)")
 #: Leaves that are labels, not architecture (``label2id.LABEL_1``, ``id2label.0``).

@@ -195,7 +195,7 @@ def test_hf_clip_vision_224_config_for_a_336_checkpoint(tmp_path):
     target = folder(transformers.CLIPVisionConfig(image_size=224, **cfg), tmp_path / "v224")
     r = check(target, ck)
     assert suggestions(r) == {"image_size": (224, 336, True)}
-    assert not kinds(r, "no_fix")
+    assert not kinds(r, "no_fix") and not kinds(r, "undetermined")
     assert check(target, ck, args={"image_size": 336}).ok
 
 
@@ -219,6 +219,7 @@ def test_added_tokens_are_still_vocabulary_rows(tmp_path):
     (vocab,) = [f for f in kinds(r, "cause") if f.data["cause"] == "vocab"]
     assert vocab.data["keys"] == ["embeddings.word_embeddings.weight"]
     assert suggestions(r)["vocab_size"] == (100, 108, True)
+    assert not kinds(r, "undetermined")  # the heads do not matter to a vocabulary
 
 
 # --- 5. Conv1D vs Linear: which side is which --------------------------------------------------
