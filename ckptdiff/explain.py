@@ -238,7 +238,7 @@ def _parts_of(keys: Iterable[str]) -> set[str]:
 
 def other_architecture(checkpoint: Manifest, target: Manifest) -> Finding | None:
     """One finding when the two sides share almost no key structure: under 10% of the
-    target's keys by name, and under a quarter of their key components.
+    smaller side's keys by name, and under a quarter of its key components.
 
     The families are named where recognisable (BERT-like, Llama-like, GPT-2-like, open_clip).
     """
@@ -246,10 +246,10 @@ def other_architecture(checkpoint: Manifest, target: Manifest) -> Finding | None
     if len(ck_keys) < 4 or len(tg_keys) < 4:
         return None
     by_name = sum(1 for k in tg_keys if k in checkpoint.tensors)
-    if by_name >= 0.1 * len(tg_keys):
+    if by_name >= 0.1 * min(len(ck_keys), len(tg_keys)):  # a part of the model is not foreign
         return None
     a, b = _parts_of(ck_keys), _parts_of(tg_keys)
-    if not a or not b or len(a & b) >= 0.25 * len(a | b):
+    if not a or not b or len(a & b) >= 0.25 * min(len(a), len(b)):
         return None
     fa, fb = key_family(ck_keys), key_family(tg_keys)
     if fa and fb and fa[0] != fb[0]:
@@ -264,7 +264,8 @@ def other_architecture(checkpoint: Manifest, target: Manifest) -> Finding | None
         "other_architecture",
         f"The checkpoint looks like another architecture: {what}; they share almost no key "
         f"structure ({by_name} of the target's {len(tg_keys)} keys by name), so no key map "
-        "or config change is proposed. Check that this is the model the checkpoint is for.",
+        "or config change is proposed. Check that this is the model the checkpoint is for, "
+        "or convert its keys first.",
         (),
         "warning",
         {

@@ -98,6 +98,14 @@ def test_bert_weights_against_a_llama_config_are_another_architecture(tmp_path):
     assert explained[0].kind == "other_architecture"
 
 
+def test_a_part_of_the_model_is_not_another_architecture():
+    tg = {f"block{j}.proj{j}.weight": (8, 8) for j in range(60)}
+    part = {f"block{j}.proj{j}.weight": (8, 8) for j in range(4)}
+    part["extra.weight"] = (4, 8)  # 4 of 60 target keys, a few of its many module names
+    r = diff_manifests(manifest("c", part), manifest("t", tg))
+    assert not kinds(r, "other_architecture")
+
+
 def test_a_rename_on_shapes_alone_needs_the_rest_to_match_and_is_never_verified():
     body = {f"blocks.{i}.fc.weight": (8, 8) for i in range(4)}
     odd = {f"a.{i}.x.y.weight": (3, 8) for i in range(2)}
