@@ -175,12 +175,21 @@ def _coverage_findings(report: Report) -> list[Finding]:
     When the explain layer found a key map (``report.aligned``), the modules are judged with it
     applied, and one finding says how much of the model loads without it and with it.
     """
+    # a new head (classifier.*) is named by the explain layer as the normal fine-tune start
+    new_heads = {
+        m for f in report.findings if f.kind == "new_head" for m in f.data.get("modules", ())
+    }
     aligned = report.aligned
     if aligned is None:
-        return unloaded_module_findings(
+        found = unloaded_module_findings(
             report.coverage, mismatched=[m.key for m in report.mismatched])
-    return [key_map_coverage_finding(report, aligned)] + unloaded_module_findings(
-        aligned.coverage, mismatched=[m.key for m in aligned.mismatched], with_key_map=True)
+    else:
+        found = [key_map_coverage_finding(report, aligned)] + unloaded_module_findings(
+            aligned.coverage, mismatched=[m.key for m in aligned.mismatched], with_key_map=True)
+    return [
+        f for f in found
+        if not (f.kind == "module_not_loaded" and f.keys and set(f.keys) <= new_heads)
+    ]
 
 
 def key_map_coverage_finding(report: Report, aligned: Report) -> Finding:

@@ -10,7 +10,15 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ckptdiff.types import MANIFEST_SCHEMA, Coverage, Finding, Manifest, Report, TensorSpec
+from ckptdiff.types import (
+    MANIFEST_SCHEMA,
+    Coverage,
+    Finding,
+    Manifest,
+    Report,
+    Suggestion,
+    TensorSpec,
+)
 
 __all__ = [
     "group_keys",
@@ -170,6 +178,21 @@ def _evidence(evidence: Sequence[str]) -> str:
     return _short(evidence[0], 70) + more
 
 
+def _current(s: Suggestion) -> str:
+    if s.current is None:
+        return "(unset)" if s.kind == "config" else ""
+    return json.dumps(s.current)
+
+
+_SEVERITY_RANK = {"security": 0, "error": 1, "warning": 2, "info": 3}
+
+
+def _finding_rank(f: Finding) -> tuple[int, int]:
+    """Most important first: security, errors, "another architecture", warnings, info."""
+    lead = 0 if f.kind == "other_architecture" else 1
+    return (_SEVERITY_RANK.get(f.severity, 2) if lead else 1, lead)
+
+
 def render_report_table(
     report: Report, *, fmt: str = "table", full: bool = False, coverage: bool = False
 ) -> str:
@@ -188,13 +211,16 @@ def render_report_table(
     )
     parts.append(("```\n" + head + "```\n") if fmt == "markdown" else head)
     bullet = "- " if fmt == "markdown" else "  "
-    shown = [
-        f
-        for f in report.findings
-        if f.kind not in _HIDDEN_FINDINGS
-        and f.kind != "cause"
-        and (f.severity != "info" or f.kind != "non_tensor_object")
-    ]
+    shown = sorted(
+        (
+            f
+            for f in report.findings
+            if f.kind not in _HIDDEN_FINDINGS
+            and f.kind != "cause"
+            and (f.severity != "info" or f.kind != "non_tensor_object")
+        ),
+        key=_finding_rank,
+    )
     if shown:
         parts.append("Findings\n" + "\n".join(bullet + _finding_line(f) for f in shown) + "\n")
     causes = [f for f in report.findings if f.kind == "cause"]
@@ -205,7 +231,7 @@ def render_report_table(
             [
                 s.kind,
                 s.field,
-                "" if s.current is None else json.dumps(s.current),
+                _current(s),
                 _short(s.suggested if isinstance(s.suggested, str) else json.dumps(s.suggested)),
                 _evidence(s.evidence),
                 "yes" if s.verified else "no",
