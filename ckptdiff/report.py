@@ -478,6 +478,15 @@ def _candidate_sizes(m: Manifest) -> dict[str, str]:
     return out
 
 
+def _table(
+    rows: list[list[Any]], headers: list[str], tablefmt: str, colalign: tuple[str, ...]
+) -> str:
+    """A table with fixed column alignment (rows must not be empty)."""
+    return (
+        tabulate(rows, headers, tablefmt=tablefmt, disable_numparse=True, colalign=colalign) + "\n"
+    )
+
+
 def render_manifest(
     m: Manifest,
     fmt: str = "table",
@@ -507,44 +516,35 @@ def render_manifest(
     if len(m.files) > 1:
         head += f", read from {len(m.files)} files"
     parts = [head + "\n"]
-    if depth is not None:
-        rows = _tree_rows(specs, depth)
+    if not specs:
+        parts.append("(no tensors)\n")
+    elif depth is not None:
         parts.append(
-            tabulate(
-                rows,
+            _table(
+                _tree_rows(specs, depth),
                 ["module", "tensors", "parameters", "dtypes"],
-                tablefmt=tablefmt,
-                disable_numparse=True,
-                colalign=("left", "right", "right", "left"),
+                tablefmt,
+                ("left", "right", "right", "left"),
             )
-            + "\n"
         )
     else:
         rows = [[s.key, shape_str(s.shape), s.dtype, f"{s.numel:,}"] for s in specs]
         parts.append(
-            tabulate(
+            _table(
                 rows,
                 ["key", "shape", "dtype", "parameters"],
-                tablefmt=tablefmt,
-                disable_numparse=True,
-                colalign=("left", "left", "left", "right"),
+                tablefmt,
+                ("left", "left", "left", "right"),
             )
-            + "\n"
         )
     totals = manifest_to_dict(m, specs)["totals"]["by_dtype"]
     rows = [[d, v["tensors"], _count_with_human(v["parameters"])] for d, v in totals.items()]
     if len(rows) > 1:
         rows.append(["total", len(specs), _count_with_human(sum(s.numel for s in specs))])
-    parts.append(
-        tabulate(
-            rows,
-            ["dtype", "tensors", "parameters"],
-            tablefmt=tablefmt,
-            disable_numparse=True,
-            colalign=("left", "right", "right"),
+    if rows:
+        parts.append(
+            _table(rows, ["dtype", "tensors", "parameters"], tablefmt, ("left", "right", "right"))
         )
-        + "\n"
-    )
     if m.candidates and len(m.candidates) > 1:
         sizes = _candidate_sizes(m)
         listed = [
