@@ -478,13 +478,50 @@ def _candidate_sizes(m: Manifest) -> dict[str, str]:
     return out
 
 
+#: Above this many rows, tables of plain ASCII strings are laid out here, the same way
+#: tabulate lays them out ("simple" and "github"), at a fraction of its per-cell cost.
+FAST_TABLE_ROWS = 500
+
+
 def _table(
     rows: list[list[Any]], headers: list[str], tablefmt: str, colalign: tuple[str, ...]
 ) -> str:
     """A table with fixed column alignment (rows must not be empty)."""
+    cells = [[str(c) for c in r] for r in rows]
+    if (
+        len(cells) > FAST_TABLE_ROWS
+        and tablefmt in ("simple", "github")
+        and all(c.isascii() and "\n" not in c for r in cells for c in r)
+    ):
+        return _plain_table(cells, headers, tablefmt, colalign) + "\n"
     return (
         tabulate(rows, headers, tablefmt=tablefmt, disable_numparse=True, colalign=colalign) + "\n"
     )
+
+
+def _plain_table(
+    cells: list[list[str]], headers: list[str], tablefmt: str, colalign: tuple[str, ...]
+) -> str:
+    """tabulate's "simple"/"github" layout of string cells, without its per-cell type checks."""
+    cells = [[c.strip() for c in r] for r in cells]  # as tabulate strips cells
+    widths = [max(len(h) + 2, *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> list[str]:
+        return [
+            v.rjust(w) if a == "right" else v.ljust(w)
+            for v, w, a in zip(values, widths, colalign, strict=True)
+        ]
+
+    if tablefmt == "github":
+        out = [
+            "| " + " | ".join(line(headers)) + " |",
+            "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+        ]
+        out += ["| " + " | ".join(line(r)) + " |" for r in cells]
+    else:
+        out = ["  ".join(line(headers)).rstrip(), "  ".join("-" * w for w in widths)]
+        out += ["  ".join(line(r)).rstrip() for r in cells]
+    return "\n".join(out)
 
 
 def render_manifest(
