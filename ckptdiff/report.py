@@ -575,12 +575,16 @@ def render_manifest(
             )
         )
     totals = manifest_to_dict(m, specs)["totals"]["by_dtype"]
-    rows = [[d, v["tensors"], _count_with_human(v["parameters"])] for d, v in totals.items()]
-    if len(rows) > 1:
-        rows.append(["total", len(specs), _count_with_human(sum(s.numel for s in specs))])
-    if rows:
+    by_dtype: list[list[Any]] = [
+        [d, v["tensors"], _count_with_human(v["parameters"])] for d, v in totals.items()
+    ]
+    if len(by_dtype) > 1:
+        by_dtype.append(["total", len(specs), _count_with_human(sum(s.numel for s in specs))])
+    if by_dtype:
         parts.append(
-            _table(rows, ["dtype", "tensors", "parameters"], tablefmt, ("left", "right", "right"))
+            _table(
+                by_dtype, ["dtype", "tensors", "parameters"], tablefmt, ("left", "right", "right")
+            )
         )
     if m.candidates and len(m.candidates) > 1:
         sizes = _candidate_sizes(m)
