@@ -27,6 +27,7 @@ import pickle
 import pickletools
 import re
 import reprlib
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -706,24 +707,40 @@ _FRAME = 0x95
 _EXT_OPS = frozenset((0x82, 0x83, 0x84))
 _SLOW_OPS = frozenset((_STOP, _LONG_BINPUT, _FRAME, *_EXT_OPS))
 #: One or more opcodes whose arguments have fixed sizes and cannot be harmful, matched at C speed;
-#: ``LONG_BINPUT`` is included when its index is below 2**20 (16 MB of memo at worst). Runs of
+#: ``LONG_BINPUT`` is included when its index is below 2**20 (16 MB of memo at worst), and
+#: ``BINUNICODE`` when its text is shorter than :data:`_SHORT_TEXT` bytes and all there. Runs of
 #: argument-less opcodes are taken in one step (an opcode flood costs one regex iteration).
-_SAFE_RUN = re.compile(
-    b"(?:["
-    + b"".join(re.escape(bytes([c])) for c, n in enumerate(_ARG_SIZE) if n == 0
-               and c not in _SLOW_OPS)
-    + b"]+|"
-    + b"|".join(
+#: Alternatives start with disjoint opcodes and go most common in torch pickles first; on
+#: Python >= 3.11 the repeat is possessive (no backtracking state kept per opcode).
+_SHORT_TEXT = 128
+
+
+def _op_class(size: int) -> bytes:
+    return (
         b"["
-        + b"".join(re.escape(bytes([c])) for c, n in enumerate(_ARG_SIZE) if n == size
-                   and c not in _SLOW_OPS)
+        + b"".join(
+            re.escape(bytes([c]))
+            for c, n in enumerate(_ARG_SIZE)
+            if n == size and c not in _SLOW_OPS
+        )
         + b"]"
-        + b"." * size
-        for size in sorted({n for n in _ARG_SIZE if n is not None and n > 0})
     )
-    + rb"|r..[\x00-\x0f]\x00)*",
-    re.DOTALL,
-)  # fmt: skip
+
+
+def _safe_run_pattern(possessive: bool) -> bytes:
+    sizes = sorted({n for n in _ARG_SIZE if n is not None and n > 0})
+    alternatives = [rb"r..[\x00-\x0f]\x00", _op_class(1) + b".", _op_class(0) + b"+"]
+    if possessive:  # a text alternative needs the possessive repeat to pay off
+        alternatives.append(
+            b"X(?:"
+            + b"|".join(re.escape(bytes([i, 0, 0, 0])) + b".{%d}" % i for i in range(_SHORT_TEXT))
+            + b")"
+        )
+    alternatives += [_op_class(size) + b"." * size for size in sizes if size > 1]
+    return b"(?:" + b"|".join(alternatives) + (b")*+" if possessive else b")*")
+
+
+_SAFE_RUN = re.compile(_safe_run_pattern(sys.version_info >= (3, 11)), re.DOTALL)
 #: Bytes the opcode scan walks between two looks at the clock.
 _SCAN_CHUNK = 1 << 20
 #: Most seconds one pickle may take to scan and unpickle (read at call time); a file built to

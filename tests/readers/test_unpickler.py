@@ -393,6 +393,25 @@ def test_scan_finds_the_end_of_each_pickle() -> None:
         scan_pickle(b"\x80\x02\xfe.")
 
 
+def test_scan_takes_texts_of_every_length_and_stops_inside_a_cut_one() -> None:
+    # texts shorter than the scan's fast path, at its edge and past it
+    for length in (0, 1, 2, 127, 128, 129, 300):
+        text = "k" * length
+        data = (
+            b"\x80\x02X"
+            + len(text).to_bytes(4, "little")
+            + text.encode()
+            + b"r"
+            + (1000).to_bytes(4, "little")
+            + b"X\x05\x00\x00\x00\xff\xfe\x00\n\x2e0."
+        )
+        assert scan_pickle(data) == len(data)
+        for cut in range(len(data)):
+            assert scan_pickle(data[:cut]) is None, (length, cut)
+    with pytest.raises(PickleDataError, match="memo index"):
+        scan_pickle(b"\x80\x02}r" + (1 << 24).to_bytes(4, "little") + bytes(70000) + b".")
+
+
 def test_distinct_globals_are_capped(monkeypatch) -> None:
     monkeypatch.setattr(unpickler_module, "MAX_DISTINCT_GLOBALS", 3)
     body = b"(" + b"".join(call(G("mod", f"f{i}")) for i in range(6)) + b"t"
