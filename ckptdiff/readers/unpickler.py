@@ -397,6 +397,9 @@ def _dtype(value: Any, what: str) -> DType:
     return value
 
 
+_new_tuple = tuple.__new__
+
+
 def _tensor(
     storage: Any, storage_offset: Any, size: Any, stride: Any, dtype: DType | None = None
 ) -> TensorRef:
@@ -407,31 +410,31 @@ def _tensor(
         size, stride = _ints(size, "a tensor's size"), _ints(stride, "a tensor's stride")
     if type(storage_offset) is not int or not 0 <= storage_offset <= MAX_NUMEL:
         raise PickleDataError(f"a tensor's storage offset is {_short(storage_offset)}")
-    if len(size) != len(stride) or len(size) > MAX_NDIM:
+    ndim = len(size)
+    if ndim != len(stride) or ndim > MAX_NDIM:
         raise PickleDataError(
             f"a tensor's size {_short(size)} and stride {_short(stride)} do not fit together"
         )
-    if dtype is None:
-        dtype = storage[1]
     extent = storage_offset + 1
-    empty = False
     for s, st in zip(size, stride, strict=True):
         if type(s) is not int or type(st) is not int or s < 0 or st < 0 or s > MAX_NUMEL:
             raise PickleDataError(
                 f"a tensor's size {_short(size)} and stride {_short(stride)} must hold "
                 "non-negative integers"
             )
-        if s == 0:
-            empty = True
-        else:
-            extent += (s - 1) * st
-    if not empty and extent * dtype.itemsize > storage[2] * storage[1].itemsize:
+        extent += (s - 1) * st  # past a 0 size, the extent is not checked: the tensor is empty
+    if dtype is None:
+        dtype = storage[1]
+        too_big = extent > storage[2]  # itemsizes are >= 1
+    else:
+        too_big = extent * dtype.itemsize > storage[2] * storage[1].itemsize
+    if too_big and 0 not in size:
         raise PickleDataError(
             f"a {dtype.name} tensor of shape {list(size)}, stride {list(stride)} and offset "
             f"{storage_offset} needs {extent} elements but its storage '{storage[0]}' holds "
             f"{storage.nbytes // dtype.itemsize}"
         )
-    return TensorRef(size, stride, storage_offset, dtype, storage)
+    return _new_tuple(TensorRef, (size, stride, storage_offset, dtype, storage, False))  # type: ignore[no-any-return]
 
 
 def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> TensorRef:
@@ -748,12 +751,30 @@ _SCAN_CHUNK = 1 << 20
 MAX_SECONDS = 60.0
 
 _clock = threading.local()
+#: Calls of :func:`_tick` between two looks at the clock: a look costs more than most of the
+#: calls it guards, and 256 of the slowest (a new placeholder class each) take milliseconds.
+_TICK_EVERY = 256
+_ticks_left = 0
+
+
+def _check_clock() -> None:
+    """Raise once the current unpickle has run past its deadline."""
+    if time.monotonic() > getattr(_clock, "deadline", float("inf")):
+        raise PickleDataError(f"reading the pickle took more than {MAX_SECONDS:g} seconds")
 
 
 def _tick() -> None:
-    """Raise once the current unpickle has run past its deadline (cheap; called often)."""
-    if time.monotonic() > getattr(_clock, "deadline", float("inf")):
-        raise PickleDataError(f"reading the pickle took more than {MAX_SECONDS:g} seconds")
+    """:func:`_check_clock` every :data:`_TICK_EVERY` calls (cheap; called for every record).
+
+    The countdown is shared by threads; each thread's look is at its own deadline, and a racy
+    decrement can only make a look come sooner.
+    """
+    global _ticks_left
+    if _ticks_left > 0:
+        _ticks_left -= 1
+        return
+    _ticks_left = _TICK_EVERY
+    _check_clock()
 
 
 def scan_pickle(data: bytes, start: int = 0) -> int | None:
@@ -794,7 +815,7 @@ def _scan(data: bytes, start: int = 0) -> tuple[int | None, bool]:
     while True:
         pos = match(data, pos, min(n, next_tick)).end()  # type: ignore[union-attr]
         if pos >= next_tick:
-            _tick()
+            _check_clock()
             next_tick = pos + _SCAN_CHUNK
             continue
         if pos >= n:
@@ -903,7 +924,20 @@ class _Restricted:
             raise PickleDataError(f"unexpected persistent id {_short(pid)}")
         kind = pid[0]
         if kind == "storage" and self.storage_form == "zip" and len(pid) == 5:
-            return self._storage(pid[1], pid[2], pid[3], pid[4])
+            storage_type, key, location, numel = pid[1], pid[2], pid[3], pid[4]
+            if (
+                type(storage_type) is StorageType
+                and type(key) is str
+                and key
+                and type(location) is str
+                and type(numel) is int
+                and 0 <= numel <= MAX_NUMEL
+                and key not in self.storages
+            ):  # the common case, a new storage, with the checks of _storage inlined
+                ref = _new_tuple(StorageRef, (key, storage_type.dtype, numel, location, key))
+                self.storages[key] = ref
+                return ref
+            return self._storage(storage_type, key, location, numel)
         kind = _ascii(kind)
         if kind == "storage" and self.storage_form == "legacy" and len(pid) == 6:
             root = self._storage(pid[1], _ascii(pid[2]), pid[3], pid[4])
@@ -1076,9 +1110,11 @@ def unpickle(
             f"{MAX_PICKLE_SIZE}-byte limit. Raise ckptdiff.readers.unpickler.MAX_PICKLE_SIZE if "
             "you trust its size."
         )
+    global _ticks_left
     unpickler: _Restricted | None = None
     try:
         _clock.deadline = time.monotonic() + MAX_SECONDS
+        _ticks_left = 0  # the first record looks at the clock
         end, uses_ext = _scan(data)
         if end is None:
             raise PickleDataError("the pickle ends before its STOP opcode (truncated?)")
