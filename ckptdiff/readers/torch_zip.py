@@ -15,6 +15,7 @@ thousands of tensors, and parsing from bytes lets a remote reader feed the same 
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import struct
 import zlib
@@ -84,10 +85,11 @@ def archive_prefix(names: Iterable[str], name: str) -> str:
         'archive/'
     """
     names = list(names)
-    pickles = sorted(n for n in names if _is_pickle(n))
+    pickles = sorted(n for n in names if n.endswith("data.pkl") and _is_pickle(n))
     prefixes = {n[: -len("data.pkl")] for n in pickles}
     for prefix in sorted(prefixes) or [""]:
-        if f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names):
+        code = itertools.repeat(f"{prefix}code/")
+        if f"{prefix}constants.pkl" in names or any(map(str.startswith, names, code)):
             raise UnsupportedFormatError(
                 f"Cannot read '{name}' (TorchScript archive): this is a TorchScript module saved "
                 "with torch.jit.save, not a checkpoint. Load it with torch.jit.load and save its "
@@ -208,6 +210,9 @@ _END = struct.Struct("<4s4H2LH")
 _END64_LOCATOR = struct.Struct("<4sLQL")
 _END64 = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+#: The fields of :data:`_CENTRAL` a reader uses (signature, flags, method, CRC, sizes, name,
+#: extra and comment lengths, offset), the others skipped as padding.
+_CENTRAL_USED = struct.Struct("<4s4x2H4x3L3H8xL")
 _LOCAL = struct.Struct("<4s2B4HL2L2H")
 #: Bytes to read from the end of a zip to find its end record (record + longest comment).
 END_SEARCH_SIZE = _END.size + 0xFFFF
@@ -272,24 +277,26 @@ def parse_central_directory(directory: bytes, entries: int, name: str) -> dict[s
         UnsafeCheckpointError: two entries share a name (loaders disagree on which they read);
             a ``data.pkl`` that is a zip bomb.
     """
-    unpack = _CENTRAL.unpack_from
+    unpack = _CENTRAL_USED.unpack_from
+    fixed = _CENTRAL_USED.size
     size = len(directory)
     out: dict[str, ZipEntry] = {}
+    new_entry = tuple.__new__
     pos = 0
     for _ in range(entries):
-        if pos + _CENTRAL.size > size:
+        if pos + fixed > size:
             raise _zip_error(name, "zip directory", "the central directory is cut short")
-        (sig, _, _, _, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, _, _, _,
-         offset) = unpack(directory, pos)  # fmt: skip
+        sig, flags, method, crc, csize, usize, nlen, xlen, clen, offset = unpack(directory, pos)
         if sig != b"PK\x01\x02":
             raise _zip_error(name, "zip directory", f"bad central directory entry at byte {pos}")
-        start = pos + _CENTRAL.size
+        start = pos + fixed
         pos = start + nlen + xlen + clen
         if pos > size:
             raise _zip_error(name, "zip directory", "the central directory is cut short")
-        raw = directory[start : start + nlen]
-        entry_name = raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
-        if 0xFFFFFFFF in (usize, csize, offset):
+        entry_name = directory[start : start + nlen].decode(
+            "utf-8" if flags & 0x800 else "cp437", "replace"
+        )
+        if usize == 0xFFFFFFFF or csize == 0xFFFFFFFF or offset == 0xFFFFFFFF:
             usize, csize, offset = _zip64_extra(
                 directory[start + nlen : start + nlen + xlen], usize, csize, offset, name
             )
@@ -299,8 +306,9 @@ def parse_central_directory(directory: bytes, entries: int, name: str) -> dict[s
                 "zip readers disagree on which one they use, so what a checker reads need not be "
                 "what torch.load runs. Refusing to guess."
             )
-        entry = ZipEntry(entry_name, usize, csize, offset, method, crc, flags)
-        if _is_pickle(entry_name):
+        # ZipEntry's fields in order, without NamedTuple's Python-level __new__
+        entry = new_entry(ZipEntry, (entry_name, usize, csize, offset, method, crc, flags))
+        if entry_name.endswith("data.pkl") and _is_pickle(entry_name):
             check_entry(entry, name)
         out[entry_name] = entry
     return out
