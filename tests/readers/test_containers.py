@@ -218,3 +218,23 @@ def test_specs_from_tensors() -> None:
     specs = specs_from_tensors({"w": t(2, 3, dtype="bfloat16")}, "a.pt")
     assert specs["w"].to_dict() == {"key": "w", "shape": [2, 3], "dtype": "bfloat16"}
     assert (specs["w"].nbytes, specs["w"].file) == (12, "a.pt")
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_specs_from_tensors_are_the_specs_the_class_makes(monkeypatch, direct: bool) -> None:
+    from ckptdiff.readers import containers
+    from ckptdiff.types import TensorSpec
+
+    if not direct:  # TensorSpec changed shape: the class itself builds them
+        monkeypatch.setattr(containers, "_SPEC_SETTERS", None)
+    tensors = {"w": t(2, 3, dtype="bfloat16"), "s": t(), "e": t(0, 5), "u": UnsizedTensor("x")}
+    specs = specs_from_tensors(tensors, None)
+    assert specs == {
+        "w": TensorSpec("w", (2, 3), "bfloat16", 12, None),
+        "s": TensorSpec("s", (), "float32", 4, None),
+        "e": TensorSpec("e", (0, 5), "float32", 0, None),
+    }
+    assert all(type(s) is TensorSpec for s in specs.values())
+    with pytest.raises(AttributeError):
+        specs["w"].key = "v"  # type: ignore[misc]
+    assert hash(specs["w"]) == hash(TensorSpec("w", (2, 3), "bfloat16", 12, None))
