@@ -117,15 +117,17 @@ def check_storage_records(
     Raises:
         ReadError: a record is missing or its size disagrees with the pickle.
     """
+    folder = f"{prefix}data/"
+    size_of = record_sizes.get
     for key, storage in storages.items():
-        record = f"{prefix}data/{key}"
-        size = record_sizes.get(record)
+        record = folder + key
+        size = size_of(record)
         if size is None:
             raise ReadError(
                 f"Cannot read '{name}' ({record}): data.pkl names storage '{key}' but the "
                 f"archive has no such record. {_FIX_CORRUPT}"
             )
-        if size != storage.nbytes:
+        if size != storage[2] * storage[1].itemsize:  # storage.nbytes, without the property
             raise ReadError(
                 f"Cannot read '{name}' ({record}): the record holds {size} bytes but data.pkl "
                 f"declares {storage.numel} {storage.dtype.name} elements ({storage.nbytes} "
