@@ -12,6 +12,7 @@ from ckptdiff.cli.common import (
     emit,
     format_option,
     handle_errors,
+    key_map_file_options,
     keymap_options,
     stats_option,
 )
@@ -53,22 +54,7 @@ from ckptdiff.cli.common import (
     "--select", metavar="PATH", help="The state dict inside CKPT (state_dict, model_ema...)."
 )
 @keymap_options("", "the checkpoint")
-@click.option(
-    "--key-map",
-    "key_map_file",
-    metavar="FILE",
-    type=click.Path(dir_okay=False),
-    help="JSON key-map rules applied to the checkpoint's keys before the other options.",
-)
-# --- written files: the verified key map and the fixed config -----------------------------------
-@click.option(
-    "--emit-key-map",
-    "emit_key_map",
-    metavar="OUT.json",
-    type=click.Path(dir_okay=False),
-    help="Write the verified key map found (prefixes, renames, fused/split q/k/v, transposes) "
-    "to OUT.json, for --key-map.",
-)
+@key_map_file_options("the checkpoint")
 @click.option(
     "--emit-config",
     "emit_config",
@@ -76,7 +62,6 @@ from ckptdiff.cli.common import (
     type=click.Path(dir_okay=False),
     help="Write the target's config with every verified fix to OUT.json, for --config.",
 )
-# --------------------------------------------------------------------------------------------------
 @click.option(
     "--full",
     is_flag=True,

@@ -79,6 +79,30 @@ def keymap_options(side: str = "", what: str = "A") -> Callable[[F], F]:
     return deco
 
 
+def key_map_file_options(what: str) -> Callable[[F], F]:
+    """``--key-map FILE`` (rules applied to ``what``'s keys) and ``--emit-key-map OUT.json``."""
+
+    def deco(f: F) -> F:
+        f = click.option(
+            "--emit-key-map",
+            "emit_key_map",
+            metavar="OUT.json",
+            type=click.Path(dir_okay=False),
+            help="Write the verified key map found (prefixes, renames, fused/split q/k/v, "
+            "transposes) to OUT.json, for --key-map.",
+        )(f)
+        f = click.option(
+            "--key-map",
+            "key_map_file",
+            metavar="FILE",
+            type=click.Path(dir_okay=False),
+            help=f"JSON key-map rules applied to {what}'s keys before the other options.",
+        )(f)
+        return f
+
+    return deco
+
+
 def build_keymap(
     strip_prefix: tuple[str, ...], add_prefix: tuple[str, ...], rename: tuple[str, ...],
     key_map_file: str | None = None,
@@ -190,6 +214,7 @@ __all__ = [
     "fail",
     "format_option",
     "handle_errors",
+    "key_map_file_options",
     "keymap_options",
     "stats_option",
 ]

@@ -10,6 +10,7 @@ from ckptdiff.cli.common import (
     emit,
     format_option,
     handle_errors,
+    key_map_file_options,
     keymap_options,
     stats_option,
 )
@@ -24,21 +25,7 @@ from ckptdiff.cli.common import (
 @click.option("--b-select", metavar="PATH", help="The state dict to use inside B.")
 @keymap_options("", "A")
 @keymap_options("b-", "B")
-@click.option(
-    "--key-map",
-    "key_map_file",
-    metavar="FILE",
-    type=click.Path(dir_okay=False),
-    help="JSON key-map rules applied to A's keys before the other options.",
-)
-@click.option(
-    "--emit-key-map",
-    "emit_key_map",
-    metavar="OUT.json",
-    type=click.Path(dir_okay=False),
-    help="Write the verified key map found (prefixes, renames, fused/split q/k/v, "
-    "transposes) to OUT.json, for --key-map.",
-)
+@key_map_file_options("A")
 @click.option(
     "--full",
     is_flag=True,
