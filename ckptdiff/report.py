@@ -309,35 +309,24 @@ def _key_sections(report: Report, full: bool, fmt: str) -> list[str]:
                 fmt,
             )
         )
-    if report.missing:
-        parts.append(
-            _section(
-                f"Missing from the checkpoint ({len(report.missing)}): the target expects them",
-                ["key", "shape", "dtype", ""],
-                _spec_rows(report.missing, full),
-                fmt,
+    spec_lists = (
+        (report.missing, "Missing from the checkpoint ({n}): the target expects them"),
+        (report.unexpected, "Unexpected in the checkpoint ({n}): the target has no place for them"),
+        (
+            report.buffers_missing,
+            "Buffers missing from the checkpoint ({n}): kept at their built values",
+        ),
+    )
+    for specs, title in spec_lists:
+        if specs:
+            parts.append(
+                _section(
+                    title.format(n=len(specs)),
+                    ["key", "shape", "dtype", ""],
+                    _spec_rows(specs, full),
+                    fmt,
+                )
             )
-        )
-    if report.unexpected:
-        parts.append(
-            _section(
-                f"Unexpected in the checkpoint ({len(report.unexpected)}): "
-                "the target has no place for them",
-                ["key", "shape", "dtype", ""],
-                _spec_rows(report.unexpected, full),
-                fmt,
-            )
-        )
-    if report.buffers_missing:
-        parts.append(
-            _section(
-                f"Buffers missing from the checkpoint ({len(report.buffers_missing)}): "
-                "kept at their built values",
-                ["key", "shape", "dtype", ""],
-                _spec_rows(report.buffers_missing, full),
-                fmt,
-            )
-        )
     if report.dtype_changes:
         rows = [
             [k, shape_str(d.shape), d.checkpoint_dtype, d.target_dtype, _count_label(n)]
