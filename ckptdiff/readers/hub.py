@@ -66,7 +66,13 @@ from ckptdiff.readers.remote import (
 )
 from ckptdiff.readers.safetensors_file import aliases_from_metadata
 from ckptdiff.readers.safetensors_header import header_length, parse_header
-from ckptdiff.readers.sharded import index_manifest, parse_index, shard_name_parts
+from ckptdiff.readers.sharded import (
+    index_manifest,
+    parse_index,
+    read_local_shard,
+    shard_name_parts,
+    shard_security_findings,
+)
 from ckptdiff.readers.sniff import FORMAT_NAMES, sniff_bytes
 from ckptdiff.types import Finding, Manifest, TensorSpec
 
@@ -521,7 +527,7 @@ class HubRepo:
         local = self.cached(name)
         if local is not None:
             self.transfer.add(cached=1)
-            return _local_shard(local, shard, self.source.text)
+            return read_local_shard(local, shard, self.source.text)
         try:
             manifest = read_remote_file(
                 self.reader(name), source=f"{self.source.text}: {shard}",
@@ -532,8 +538,8 @@ class HubRepo:
                 if isinstance(e, RangeNotSupportedError):
                     raise
                 raise UnsupportedFormatError(str(e)) from e
-            return _local_shard(self.fetch(name), shard, self.source.text)
-        return dict(manifest.tensors), _security(manifest, shard)
+            return read_local_shard(self.fetch(name), shard, self.source.text)
+        return dict(manifest.tensors), shard_security_findings(manifest, shard)
 
     def _read_sharded(self, index_name: str) -> Manifest:
         weight_map, index_meta = parse_index(_read_bytes(self.fetch(index_name)), self.source.text)
@@ -603,27 +609,6 @@ class HubRepo:
             },
             findings=(*manifest.findings, finding),
         )
-
-
-def _security(manifest: Manifest, shard: str) -> tuple[Finding, ...]:
-    """A shard's security findings, named after the shard (as the local sharded reader does)."""
-    return tuple(
-        dataclasses.replace(f, message=f"{shard}: {f.message}")
-        for f in manifest.security_findings
-    )
-
-
-def _local_shard(
-    path: str, shard: str, source: str
-) -> tuple[dict[str, TensorSpec], tuple[Finding, ...]]:
-    from ckptdiff.readers import read_file
-    from ckptdiff.readers.safetensors_file import read_safetensors_specs
-    from ckptdiff.readers.sniff import sniff_file
-
-    if sniff_file(path) == "safetensors":
-        return read_safetensors_specs(path, shard)[0], ()
-    manifest = read_file(path, f"{source}: {shard}")
-    return dict(manifest.tensors), _security(manifest, shard)
 
 
 def _read_bytes(path: str) -> bytes:

@@ -128,7 +128,14 @@ def shard_name_parts(name: Any, source: str) -> list[str]:
     return parts
 
 
-def _read_shard(
+def shard_security_findings(shard: Manifest, name: str) -> tuple[Finding, ...]:
+    """A shard's security findings, each message prefixed with the shard's name."""
+    return tuple(
+        dataclasses.replace(f, message=f"{name}: {f.message}") for f in shard.security_findings
+    )
+
+
+def read_local_shard(
     path: str, name: str, source: str
 ) -> tuple[dict[str, TensorSpec], tuple[Finding, ...]]:
     """One shard's tensors, and its security findings (a pickle shard's forbidden globals)."""
@@ -139,10 +146,7 @@ def _read_shard(
     if sniff_file(path) == "safetensors":
         return read_safetensors_specs(path, name)[0], ()
     shard = read_file(path, f"{source}: {name}")
-    findings = tuple(
-        dataclasses.replace(f, message=f"{name}: {f.message}") for f in shard.security_findings
-    )
-    return dict(shard.tensors), findings
+    return dict(shard.tensors), shard_security_findings(shard, name)
 
 
 def read_sharded(index_path: str, source: str, *, select: str | None = None) -> Manifest:
@@ -178,7 +182,7 @@ def read_sharded(index_path: str, source: str, *, select: str | None = None) -> 
         if not os.path.isfile(path):
             continue
         files.append(path)
-        shard_specs[name], shard_findings = _read_shard(path, name, source)
+        shard_specs[name], shard_findings = read_local_shard(path, name, source)
         unsafe.extend(shard_findings)
     manifest = index_manifest(
         weight_map, index_meta, shard_specs, source=source, files=tuple(files)
