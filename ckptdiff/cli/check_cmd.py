@@ -8,6 +8,7 @@ import click
 
 from ckptdiff.cli.common import (
     build_keymap,
+    coverage_depth_option,
     debug_option,
     emit,
     format_option,
@@ -67,13 +68,7 @@ from ckptdiff.cli.common import (
     is_flag=True,
     help="List every key instead of collapsing layer-indexed runs into one row.",
 )
-@click.option(
-    "--depth",
-    type=click.IntRange(min=0),
-    default=2,
-    show_default=True,
-    help="Module depth of the coverage table.",
-)
+@coverage_depth_option
 @format_option
 @debug_option
 @stats_option

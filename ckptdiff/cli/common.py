@@ -36,6 +36,17 @@ def debug_option(f: F) -> F:
     )(f)
 
 
+def coverage_depth_option(f: F) -> F:
+    """``--depth N``: how many key components deep the coverage table goes (default 2)."""
+    return click.option(
+        "--depth",
+        type=click.IntRange(min=0),
+        default=2,
+        show_default=True,
+        help="Module depth of the coverage table.",
+    )(f)
+
+
 def format_option(f: F) -> F:
     """``--format table|json|markdown``."""
     return click.option(
@@ -209,6 +220,7 @@ def emit(text: str) -> None:
 __all__ = [
     "UsageError",
     "build_keymap",
+    "coverage_depth_option",
     "debug_option",
     "emit",
     "fail",

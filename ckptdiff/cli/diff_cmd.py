@@ -6,6 +6,7 @@ import click
 
 from ckptdiff.cli.common import (
     build_keymap,
+    coverage_depth_option,
     debug_option,
     emit,
     format_option,
@@ -33,13 +34,7 @@ from ckptdiff.cli.common import (
     "collapsed into one row (resblocks.{0-23}.ln_1.weight).",
 )
 @click.option("--coverage", is_flag=True, help="Add per-module coverage of B by A.")
-@click.option(
-    "--depth",
-    type=click.IntRange(min=0),
-    default=2,
-    show_default=True,
-    help="Module depth of the coverage table.",
-)
+@coverage_depth_option
 @format_option
 @debug_option
 @stats_option
