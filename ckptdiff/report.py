@@ -10,6 +10,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ckptdiff.terminal import printable
 from ckptdiff.types import (
     MANIFEST_SCHEMA,
     Coverage,
@@ -47,7 +48,7 @@ def human(n: float) -> str:
 
 # --- grouping layer-indexed keys ---------------------------------------------------------------
 
-_INDEX = re.compile(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)")
+_INDEX = re.compile(r"(?<=\.)[0-9]{1,18}(?=\.)|^[0-9]{1,18}(?=\.)")
 
 
 def _ranges(values: Iterable[int]) -> str:
@@ -118,6 +119,7 @@ def _section(title: str, headers: list[str], rows: list[list[Any]], fmt: str) ->
         else:
             headers = headers[:-1]
             rows = [r[:-1] for r in rows]
+    rows = [[printable(c) if isinstance(c, str) else c for c in r] for r in rows]
     if fmt == "markdown":
         return f"### {title}\n\n" + tabulate(rows, headers, tablefmt="github") + "\n"
     return f"{title}\n" + tabulate(rows, headers, tablefmt="simple") + "\n"
@@ -475,8 +477,9 @@ FAST_TABLE_ROWS = 500
 def _table(
     rows: list[list[Any]], headers: list[str], tablefmt: str, colalign: tuple[str, ...]
 ) -> str:
-    """A table with fixed column alignment (rows must not be empty)."""
-    cells = [[str(c) for c in r] for r in rows]
+    """A table with fixed column alignment (rows must not be empty); text from files escaped."""
+    cells = [[printable(c) for c in r] for r in rows]
+    rows = [[printable(c) if isinstance(c, str) else c for c in r] for r in rows]
     if (
         len(cells) > FAST_TABLE_ROWS
         and tablefmt in ("simple", "github")
