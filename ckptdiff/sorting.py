@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["natural_key", "natural_order"]
 
-_DIGITS = re.compile(r"(\d+)")
+_DIGITS = re.compile(r"([0-9]{1,18})")  # ASCII, bounded: int() of any match works
 _split = _DIGITS.split
 
 
@@ -38,7 +38,7 @@ def natural_order(keys: Iterable[str]) -> list[str]:
     Every digit run of every key is padded to one width behind a ``\\0`` (which sorts before
     any other character, as the end of a text part does in :func:`natural_key`), so plain string
     order is natural order; the stable sort keeps ties (``a07``, ``a7``) in their given order,
-    as sorting by :func:`natural_key` does. Keys with line breaks or non-ASCII text take the
+    as sorting by :func:`natural_key` does. Keys with line breaks or NUL characters take the
     key-at-a-time way.
 
     Example:
@@ -47,7 +47,7 @@ def natural_order(keys: Iterable[str]) -> list[str]:
     """
     keys = list(keys)
     joined = "\n".join(keys)
-    if not joined.isascii() or "\0" in joined:
+    if "\0" in joined:
         return sorted(keys, key=_natural_key)
     parts = _split(joined)
     width = max(map(len, parts[1::2]), default=0)
