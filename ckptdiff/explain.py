@@ -327,7 +327,7 @@ def key_map_to_emit(report: Report) -> list[dict[str, Any]] | None:
 
 # --- causes ---------------------------------------------------------------------------------------
 
-_INT = re.compile(r"^\d+$")
+_INT = re.compile(r"^[0-9]{1,18}$")
 EMBED_NAMES = (
     "embed_tokens",
     "word_embeddings",
