@@ -296,11 +296,12 @@ def _heads_alternatives(
         f = c.suggestion.field
         if v.status != "verified" or not _heads_field(f):
             continue
-        group = [g for g in overrides if _heads_field(g) and _same_sub(g, f)] or [f]
+        values = {**_int_leaves(target.config or {}), **overrides}
+        group = [g for g in values if _heads_field(g) and _same_sub(g, f)] or [f]
         trials = []
         for factor in (2.0, 0.5):
-            for fields in ([f], group):
-                alt = {g: overrides[g] * factor for g in fields}
+            for fields in ([f], group, *([g] for g in group if g != f)):
+                alt = {g: values[g] * factor for g in fields}
                 if all(float(x).is_integer() and x >= 1 for x in alt.values()):
                     trials.append({g: int(x) for g, x in alt.items()})
         for alt in trials:
@@ -319,6 +320,14 @@ def _heads_alternatives(
                 )
                 judged[i] = (c2, judged[i][1])
                 break
+
+
+def _int_leaves(config: Mapping[str, Any]) -> dict[str, int]:
+    from ckptdiff.targets.factory import dotted_leaves
+
+    return {
+        d: v for d, v in dotted_leaves(config) if isinstance(v, int) and not isinstance(v, bool)
+    }
 
 
 def _heads_field(dotted: str) -> bool:
