@@ -10,7 +10,13 @@ from typing import Any, Literal
 
 from ckptdiff.errors import UsageError
 from ckptdiff.forward_check import attribute, shrink
-from ckptdiff.forward_check.inputs import InputSpec, check_names, default_inputs, parse_input
+from ckptdiff.forward_check.inputs import (
+    InputSpec,
+    check_names,
+    default_inputs,
+    forward_parameters,
+    parse_input,
+)
 from ckptdiff.forward_check.ranges import confirm_fields, range_findings
 from ckptdiff.forward_check.report import Failure, ForwardReport, Run
 from ckptdiff.forward_check.run import (
@@ -94,7 +100,13 @@ def forward(
     ranges, checked = range_findings(session.outcomes, specs, leaves)
     if target.rebuildable:
         ranges = tuple(confirm_fields(r, session.probe_ok) for r in ranges)
+    names, _ = forward_parameters(meta_model)
+    unnamed = [s.name for s in specs if s.name not in names]
     notes = _notes(specs, checked, runs)
+    if unnamed:
+        notes = (f"{', '.join(unnamed)} {'is' if len(unnamed) == 1 else 'are'} not a named "
+                 f"parameter of forward (passed to its **kwargs); it takes {', '.join(names)}",
+                 *notes)
     return ForwardReport(
         target=target.spec,
         inputs=tuple(s.describe() for s in specs),

@@ -52,6 +52,12 @@ def _wrap(label: str, text: str, sep: str = " ") -> list[str]:
     return [*lines, line]
 
 
+def _head(label: str, text: str) -> list[str]:
+    """A header line (``Mode:``, ``Why:``) wrapped under its own text."""
+    return textwrap.wrap(text, _WIDTH, initial_indent=f"{label:<8}", subsequent_indent=" " * 8,
+                         break_on_hyphens=False)
+
+
 def _failure_lines(f: Failure) -> list[str]:
     where = f"{f.module or '(the model itself)'} ({f.module_type})"
     lines = _wrap("module", where)
@@ -67,11 +73,11 @@ def _failure_lines(f: Failure) -> list[str]:
     return lines
 
 
-def _group_lines(group: list[Run]) -> list[str]:
+def _group_lines(group: list[Run], shared_note: bool) -> list[str]:
     first = group[0]
     status = {"ok": "ok", "failed": "FAILED", "not run": "NOT RUN"}[first.status]
     lines = [f"{status} at {_sizes(group)} ({first.mode} mode)"]
-    if first.note:
+    if first.note and not shared_note:
         lines += _wrap("why", first.note)
     if first.failure:
         lines += _failure_lines(first.failure)
@@ -97,13 +103,18 @@ def render_text(report: ForwardReport) -> str:
     modes = sorted({r.mode for r in report.runs}, key=list(_MODES).index)
     lines = [f"Forward pass of {report.target}",
              f"Inputs: {', '.join(report.inputs)} (B: dim 0, the batch)"]
-    lines += [f"Mode:   {_MODES[m]}" for m in modes]
+    for m in modes:
+        lines += _head("Mode:", _MODES[m])
     if report.shrunk:
-        lines += _wrap("Shrunk", ", ".join(f"{k} {a} -> {b}" for k, a, b in report.shrunk)
+        lines += _head("Shrunk:", ", ".join(f"{k} {a} -> {b}" for k, a, b in report.shrunk)
                        + " (structure kept: context lengths, image and patch sizes, heads)")
+    notes = {r.note for r in report.runs}
+    shared = len(notes) == 1 and None not in notes and len(report.runs) > 1
+    if shared:
+        lines += _head("Why:", notes.pop() or "")
     lines.append("")
     for group in _groups(report.runs):
-        lines += _group_lines(group)
+        lines += _group_lines(group, shared)
     if report.ranges:
         lines += ["", "Index ranges:"]
         for r in report.ranges:
