@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +98,7 @@ def run_shape_only(model: nn.Module, specs: Sequence[InputSpec], batch_size: int
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with mode:
+    with mode, _fake_logs_off():
         state = _fake_state(model, mode)
         inputs = synthesize(specs, batch_size, {}, real=False)
 
@@ -104,6 +106,18 @@ def run_shape_only(model: nn.Module, specs: Sequence[InputSpec], batch_size: int
             return functional_call(model, state, (), inputs, tie_weights=True, strict=False)
 
         return _traced(model, call, inputs, batch_size)
+
+
+@contextlib.contextmanager
+def _fake_logs_off() -> Iterator[None]:
+    """FakeTensorMode logs every failing op with its traceback; the report says it once."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was
 
 
 def run_data(

@@ -43,7 +43,14 @@ _VALUE_PRESERVING = frozenset(
     "transpose permute masked_fill where flip chunk split unbind movedim t type pad view_as "
     "float half bfloat16 log_softmax".split()
 )
-_SEQUENCE_OPS = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack"})
+_BUILTIN_ARGS: dict[str, list[str]] = {
+    **{op: ["tensors"] for op in ("cat", "concat", "concatenate", "stack", "hstack", "vstack")},
+    **{op: ["input", "weight", "bias"] for op in ("linear", "conv1d", "conv2d", "conv3d")},
+    **{op: ["input", "other"] for op in ("matmul", "mm", "bmm", "add", "sub", "mul", "div")},
+    "baddbmm": ["input", "batch1", "batch2"],
+    "__matmul__": ["self", "other"],
+    "scaled_dot_product_attention": ["query", "key", "value", "attn_mask"],
+}
 _EMBEDDING = "torch.nn.functional.embedding"
 _LOSSES = frozenset({"torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss"})
 
@@ -246,8 +253,8 @@ def _operands(
     """Each tensor operand as ``(name, shape, dtype)``; names from the signature where known."""
     try:
         names = list(inspect.signature(func).parameters)
-    except (TypeError, ValueError):  # builtins: the sequence ops' first argument by name
-        names = ["tensors"] if _name(func).rsplit(".", 1)[-1] in _SEQUENCE_OPS else []
+    except (TypeError, ValueError):  # builtins: the common ones' arguments by name
+        names = _BUILTIN_ARGS.get(_name(func).rsplit(".", 1)[-1], [])
     labelled: list[tuple[str, Any]] = [
         (names[i] if i < len(names) and names[i] not in ("self", "args") else f"arg{i}", a)
         for i, a in enumerate(args)
