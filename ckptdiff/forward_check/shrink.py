@@ -52,7 +52,7 @@ def shrink_overrides(
         {'hidden_size': 48, 'num_hidden_layers': 2, 'vocab_size': 1907}
     """
     items = [(k, v) for k, v in leaves if isinstance(v, int) and not isinstance(v, bool)]
-    token_ids = [v for k, v in items if k.endswith("_token_id") and v >= 0]
+    token_ids = [v for k, v in items if k.endswith("pad_token_id") and v >= 0]  # padding_idx
     floor = max(token_ids, default=0) + 1
     out: dict[str, int] = {}
     for key, value in items:
