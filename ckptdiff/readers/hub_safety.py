@@ -102,7 +102,7 @@ def check_repo_names(names: Iterable[str], source: str) -> None:
 
 def _max_small_file() -> int:
     raw = os.environ.get("CKPTDIFF_MAX_HUB_FILE", "").strip()
-    return int(raw) if raw.isdigit() else MAX_SMALL_FILE
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else MAX_SMALL_FILE
 
 
 def _etag(headers: Any) -> str | None:

@@ -435,7 +435,7 @@ class RangeReader:
                 raise RangeNotSupportedError(
                     f"Cannot read '{self.source}' ({self.name}): the server ignored the range "
                     f"request and started sending the whole file"
-                    f"{f' ({human_bytes(int(total))})' if total and total.isdigit() else ''}; "
+                    f"{f' ({human_bytes(n)})' if (n := _uint(total)) is not None else ''}; "
                     "ckptdiff reads only headers. Pass --allow-download (or set "
                     "CKPTDIFF_ALLOW_DOWNLOAD=1) to download the file instead."
                 )
@@ -539,8 +539,14 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
         return None, None
     span, _, total = value[6:].partition("/")
     first = span.split("-", 1)[0]
-    start = int(first) if first.isdigit() else None
-    return start, int(total) if total.isdigit() else None
+    return _uint(first), _uint(total)
+
+
+def _uint(text: str | None) -> int | None:
+    """A plain decimal number a server sent (ASCII digits, at most 18), else None."""
+    if text and text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None
 
 
 def allow_download_from_env() -> bool:

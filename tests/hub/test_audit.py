@@ -50,7 +50,7 @@ def test_minilm_over_the_hub_is_consistent(hub: HubServer, minilm: str) -> None:
 
 def test_audit_json_follows_the_report_contract(hub: HubServer, minilm: str) -> None:
     data = json.loads(render_audit([audit(f"hf://{minilm}")], "json"))
-    assert data["schema"] == "ckptdiff.report/1"
+    assert data["schema"] == "ckptdiff.report/2"
     for field in ("ok", "missing", "unexpected", "mismatched", "dtype_changes", "coverage",
                   "findings", "suggestions", "transfer", "source", "audit"):
         assert field in data
@@ -250,7 +250,7 @@ def test_cli_jsonl_several_repos(hub: HubServer, minilm: str, runner, tmp_path: 
     assert result.exit_code == 1, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert {d["source"]: d["ok"] for d in lines} == {f"hf://{minilm}": True, "hf://t/dtype": False}
-    assert all(d["schema"] == "ckptdiff.report/1" and "transfer" in d for d in lines)
+    assert all(d["schema"] == "ckptdiff.report/2" and "transfer" in d for d in lines)
 
 
 def test_cli_from_file_with_an_error(hub: HubServer, minilm: str, runner, tmp_path: Path) -> None:
