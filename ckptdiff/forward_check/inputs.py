@@ -41,6 +41,8 @@ DTYPE_ALIASES = {
 INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
 _INT_NAME = re.compile(r"(^|_)(ids|labels?|mask|text|tokens|positions?|offsets?)$")
 MAX_INPUT_ELEMENTS = 1 << 31  # a shape is only described, never allocated, in shape-only mode
+#: Elements of one input data mode allocates (256 MiB of float32).
+MAX_DATA_ELEMENTS = 1 << 26
 DEFAULT_SEQUENCE = 128
 
 
@@ -232,6 +234,11 @@ def synthesize(
         if spec.values is not None:
             out[spec.name] = _resampled(spec.values, batch_size).to(dtype)
             continue
+        if math.prod(shape) > MAX_DATA_ELEMENTS:
+            raise UsageError(
+                f"Cannot run data mode with {spec.name}={'x'.join(map(str, shape))}: over "
+                f"{MAX_DATA_ELEMENTS} elements. Give a smaller --input or fewer --batch-sizes."
+            )
         if len(shape) >= 2 and lengths is None:
             seq = shape[1]
             lengths = [max(seq - i, max(seq // 2, 1)) for i in range(shape[0])]

@@ -62,3 +62,10 @@ def test_known_values_follow_the_batch_size():
     spec = InputSpec("input_ids", (2, 2), "int64", values)
     assert synthesize([spec], 3, {}, real=True)["input_ids"].tolist() == [[1, 2], [3, 4], [1, 2]]
     assert synthesize([spec], 1, {}, real=False)["input_ids"].shape == (1, 2)
+
+
+def test_data_mode_refuses_to_allocate_huge_inputs():
+    spec = parse_input("input_ids=2x100000000")
+    message = "Cannot run data mode with input_ids=2x100000000: over 67108864 elements"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        synthesize([spec], 2, {}, real=True)
