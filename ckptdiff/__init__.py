@@ -29,6 +29,8 @@ if TYPE_CHECKING:
         UnsupportedFormatError,
         UsageError,
     )
+    from ckptdiff.forward_check.api import forward
+    from ckptdiff.forward_check.report import ForwardReport
     from ckptdiff.readers import read
     from ckptdiff.types import Finding, Manifest, Report, Suggestion, TensorSpec
 
@@ -39,6 +41,8 @@ _LAZY = {
     "check": ("ckptdiff.check", "check"),
     "diff": ("ckptdiff.diff", "diff_sources"),
     "read": ("ckptdiff.readers", "read"),
+    "forward": ("ckptdiff.forward_check.api", "forward"),  # imports torch when first used
+    "ForwardReport": ("ckptdiff.forward_check.report", "ForwardReport"),
     **{
         name: ("ckptdiff.errors", name)
         for name in (
@@ -62,6 +66,7 @@ _LAZY = {
 __all__ = [
     "CkptDiffError",
     "Finding",
+    "ForwardReport",
     "IncompatibleCheckpointError",
     "Manifest",
     "ReadError",
@@ -76,6 +81,7 @@ __all__ = [
     "UsageError",
     "check",
     "diff",
+    "forward",
     "read",
 ]
 

@@ -37,6 +37,10 @@ LAZY_COMMANDS = {
         "ckptdiff.cli.scan_cmd",
         "Report what is unsafe in checkpoints, without loading them: findings only.",
     ),
+    "forward": (
+        "ckptdiff.cli.forward_cmd",
+        "Run the forward pass of the model TARGET without its weights, and say where it breaks.",
+    ),
 }
 
 
@@ -88,6 +92,7 @@ def main() -> None:
       ckptdiff check ckpt.pt --model mypkg.models:build --arg width=1024
       ckptdiff audit hf://org/repo
       ckptdiff scan downloaded.ckpt
+      ckptdiff forward --model hf-config:config.json --input input_ids=2x512
 
     Exit codes: 0 compatible, 1 differences found, 2 bad input, 3 security finding.
     """

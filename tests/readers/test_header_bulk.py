@@ -50,8 +50,9 @@ def _mutate(rng: random.Random, text: str, header: dict) -> str:
     entry = header[key]
     choice = rng.randrange(12)
     if choice == 0:  # duplicate key, the copy first and harmless-looking
-        return text.replace("{", '{"%s": 1, ' % key, 1) if rng.random() < 0.5 else text[:-1] + (
-            ', "%s": %s}' % (key, json.dumps(entry)))
+        if rng.random() < 0.5:
+            return text.replace("{", f'{{"{key}": 1, ', 1)
+        return text[:-1] + f', "{key}": {json.dumps(entry)}}}'
     if choice == 1:
         entry["data_offsets"][1] += 1
     elif choice == 2:
