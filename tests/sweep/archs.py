@@ -106,6 +106,8 @@ class Arch:
         config built once per process; a config that does not build raises each time)."""
         key = (self.factory or self.class_name, json.dumps(data, sort_keys=True, default=str))
         if key not in _SHAPES:
+            if len(_SHAPES) > 128:  # bounded: a sweep moves on from one architecture
+                _SHAPES.clear()
             if self.factory:
                 _SHAPES[key] = build_factory_shapes(self.factory, data, timeout)
             else:
