@@ -104,7 +104,7 @@ class Arch:
     def shapes(self, data: dict[str, Any], timeout: float = 60.0) -> Shapes:
         """The oracle's ``state_dict`` shapes of this architecture built from ``data`` (each
         config built once per process; a config that does not build raises each time)."""
-        key = (self.factory or self.class_name, json.dumps(data, sort_keys=True, default=str))
+        key = (self.factory or self.class_name, json.dumps(data, default=str))
         if key not in _SHAPES:
             if len(_SHAPES) > 128:  # bounded: a sweep moves on from one architecture
                 _SHAPES.clear()
