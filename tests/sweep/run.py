@@ -6,9 +6,10 @@ with ``ckptdiff check --emit-config``, judged by transformers alone; prints the 
     python -m tests.sweep.run --arch qwen2/Qwen2ForCausalLM --mutation num_hidden_layers=3 \\
         --keep /tmp/case                            # one case, its files kept to rerun by hand
 
-Cases per architecture: the first mutation of each kind (width, layers, vocab, intermediate,
-kv_heads, heads, image, patch, classes, invisible), plus ``--combos`` combinations of one to
-three mutations drawn by hypothesis with a fixed seed.
+Architectures: one class per model type (its task class where it has one; ``--all-classes``
+adds the base models). Cases per architecture: the first mutation of each kind (width,
+width_heads, layers, vocab, intermediate, kv_heads, heads, image, patch, classes, invisible),
+plus ``--combos`` combinations of one to three mutations drawn by hypothesis with a fixed seed.
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def drawn(arch: Arch, n: int, seed: int = 0) -> list[Mutation]:
 
     collect()
     return found[:n]
+
+
+def one_class_per_type(archs: list[Arch]) -> list[Arch]:
+    """The last buildable class of each model type: its task class where it has one (the
+    enumeration lists the base model first)."""
+    last: dict[str, Arch] = {}
+    for a in archs:
+        last[a.model_type] = a
+    return list(last.values())
 
 
 def cases_for(arch: Arch, combos: int = 1, every: bool = False) -> list[Mutation]:
@@ -211,6 +221,10 @@ def _parse_mutation(items: list[str]) -> Mutation:
     return combine([Mutation("given", tuple(changes))])
 
 
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.sweep.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", help="one architecture, TYPE/Class")
     p.add_argument("--mutation", action="append", default=[], help="path=value (with --arch)")
     p.add_argument("--keep", help="with --arch: the folder to keep the case's files in")
-    p.add_argument("--combos", type=int, default=1, help="drawn combinations per architecture")
+    p.add_argument("--combos", type=int, default=0, help="drawn combinations per architecture")
     p.add_argument("--every", action="store_true", help="every mutation, not one per kind")
     p.add_argument("--stride", type=int, default=1, help="every Nth architecture only")
+    p.add_argument("--all-classes", action="store_true",
+                   help="the base and the task class of each model type (default: one class "
+                   "per model type, the task class where there is one)")
     p.add_argument("--refresh", action="store_true", help="re-probe the buildable architectures")
     p.add_argument("--findings", help="write the findings grouped by class to this markdown file")
     p.add_argument("--results", help="write every outcome as JSON to this file")
@@ -241,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.only:
         archs = [a for a in archs if a.model_type in set(args.only)]
+    if not args.all_classes:
+        archs = one_class_per_type(archs)
     archs = archs[:: max(args.stride, 1)]
     command = "python -m tests.sweep.run " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -261,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     start = time.perf_counter()
-    figures = sweep(archs, args.combos, args.every, log=lambda m: print(m, file=sys.stderr),
-                    progress=save)
+    figures = sweep(archs, args.combos, args.every, log=_log, progress=save)
     seconds = time.perf_counter() - start
     print_figures(figures, enumeration.skipped, seconds)
     save(figures, done=True)
