@@ -23,6 +23,7 @@ __all__ = [
     "Skipped",
     "architectures",
     "buildable",
+    "CLIP_FACTORY",
     "cache_path",
     "classes_of",
     "tiny_config",
@@ -146,6 +147,22 @@ class Enumeration:
     transformers_version: str
     archs: list[Arch] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+
+
+#: the open_clip-style factory of fixtures/models.py (open_clip and timm cannot be imported
+#: here), as a sweep architecture: a small ViT CLIP's keyword arguments
+CLIP_FACTORY = Arch(
+    "open_clip",
+    "build_clip",
+    {
+        "embed_dim": 32,
+        "vision_cfg": {"width": 32, "layers": 2, "heads": 2, "patch_size": 8, "image_size": 32,
+                       "mlp_ratio": 4.0},
+        "text_cfg": {"width": 32, "layers": 2, "heads": 2, "context_length": 16,
+                     "vocab_size": 128, "mlp_ratio": 4.0},
+    },
+    factory="fixtures.models:build_clip",
+)
 
 
 def classes_of(model_type: str) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import tempfile
@@ -35,9 +36,12 @@ from tests.sweep.oracle import (
     BuildError,
     Shapes,
     build_config,
+    build_model,
     deep_merge,
     get_path,
+    quiet,
     set_path,
+    shapes_of,
 )
 
 __all__ = [
@@ -57,6 +61,7 @@ CHECK_SECONDS = float(os.environ.get("CKPTDIFF_SWEEP_CHECK_SECONDS", "60"))
 # the classes of wrong answers, as the figures name them
 PROBLEMS = {
     "wrong_value": "a verified config value differs from the truth",
+    "wrong_call": "a verified call does not rebuild the checkpoint's shapes when made",
     "invisible_verified": "a field shapes cannot tell was marked verified",
     "verified_without_change": "something was verified on a checkpoint that already fits",
     "verified_key_map": "a key map was verified although no key was renamed",
@@ -69,6 +74,7 @@ PROBLEMS = {
 }
 WRONG_VERIFIED = (
     "wrong_value",
+    "wrong_call",
     "invisible_verified",
     "verified_without_change",
     "verified_key_map",
@@ -336,8 +342,11 @@ def _judge_values(case: Case, suggestions: list[dict[str, Any]], out: Outcome) -
         if kind == "key_map":
             out.problems.append(Problem("verified_key_map", _label(s)))
             continue
+        if kind == "call":
+            _judge_call(case, s, suggestions, out)
+            continue
         if kind != "config":
-            continue  # a call (resize_token_embeddings): judged by the emitted config
+            continue
         try:
             expected = get_path(truth_config, path)
         except (KeyError, AttributeError):
@@ -353,6 +362,52 @@ def _judge_values(case: Case, suggestions: list[dict[str, Any]], out: Outcome) -
             out.problems.append(
                 Problem("invisible_verified", f"{path}={value!r}: no shape tells this value")
             )
+
+
+_RESIZE = re.compile(r"resize_token_embeddings\((\d+)\)")
+
+
+def _judge_call(case: Case, s: dict[str, Any], others: list[dict[str, Any]], out: Outcome
+                ) -> None:
+    """A verified ``model.resize_token_embeddings(N)``: made on the model built with the other
+    verified config fixes (the vocabulary fields left as they were), every tensor it resizes
+    must then have the checkpoint's shape."""
+    text = str(s.get("suggested"))
+    match = _RESIZE.search(text)
+    if not match:
+        return  # a call this judge cannot make: not judged
+    if case.arch.factory:
+        why = f"{text}: the factory's model has no such method"
+        out.problems.append(Problem("wrong_call", why))
+        return
+    import torch
+
+    base = deep_merge(case.original, {})
+    for other in others:
+        path = str(other.get("field"))
+        if other.get("kind") == "config" and not path.endswith("vocab_size"):
+            set_path(base, path, other.get("suggested"))
+    try:
+        model = build_model(case.arch.class_name, base)
+        before = shapes_of(model)
+        # the call reads the old table (mean and covariance of its rows): real, zeroed memory,
+        # tiny for these configs
+        model.to_empty(device="cpu")
+        with quiet(), torch.no_grad():
+            for tensor in (*model.parameters(), *model.buffers()):
+                tensor.zero_()
+            model.resize_token_embeddings(int(match.group(1)))
+    except Exception as e:
+        out.problems.append(Problem("wrong_call", f"{text}: fails: {type(e).__name__}: {e}"))
+        return
+    resized = shapes_of(model)
+    touched = sorted(k for k in resized if resized[k] != before.get(k))
+    wrong = [k for k in touched if resized[k] != case.truth_shapes.get(k)]
+    if wrong or not touched:
+        got = {k: resized[k] for k in wrong}
+        want = {k: case.truth_shapes[k] for k in wrong if k in case.truth_shapes}
+        diff = _shape_diff(got, want) if wrong else "resizes nothing"
+        out.problems.append(Problem("wrong_call", f"{text}: then {diff}"))
 
 
 def _judge_emitted(case: Case, suggestions: list[dict[str, Any]], emitted: Any, out: Outcome

@@ -4,9 +4,14 @@ A :class:`Mutation` is a set of config changes (dotted paths into ``config.json`
 
 - ``width``: a hidden width with the head count kept (a new head_dim); ``width_heads``: both
   doubled (the same head_dim), so the attention stays consistent;
-- ``layers``, ``vocab``, ``intermediate``, ``kv_heads``, ``image``, ``patch``, ``classes``;
-- ``invisible``: attention heads when head_dim is free, rope theta, dropout; no shape moves, so
-  the checkpoint fits as it is and nothing may be verified.
+- ``layers``, ``vocab``, ``intermediate``, ``positions``, ``kv_heads``, ``image``, ``patch``,
+  ``classes``; ``heads`` (the head count alone: shapes tell it only where head_dim is fixed or
+  the key/value heads are grouped);
+- ``invisible``: rope theta, dropout; no shape moves, so the checkpoint fits as it is and
+  nothing may be verified.
+
+Whether shapes moved is the oracle's call, never the kind's: a case whose shapes did not move
+must come out compatible with nothing verified.
 
 :func:`candidates` lists them for one config, deterministically; :func:`mutations` is the
 hypothesis strategy drawing one to three of them at once.
@@ -24,6 +29,10 @@ from tests.sweep.oracle import deep_merge, set_path
 __all__ = ["Mutation", "apply", "candidates", "combine", "mutations"]
 
 HEAD_DIM_FIELDS = ("head_dim", "d_kv", "attention_head_dim", "kv_channels")
+# open_clip's names beside transformers' (``vision_cfg.layers``, ``text_cfg.heads``)
+LAYER_FIELDS = (*LAYERS, "layers")
+HEAD_FIELDS = (*HEADS, "heads")
+POSITIONS = ("max_position_embeddings", "n_positions", "context_length", "max_source_positions")
 DROPOUTS = ("attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout")
 # derived lists a class rebuilds from the depth (dropped from a config whose depth changes)
 DEPTH_LISTS = ("layer_types", "mlp_layer_types", "block_types", "layers_block_type")
@@ -81,7 +90,9 @@ def _levels(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Ma
     """``(dotted prefix, dict)`` of the config and of each sub-config dict in it."""
     yield prefix, data
     for key, value in data.items():
-        if isinstance(value, Mapping) and ("model_type" in value or key.endswith("config")):
+        if isinstance(value, Mapping) and (
+            "model_type" in value or key.endswith(("config", "_cfg"))
+        ):
             yield from _levels(value, f"{prefix}{key}.")
 
 
@@ -105,7 +116,7 @@ def candidates(config: Mapping[str, Any], class_name: str = "") -> list[Mutation
 
 def _level_candidates(prefix: str, level: Mapping[str, Any]) -> list[Mutation]:
     out: list[Mutation] = []
-    heads_key = next((k for k in HEADS if _int(level.get(k)) and level[k] > 0), None)
+    heads_key = next((k for k in HEAD_FIELDS if _int(level.get(k)) and level[k] > 0), None)
     heads = level[heads_key] if heads_key else None
     kv_key = next((k for k in KV_HEADS if _int(level.get(k)) and level[k] > 0), None)
     head_dim_set = any(_int(level.get(k)) and level[k] > 0 for k in HEAD_DIM_FIELDS)
@@ -125,7 +136,7 @@ def _level_candidates(prefix: str, level: Mapping[str, Any]) -> list[Mutation]:
         else:
             out.append(Mutation("width", ((prefix + key, width + 16),)))
         break  # one width per level: the model's main one
-    for key in LAYERS:
+    for key in LAYER_FIELDS:
         depth = level.get(key)
         if _int(depth) and depth > 0:
             out.append(Mutation("layers", ((prefix + key, depth + 1),), drops=depth_drops))
@@ -139,6 +150,11 @@ def _level_candidates(prefix: str, level: Mapping[str, Any]) -> list[Mutation]:
         inter = level.get(key)
         if _int(inter) and inter > 0:
             out.append(Mutation("intermediate", ((prefix + key, inter + 32),)))
+    for key in POSITIONS:
+        positions = level.get(key)
+        if _int(positions) and positions > 0:
+            out.append(Mutation("positions", ((prefix + key, positions + 8),)))
+            break
     if kv_key and heads:
         kv = level[kv_key]
         for other in (1, 2, heads):

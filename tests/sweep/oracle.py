@@ -20,12 +20,14 @@ __all__ = [
     "BuildError",
     "build_config",
     "build_factory_shapes",
+    "build_model",
     "build_shapes",
     "deep_merge",
     "get_path",
     "model_class",
     "quiet",
     "set_path",
+    "shapes_of",
     "time_limit",
 ]
 
@@ -132,8 +134,8 @@ def build_config(data: Mapping[str, Any]) -> Any:
         raise BuildError(f"config: {type(e).__name__}: {_first_line(e)}") from e
 
 
-def build_shapes(class_name: str, data: Mapping[str, Any], timeout: float = 60.0) -> Shapes:
-    """``{key: (shape, dtype)}`` of the ``state_dict()`` of ``class_name`` built from ``data``.
+def build_model(class_name: str, data: Mapping[str, Any], timeout: float = 60.0) -> Any:
+    """``class_name`` built from the config dict ``data`` on meta.
 
     Raises:
         BuildError: the config or the model does not build (the reason in the message).
@@ -144,15 +146,28 @@ def build_shapes(class_name: str, data: Mapping[str, Any], timeout: float = 60.0
     config = build_config(data)
     try:
         with quiet(), time_limit(timeout), torch.device("meta"):
-            model = cls._from_config(config)
+            return cls._from_config(config)
     except BuildError:
         raise
     except Exception as e:
         raise BuildError(f"model: {type(e).__name__}: {_first_line(e)}") from e
+
+
+def shapes_of(model: Any) -> Shapes:
+    """``{key: (shape, dtype)}`` of ``model.state_dict()``."""
     return {
         key: (tuple(int(n) for n in t.shape), str(t.dtype).removeprefix("torch."))
         for key, t in model.state_dict().items()
     }
+
+
+def build_shapes(class_name: str, data: Mapping[str, Any], timeout: float = 60.0) -> Shapes:
+    """``{key: (shape, dtype)}`` of the ``state_dict()`` of ``class_name`` built from ``data``.
+
+    Raises:
+        BuildError: the config or the model does not build (the reason in the message).
+    """
+    return shapes_of(build_model(class_name, data, timeout))
 
 
 def _first_line(e: BaseException) -> str:
@@ -186,7 +201,4 @@ def build_factory_shapes(spec: str, kwargs: Mapping[str, Any], timeout: float = 
         raise
     except Exception as e:
         raise BuildError(f"model: {type(e).__name__}: {_first_line(e)}") from e
-    return {
-        key: (tuple(int(n) for n in t.shape), str(t.dtype).removeprefix("torch."))
-        for key, t in model.state_dict().items()
-    }
+    return shapes_of(model)

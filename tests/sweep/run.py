@@ -6,10 +6,14 @@ with ``ckptdiff check --emit-config``, judged by transformers alone; prints the 
     python -m tests.sweep.run --arch qwen2/Qwen2ForCausalLM --mutation num_hidden_layers=3 \\
         --keep /tmp/case                            # one case, its files kept to rerun by hand
 
-Architectures: one class per model type (its task class where it has one; ``--all-classes``
-adds the base models). Cases per architecture: the first mutation of each kind (width,
-width_heads, layers, vocab, intermediate, kv_heads, heads, image, patch, classes, invisible),
-plus ``--combos`` combinations of one to three mutations drawn by hypothesis with a fixed seed.
+Architectures: every transformers model type whose class builds on meta from a small config,
+and the open_clip-style factory ``fixtures.models:build_clip`` (open_clip and timm cannot be
+imported beside this torch); one class per model type (its task class where it has one;
+``--all-classes`` adds the base models). Cases per architecture: the first mutation of
+``--kinds`` kinds (width, width_heads, layers, vocab, intermediate, positions, kv_heads, heads,
+image, patch, classes), turning through the kinds from one architecture to the next, plus the
+shape-invisible one (rope, dropout); ``--kinds 0`` takes every kind. ``--combos N`` adds N
+combinations of one to three mutations drawn by hypothesis with a fixed seed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from tests.sweep.archs import Arch, buildable, cache_path
+from tests.sweep.archs import CLIP_FACTORY, Arch, buildable, cache_path
 from tests.sweep.case import PROBLEMS, WRONG_VERIFIED, Outcome, run_case
 from tests.sweep.mutate import Mutation, candidates, combine, mutations
 from tests.sweep.oracle import BuildError
@@ -68,9 +72,18 @@ def one_class_per_type(archs: list[Arch]) -> list[Arch]:
     return list(last.values())
 
 
-def cases_for(arch: Arch, combos: int = 1, every: bool = False) -> list[Mutation]:
+def cases_for(arch: Arch, index: int = 0, kinds: int = 0, combos: int = 0, every: bool = False
+              ) -> list[Mutation]:
+    """The mutations of the ``index``-th architecture: the first of each kind (every mutation
+    with ``every``), or with ``kinds`` > 0 that many kinds, turning through the kinds from one
+    architecture to the next (so each kind meets a share of all architectures), plus the
+    ``invisible`` one; then ``combos`` drawn combinations."""
     pool = candidates(arch.config, arch.class_name)
     singles = pool if every else first_of_each_kind(pool)
+    if kinds > 0 and not every:
+        visible = [m for m in singles if m.kind != "invisible"]
+        chosen = [visible[(index + j) % len(visible)] for j in range(min(kinds, len(visible)))]
+        singles = [m for m in singles if m in chosen or m.kind == "invisible"]
     extra = [m for m in drawn(arch, combos) if "+" in m.kind and m not in singles]
     return singles + extra
 
@@ -106,14 +119,14 @@ class Figures:
         }
 
 
-def sweep(archs: Iterable[Arch], combos: int = 1, every: bool = False,
+def sweep(archs: Iterable[Arch], kinds: int = 0, combos: int = 0, every: bool = False,
           log: Callable[[str], None] | None = None,
           progress: Callable[[Figures], None] | None = None) -> Figures:
     figures = Figures()
     archs = list(archs)
     start = time.perf_counter()
     for i, arch in enumerate(archs):
-        for mutation in cases_for(arch, combos, every):
+        for mutation in cases_for(arch, i, kinds, combos, every):
             try:
                 figures.add(run_case(arch, mutation))
             except BuildError as e:
@@ -233,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mutation", action="append", default=[], help="path=value (with --arch)")
     p.add_argument("--keep", help="with --arch: the folder to keep the case's files in")
     p.add_argument("--combos", type=int, default=0, help="drawn combinations per architecture")
+    p.add_argument("--kinds", type=int, default=2,
+                   help="mutation kinds per architecture, turning from one to the next, plus "
+                   "the shape-invisible one (0: every kind)")
     p.add_argument("--every", action="store_true", help="every mutation, not one per kind")
     p.add_argument("--stride", type=int, default=1, help="every Nth architecture only")
     p.add_argument("--all-classes", action="store_true",
@@ -241,17 +257,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refresh", action="store_true", help="re-probe the buildable architectures")
     p.add_argument("--findings", help="write the findings grouped by class to this markdown file")
     p.add_argument("--results", help="write every outcome as JSON to this file")
+    p.add_argument("--notes", help="markdown put at the end of the findings file")
     args = p.parse_args(argv)
 
-    enumeration = buildable(refresh=args.refresh, log=lambda m: print(m, file=sys.stderr))
+    enumeration = buildable(refresh=args.refresh, log=_log)
     archs = enumeration.archs
+    if args.arch == CLIP_FACTORY.name:
+        archs = [*archs, CLIP_FACTORY]
     if args.arch:
         arch = next((a for a in archs if a.name == args.arch), None)
         if arch is None:
             print(f"no buildable architecture {args.arch} (see {cache_path()})", file=sys.stderr)
             return 2
         mutation_list = ([_parse_mutation(args.mutation)] if args.mutation
-                         else cases_for(arch, args.combos, args.every))
+                         else cases_for(arch, 0, 0, args.combos, args.every))
         for m in mutation_list:
             outcome = run_case(arch, m, args.keep)
             print(json.dumps(outcome.to_dict(), indent=1, default=str))
@@ -260,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         archs = [a for a in archs if a.model_type in set(args.only)]
     if not args.all_classes:
         archs = one_class_per_type(archs)
+    if not args.only or CLIP_FACTORY.model_type in args.only:
+        archs = [*archs, CLIP_FACTORY]
     archs = archs[:: max(args.stride, 1)]
     command = "python -m tests.sweep.run " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -269,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             if not done:
                 note = f"(in progress: {len(figures.outcomes)} cases so far)"
                 text = text.replace("\n\n", f"\n\n{note}\n\n", 1)
+            if args.notes and Path(args.notes).is_file():
+                text += "\n" + Path(args.notes).read_text(encoding="utf-8")
             Path(args.findings).write_text(text, encoding="utf-8")
         if args.results:
             Path(args.results).write_text(
@@ -280,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     start = time.perf_counter()
-    figures = sweep(archs, args.combos, args.every, log=_log, progress=save)
+    figures = sweep(archs, args.kinds, args.combos, args.every, log=_log, progress=save)
     seconds = time.perf_counter() - start
     print_figures(figures, enumeration.skipped, seconds)
     save(figures, done=True)

@@ -18,10 +18,10 @@ import json
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.sweep.archs import Arch, probe
+from tests.sweep.archs import CLIP_FACTORY, Arch, probe
 from tests.sweep.case import Case, judge, make_case, run_case
 from tests.sweep.ckpt import write_safetensors
 from tests.sweep.mutate import Mutation, candidates, combine
@@ -34,6 +34,8 @@ SAMPLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("llama", "LlamaForCausalLM"): ("width", "layers", "vocab", "intermediate", "invisible"),
     ("t5", "T5ForConditionalGeneration"): ("width", "vocab"),
     ("vit", "ViTModel"): ("width", "layers", "intermediate", "patch", "invisible"),
+    ("open_clip", "build_clip"): ("width", "width_heads", "layers", "image", "patch",
+                                  "positions", "heads"),
 }
 
 _ARCHS: dict[tuple[str, str], Arch] = {}
@@ -41,6 +43,8 @@ _ARCHS: dict[tuple[str, str], Arch] = {}
 
 def arch(model_type: str, class_name: str) -> Arch:
     key = (model_type, class_name)
+    if key == (CLIP_FACTORY.model_type, CLIP_FACTORY.class_name):
+        return CLIP_FACTORY
     if key not in _ARCHS:
         _ARCHS[key] = probe(model_type, class_name)
     return _ARCHS[key]
@@ -70,7 +74,7 @@ def test_single_mutation(key: tuple[str, str], mutation: Mutation) -> None:
         assert outcome.verified, describe(outcome)
 
 
-@settings(max_examples=6, derandomize=True, database=None, deadline=None,
+@settings(max_examples=6, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
           suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_combined_mutations(data: st.DataObject) -> None:
