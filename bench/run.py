@@ -235,6 +235,7 @@ def main() -> None:
     if os.path.exists(extra):
         subprocess.run([PY, "-m", "bench.targets"], check=True)
     subprocess.run([PY, "-m", "bench.hub"], check=True)
+    subprocess.run([PY, "-m", "bench.forward"], check=True)
 
 
 if __name__ == "__main__":

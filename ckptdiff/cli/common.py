@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ckptdiff.errors import CkptDiffError, UsageError
+from ckptdiff.terminal import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,6 +57,40 @@ def format_option(f: F) -> F:
         default="table",
         show_default=True,
         help="Output: a text table for people, JSON for machines, markdown for PRs and issues.",
+    )(f)
+
+
+def target_options(f: F) -> F:
+    """``--model TARGET``, ``--arg KEY=VALUE``, ``--config FILE`` and ``--auto-class NAME``."""
+    f = click.option(
+        "--auto-class",
+        metavar="NAME",
+        help="transformers class to build (AutoModel, AutoModelForCausalLM, "
+        "BertForSequenceClassification...); default: the config's architectures[0].",
+    )(f)
+    f = click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="A JSON object of keyword arguments (config fields for transformers); --arg wins.",
+    )(f)
+    f = click.option(
+        "--arg",
+        "args",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="A keyword argument of the factory (or a transformers config field); VALUE is JSON "
+        "where it parses, dotted keys reach into dicts (vision_cfg.width=1024). Repeatable.",
+    )(f)
+    return click.option(
+        "--model",
+        "-m",
+        "model",
+        required=True,
+        metavar="TARGET",
+        help="The model: pkg.module:callable, path/to/file.py:callable, "
+        "hf-config:path/config.json, or a folder with a config.json.",
     )(f)
 
 
@@ -175,8 +210,8 @@ def stats_option(f: F) -> F:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one error line to stderr and exit."""
-    click.echo(f"ckptdiff: {message}", err=True)
+    """Print one error line to stderr and exit (control characters from files escaped)."""
+    click.echo(f"ckptdiff: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -213,8 +248,12 @@ def handle_errors(f: F) -> F:
 
 
 def emit(text: str) -> None:
-    """Write a rendered report to stdout."""
-    click.echo(text, nl=not text.endswith("\n"))
+    """Write a rendered report to stdout.
+
+    Every control character is escaped on the way out (key names, paths and messages come from
+    files that may carry terminal escape sequences); JSON has none to escape, so it stays exact.
+    """
+    click.echo(printable(text, keep_newlines=True), nl=not text.endswith("\n"))
 
 
 __all__ = [
@@ -229,4 +268,5 @@ __all__ = [
     "key_map_file_options",
     "keymap_options",
     "stats_option",
+    "target_options",
 ]

@@ -66,28 +66,57 @@ def _wanted(path: str) -> bool:
     if path.endswith(_WEIGHTS_SUFFIXES):
         return True
     try:
-        return os.path.isfile(path) and sniff_file(path) in _SCANNED_KINDS
+        kind = sniff_file(path) if os.path.isfile(path) else None
     except OSError:
         return False
+    if kind == "pickle":  # a text file may start with an opcode letter: DeepSpeed's `latest`
+        return _walks_as_pickle(path)
+    return kind in _SCANNED_KINDS
+
+
+def _walks_as_pickle(path: str) -> bool:
+    """Whether the first 64 kB of a file read as pickle opcodes (a text file does not)."""
+    import io
+    import pickletools
+
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    try:
+        for _ in pickletools.genops(io.BytesIO(head)):
+            pass
+    except ValueError as e:
+        return "exhausted" in str(e)  # cut at 64 kB: a longer pickle
+    except Exception:
+        return False
+    return True
 
 
 def scan_file(path: str, shown: str) -> ScanResult:
     """Read one file for its findings (an index: only its shard names)."""
     from ckptdiff.errors import CkptDiffError, UnsafeCheckpointError
-    from ckptdiff.readers import read_file
+    from ckptdiff.readers import read_file, read_witnessed
 
     try:
         if path.endswith(".index.json"):
             return _scan_index(path, shown)
         if not os.path.exists(path):
             return ScanResult(shown, "unreadable", error="a broken link or a link loop")
-        manifest = read_file(path, shown)
+        if os.path.basename(path) == ".metadata":
+            return _scan_dcp_metadata(path, shown)
+        if path.endswith(".distcp") and os.path.isfile(os.path.join(os.path.dirname(path),
+                                                                    ".metadata")):
+            return _scan_distcp(path, shown)
+        manifest = read_witnessed(shown, lambda: read_file(path, shown))
     except UnsafeCheckpointError as e:
         return ScanResult(shown, "flagged", findings=[_finding("unsafe_file", str(e))])
     except CkptDiffError as e:
         return ScanResult(shown, "unreadable", error=str(e))
     except OSError as e:
         return ScanResult(shown, "unreadable", error=f"Cannot read '{shown}': {e.strerror}.")
+    except Exception as e:  # one poisoned file is that file's row, never the end of the scan
+        problem = " ".join(str(e).split())[:200]
+        return ScanResult(shown, "unreadable",
+                          error=f"Cannot read '{shown}': {type(e).__name__}: {problem}.")
     findings = [
         {"kind": f.kind, "message": f.message, "keys": list(f.keys), "severity": f.severity}
         for f in manifest.security_findings
@@ -97,20 +126,69 @@ def scan_file(path: str, shown: str) -> ScanResult:
     )
 
 
+def _scan_dcp_metadata(path: str, shown: str) -> ScanResult:
+    """A torch.distributed.checkpoint ``.metadata`` pickle, judged by DCP's own allow-list (its
+    record types), as ``inspect`` of the folder reads it."""
+    from ckptdiff.readers.dcp import DCP_GLOBALS
+    from ckptdiff.readers.unpickler import MAX_PICKLE_SIZE, unpickle
+
+    with open(path, "rb") as f:
+        data = f.read(MAX_PICKLE_SIZE + 1)
+    unpickled = unpickle(data, shown, context=".metadata", storage_form="none",
+                         extra_globals=DCP_GLOBALS)  # fmt: skip
+    findings = [
+        {"kind": f.kind, "message": f.message, "keys": list(f.keys), "severity": f.severity}
+        for f in unpickled.findings if f.severity == "security"
+    ]
+    return ScanResult(shown, "flagged" if findings else "clean", "dcp-metadata", 0, findings)
+
+
+def _scan_distcp(path: str, shown: str) -> ScanResult:
+    """A DCP data file: each ``torch.save`` archive in it that ``.metadata`` names, scanned by
+    its own zip directory (the file is a concatenation of archives, not one zip)."""
+    from ckptdiff.errors import ReadError
+    from ckptdiff.readers.dcp import blob_findings, distcp_blobs
+
+    blobs = distcp_blobs(os.path.dirname(path), os.path.basename(path), shown)
+    findings: list[dict[str, Any]] = []
+    problems: list[str] = []
+    with open(path, "rb") as f:
+        for offset, length in blobs:
+            try:
+                found = blob_findings(f, offset, length, shown)
+            except ReadError as e:
+                problems.append(str(e))
+                continue
+            findings += [{"kind": x.kind, "message": f"blob at byte {offset}: {x.message}",
+                          "keys": list(x.keys), "severity": x.severity} for x in found]
+    status = "flagged" if findings else "unreadable" if problems else "clean"
+    return ScanResult(shown, status, "dcp-data", len(blobs), findings, "; ".join(problems[:2]))
+
+
 def _scan_index(path: str, shown: str) -> ScanResult:
     from ckptdiff.errors import UnsafeCheckpointError
     from ckptdiff.readers.sharded import _load_index, confined_path
 
     weight_map, _ = _load_index(path, shown)
     findings = []
+    problems = []
+    folder = os.path.dirname(os.path.abspath(path))
     for name in dict.fromkeys(weight_map.values()):
         try:
-            confined_path(os.path.dirname(os.path.abspath(path)), name, shown)
+            shard = confined_path(folder, name, shown)
         except UnsafeCheckpointError as e:
             findings.append(_finding("path_escape", str(e), (name,)))
-    return ScanResult(
-        shown, "flagged" if findings else "clean", "index", len(weight_map), findings
-    )
+            continue
+        except (ValueError, OSError) as e:  # a NUL byte in the name, a name too long
+            problems.append(f"shard name {name!r}: {e}")
+            continue
+        if os.path.isfile(shard):  # each shard the index names is scanned with it
+            result = scan_file(shard, os.path.join(os.path.dirname(shown), name))
+            findings += result.findings
+            if result.error:
+                problems.append(result.error)
+    status = "flagged" if findings else "unreadable" if problems else "clean"
+    return ScanResult(shown, status, "index", len(weight_map), findings, "; ".join(problems[:3]))
 
 
 def scan_source(source: str) -> list[ScanResult]:

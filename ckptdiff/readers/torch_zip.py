@@ -23,7 +23,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import BinaryIO, NamedTuple
 
-from ckptdiff.errors import ReadError, UnsafeCheckpointError, UnsupportedFormatError
+from ckptdiff.errors import (
+    ReadError,
+    UnsafeCheckpointError,
+    UnsafeUnreadableError,
+    UnsupportedFormatError,
+)
 from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
 from ckptdiff.readers.unpickler import StorageRef, Unpickled, unpickle
@@ -178,6 +183,7 @@ def manifest_from_zip_parts(
                 severity="info",
             )
         )
+    findings += zip_slip_findings(record_sizes)
     unpickled = unpickle(data_pkl, name, context=f"{prefix}data.pkl", storage_form="zip")
     check_storage_records(unpickled.storages, record_sizes, prefix, name)
     selection = select_state_dict(unpickled.root, name, select=select)
@@ -191,6 +197,29 @@ def manifest_from_zip_parts(
         selected=selection.selected,
         candidates=selection.candidates,
     )
+
+
+def zip_slip_findings(names: Iterable[str]) -> list[Finding]:
+    """A security finding for each member named with a ``..`` part or an absolute path.
+
+    torch never writes such names; an unzip tool (or a loader that extracts the archive) would
+    write them outside the folder it extracts into (zip-slip).
+    """
+    out = []
+    for member in names:
+        parts = member.replace("\\", "/").split("/")
+        if member.startswith(("/", "\\")) or ".." in parts or (len(member) > 1
+                                                                 and member[1] == ":"):
+            out.append(Finding(
+                kind="zip_slip",
+                message=(f"the zip holds a member named {member!r}, which leaves the folder it "
+                         "is extracted into; torch never writes such names"),
+                keys=(member,),
+                severity="security",
+            ))
+            if len(out) >= 20:
+                break
+    return out
 
 
 # --- zip structures ----------------------------------------------------------------------------
@@ -520,6 +549,25 @@ def _read_data_pkl(path: str, name: str) -> tuple[dict[str, ZipEntry], str, byte
         order = entries.get(f"{prefix}byteorder")
         byteorder = _read_entry(f, order, size, name) if order and order.size <= 16 else None
     return entries, prefix, data, byteorder
+
+
+def pickle_security_findings(path: str, source: str) -> list[Finding]:
+    """The security findings of a torch zip's ``data.pkl``, for files a reader skips (other
+    data-parallel ranks, optimizer states): nothing it skips goes unscanned.
+
+    A file that cannot be read yields no findings here (it is not the one being read); a
+    payload before its defect is still reported.
+    """
+    try:
+        name = display_name(path, source)
+        entries, prefix, data, _ = _read_data_pkl(path, name)
+        unpickled = unpickle(data, name, context=f"{prefix}data.pkl", storage_form="zip")
+    except UnsafeUnreadableError as e:
+        return [Finding("unsafe_file", str(e), (), "security")]
+    except (ReadError, OSError):
+        return []
+    found = [f for f in unpickled.findings if f.severity == "security"]
+    return found + zip_slip_findings(entries)
 
 
 def unpickle_torch_zip(path: str, source: str) -> Unpickled:
