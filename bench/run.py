@@ -363,6 +363,7 @@ def main() -> None:
     subprocess.run([PY, "-m", "bench.check_cache"], check=True)
     subprocess.run([PY, "-m", "bench.targets"], check=True)
     subprocess.run([PY, "-m", "bench.hub"], check=True)
+    subprocess.run([PY, "-m", "bench.forward"], check=True)
 
 
 if __name__ == "__main__":
