@@ -7,7 +7,7 @@ PIPOPTS = --quiet --disable-pip-version-check -c constraints.txt
 STAMP   = $(VENV)/.installed
 EXAMPLES = examples
 
-.PHONY: install demo test lint bench fuzz security-report clean
+.PHONY: install demo test lint bench fuzz sweep security-report clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ demo: install
 	@echo
 	@echo '$$ ckptdiff identify $(EXAMPLES)/clip_l14_336.safetensors --candidates $(EXAMPLES)/clip --model fixtures.models:build_clip'
 	@$(CKPTDIFF) identify $(EXAMPLES)/clip_l14_336.safetensors --candidates $(EXAMPLES)/clip --model fixtures.models:build_clip; echo "(exit code $$?)"
+	@echo
+	@echo '$$ ckptdiff forward --model fixtures.forward_models:CoCa --config fixtures/configs/forward/coca_roberta-ViT-B-32.json --input image=2x3x224x224 --input text=2x77'
+	@$(CKPTDIFF) forward --model fixtures.forward_models:CoCa --config fixtures/configs/forward/coca_roberta-ViT-B-32.json --input image=2x3x224x224 --input text=2x77; echo "(exit code $$?)"
 
 test: install
 	$(PY) -m pytest -q
@@ -51,6 +54,12 @@ bench: install
 FUZZ_EXAMPLES ?= 5000
 fuzz: install
 	CKPTDIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/security/test_fuzz.py
+
+# every transformers architecture that builds small, mutated, checked with --emit-config and
+# judged by transformers itself; prints the figures (SWEEP_ARGS: see python -m tests.sweep.run -h)
+SWEEP_ARGS ?=
+sweep: install
+	$(PY) -m tests.sweep.run $(SWEEP_ARGS)
 
 # the hostile corpus through ckptdiff and torch.load(weights_only=True), side by side
 security-report: install
