@@ -196,9 +196,13 @@ def _tensor(name: str, key: str, info: Any) -> tuple[TensorSpec, int, int]:
             name, ctx, f"data_offsets must be [begin, end] with begin <= end, got {_short(offsets)}"
         )
     torch_name, bits = SAFETENSORS_DTYPES[str(dtype_code)]
-    numel = 1
+    numel = span = 1
     for d in shape:
         numel *= d
+        span *= d or 1  # torch's strides: products of the dims, empty ones counted as 1
+    if span > MAX_DIM:
+        raise _fail(name, ctx, f"shape {_short(shape)} counts more than 2**63 - 1 elements "
+                               "(or strides), which torch refuses")
     nbits = numel * bits
     expected = (nbits + 7) // 8
     begin, end = offsets
