@@ -221,6 +221,10 @@ def _parse_in_bulk(
     if min(begins) < 0 or max(ends) > MAX_DIM or any(map(gt, begins, ends)):
         return None
     numels = list(map(prod, shapes))
+    if max(numels) > MAX_DIM or (0 in numels and any(
+        prod(d or 1 for d in s) > MAX_DIM for s, n in zip(shapes, numels, strict=True) if not n
+    )):  # elements or strides beyond int64: the checks one by one name it
+        return None
     bits = map(_BITS.__getitem__, dtypes)
     nbytes = [(n * b + 7) >> 3 for n, b in zip(numels, bits, strict=False)]
     if nbytes != list(map(sub, ends, begins)):
