@@ -441,7 +441,10 @@ def _summary(report: Report) -> str:
         verdict = "compatible"
     else:
         verdict = "NOT compatible"
-    return f"Summary: {', '.join(bits)}. {verdict}.\n"
+    scope = ""
+    if report.target_format == "meta-model":  # a built model: its forward pass is not looked at
+        scope = " State dict only; forward not run: see `ckptdiff forward`."
+    return f"Summary: {', '.join(bits)}. {verdict}.{scope}\n"
 
 
 def render_report(report: Report, fmt: str = "table", **kwargs: Any) -> str:
