@@ -179,7 +179,9 @@ def _cell(run: Run | None) -> str:
 
 
 def _row(case: Case, ours: Run, theirs: Run | None) -> list[object]:
-    return [case.name, case.what[:58], _cell(ours), _cell(theirs)]
+    from ckptdiff.terminal import printable
+
+    return [printable(case.name), printable(case.what[:58]), _cell(ours), _cell(theirs)]
 
 
 if __name__ == "__main__":

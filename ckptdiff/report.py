@@ -56,6 +56,8 @@ _INDEX = re.compile(r"(?<=\.)[0-9]{1,18}(?=\.)|^[0-9]{1,18}(?=\.)")
 
 def _ranges(values: Iterable[int]) -> str:
     vs = sorted(set(values))
+    if vs[-1] - vs[0] == len(vs) - 1:  # one unbroken run (the usual layer range)
+        return f"{vs[0]}" if len(vs) == 1 else f"{vs[0]}-{vs[-1]}"
     out: list[str] = []
     start = prev = vs[0]
     for v in vs[1:] + [None]:  # type: ignore[list-item]
@@ -108,7 +110,8 @@ def group_keys(
         elif size == 1:
             out.append((template.replace("{}", str(int(indices[starts[first]]))), items[first], 1))
         else:
-            label = "{" + _ranges(int(indices[starts[i]]) for i in members) + "}"
+            positions = map(starts.__getitem__, members)
+            label = "{" + _ranges(map(int, map(indices.__getitem__, positions))) + "}"
             out.append((template.replace("{}", label), items[first], size))
     return out
 

@@ -15,6 +15,7 @@ from ckptdiff.cli.common import (
     handle_errors,
     key_map_file_options,
     keymap_options,
+    no_cache_option,
     stats_option,
 )
 
@@ -71,6 +72,7 @@ from ckptdiff.cli.common import (
 @coverage_depth_option
 @format_option
 @debug_option
+@no_cache_option
 @stats_option
 @handle_errors
 def check(

@@ -205,6 +205,8 @@ def build_target(
         A ``meta-model`` :class:`Manifest`: state-dict keys with shapes and dtypes, buffers,
         tied groups, transformers' ignore rules, ``config`` (the resolved keyword arguments,
         or ``config.to_dict()``), and ``metadata["target"]`` (what :func:`rebuild` needs).
+        A transformers config built before comes from the target cache
+        (:mod:`ckptdiff.targets.cache`), without importing torch; :func:`rebuild` always builds.
 
     Raises:
         TargetError: the target cannot be resolved or built.
@@ -214,9 +216,15 @@ def build_target(
         >>> m.tied
         (('model.embed_tokens.weight', 'lm_head.weight'),)
     """
+    from ckptdiff.targets import cache
+
     target = target_spec(spec, args=args, config=config, auto_class=auto_class)
-    model = build_model(target)
-    return _manifest(target, model)
+    cached = cache.load(target)  # a transformers config built before: no torch import
+    if cached is not None:
+        return cached
+    manifest = _manifest(target, build_model(target))
+    cache.store(target, manifest)
+    return manifest
 
 
 def rebuild(target: TargetSpec | Manifest, overrides: Mapping[str, Any]) -> Manifest:
