@@ -139,9 +139,13 @@ def target_spec(
         return TargetSpec("hf-config", spec, kwargs, auto_class, config_object)
     if ":" in spec and not spec.startswith(HF_PREFIX):
         return TargetSpec("factory", spec, kwargs, auto_class, config_object)
+    hint = ""
+    if "." in spec and ":" not in spec and all(p.isidentifier() for p in spec.split(".")):
+        module, _, name = spec.rpartition(".")
+        hint = f" Did you mean {module}:{name}? (a colon separates the module from the callable)"
     raise TargetError(
         f"Cannot build '{spec}': expected pkg.module:callable, path/to/file.py:callable, "
-        "hf-config:path/config.json, or a folder holding a config.json."
+        f"hf-config:path/config.json, or a folder holding a config.json.{hint}"
     )
 
 

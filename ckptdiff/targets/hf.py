@@ -76,7 +76,7 @@ def looks_like_hf_config(spec: str) -> bool:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return False
         return isinstance(data, dict) and ("model_type" in data or "architectures" in data)
     return False
@@ -138,7 +138,7 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None, base: Any
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise TargetError(f"Cannot read '{path}' (target config): not valid JSON ({e}).") from e
         if not isinstance(data, dict):
             raise TargetError(f"Cannot read '{path}' (target config): not a JSON object.")
@@ -298,9 +298,15 @@ def build_model(spec: str, config: Any, auto_class: str | None = None) -> Any:
     cls = getattr(transformers, name, None) if name.isidentifier() else None
     if cls is None:
         origin = "--auto-class" if auto_class else "the config's architectures[0]"
+        close = _close_class_names(transformers, name)
+        hint = (
+            f"Did you mean {' or '.join(close)}?"
+            if close
+            else "Pass --auto-class AutoModel (or AutoModelForCausalLM, ...)."
+        )
         raise TargetError(
             f"Cannot build '{spec}': transformers {transformers.__version__} has no class "
-            f"{name!r} ({origin}). Pass --auto-class AutoModel (or AutoModelForCausalLM, ...)."
+            f"{name!r} ({origin}). {hint}"
         )
     config = _sub_config_for(cls, config)
     refuse_remote_code(spec, cls, name, config)
@@ -313,6 +319,18 @@ def build_model(spec: str, config: Any, auto_class: str | None = None) -> Any:
         raise TargetError(
             f"Cannot build '{spec}' ({name} from its config): {type(e).__name__}: {e}."
         ) from e
+
+
+def _close_class_names(transformers: Any, name: str) -> list[str]:
+    """transformers' class names that ``name`` is likely a misspelling of: the same name in
+    other case first (``ChineseClipModel`` -> ``ChineseCLIPModel``), else close matches."""
+    import difflib
+
+    names = [n for n in dir(transformers) if n[:1].isupper()]
+    same_case = [n for n in names if n.lower() == name.lower()]
+    if same_case:
+        return same_case[:1]
+    return difflib.get_close_matches(name, names, n=2, cutoff=0.85)
 
 
 def _sub_config_for(cls: Any, config: Any) -> Any:
