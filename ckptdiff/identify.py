@@ -123,7 +123,7 @@ def identify(
         >>> ranked[0].name  # doctest: +SKIP
         'ViT-L-14-336.json'
     """
-    from ckptdiff.explain import align
+    from ckptdiff.diagnosis.alignment import align
     from ckptdiff.targets import build_target
 
     if isinstance(checkpoint, Manifest):
