@@ -166,8 +166,8 @@ def test_a_patch_size_no_kernel_shows_is_undetermined(tmp_path):
     40 give the same 10 x 10 grid, so neither value is verified (patch 3 once was)."""
     def levit(image):
         return transformers.LevitConfig(
-            image_size=image, patch_size=4, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 2, 2],
-            depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=3,
+            image_size=image, patch_size=4, hidden_sizes=[32, 48, 64],
+            num_attention_heads=[2, 2, 2], depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=3,
             architectures=["LevitForImageClassification"])
     ck = write(on_meta(transformers.LevitForImageClassification, levit(40)),
                tmp_path / "ck.safetensors")
