@@ -245,6 +245,7 @@ def with_per_layer_lists(
                 "layer" in name
                 and isinstance(value, list)
                 and value
+                and all(isinstance(x, str) for x in value)  # layer types, not indices
                 and len(value) == old
                 and key not in overrides
             ):
