@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", help="write every outcome as JSON to this file")
     p.add_argument("--notes", help="markdown put at the end of the findings file")
     args = p.parse_args(argv)
+    # a terminated sweep takes its worker processes with it (the pool's finally)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     enumeration = buildable(refresh=args.refresh, log=_log)
     archs = enumeration.archs
