@@ -24,7 +24,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,16 @@ class Figures:
         }
 
 
+def limit_memory(gib: float) -> None:
+    """Cap this process's address space: a case that would take the machine's memory fails
+    with MemoryError (a harness error, reported) instead of waking the OOM killer."""
+    import resource
+
+    if gib > 0:
+        limit = int(gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def sweep_one(task: tuple[Arch, int, int, int, bool]) -> tuple[list[Outcome], list[Any], list[Any]]:
     """Every case of one architecture: ``(outcomes, invalid mutations, harness errors)``."""
     arch, index, kinds, combos, every = task
@@ -136,9 +146,24 @@ def sweep_one(task: tuple[Arch, int, int, int, bool]) -> tuple[list[Outcome], li
     return outcomes, invalid, errors
 
 
+ARCH_SECONDS = 1800.0
+
+
+def _each(iterator: Any, n: int) -> Iterator[Any]:
+    """The pool's results in order; a worker that died (its architecture's result never comes)
+    ends the sweep with what it has instead of waiting forever."""
+    for _ in range(n):
+        try:
+            yield iterator.next(timeout=ARCH_SECONDS)
+        except TimeoutError:
+            _log(f"no result in {ARCH_SECONDS:g} s (a worker died?): the sweep stops here")
+            return
+
+
 def sweep(archs: Iterable[Arch], kinds: int = 0, combos: int = 0, every: bool = False,
           log: Callable[[str], None] | None = None,
-          progress: Callable[[Figures], None] | None = None, jobs: int = 1) -> Figures:
+          progress: Callable[[Figures], None] | None = None, jobs: int = 1,
+          memory_gib: float = 8.0) -> Figures:
     """Run every case of ``archs`` (in ``jobs`` processes), logging every 25 architectures."""
     figures = Figures()
     archs = list(archs)
@@ -148,9 +173,12 @@ def sweep(archs: Iterable[Arch], kinds: int = 0, combos: int = 0, every: bool = 
     if jobs > 1:
         import multiprocessing
 
-        pool = multiprocessing.get_context("spawn").Pool(jobs)
-        results: Iterable[Any] = pool.imap(sweep_one, tasks)
+        pool = multiprocessing.get_context("spawn").Pool(
+            jobs, initializer=limit_memory, initargs=(memory_gib,)
+        )
+        results: Iterable[Any] = _each(pool.imap(sweep_one, tasks), len(tasks))
     else:
+        limit_memory(memory_gib)
         results = map(sweep_one, tasks)
     try:
         for i, (outcomes, invalid, errors) in enumerate(results):
@@ -277,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                    "the shape-invisible one (0: every kind)")
     p.add_argument("--every", action="store_true", help="every mutation, not one per kind")
     p.add_argument("--jobs", type=int, default=1, help="processes (the machine is shared)")
+    p.add_argument("--memory-gib", type=float, default=8.0,
+                   help="address-space cap of each sweeping process (0: none)")
     p.add_argument("--stride", type=int, default=1, help="every Nth architecture only")
     p.add_argument("--all-classes", action="store_true",
                    help="the base and the task class of each model type (default: one class "
@@ -333,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     figures = sweep(archs, args.kinds, args.combos, args.every, log=_log, progress=save,
-                    jobs=args.jobs)
+                    jobs=args.jobs, memory_gib=args.memory_gib)
     seconds = time.perf_counter() - start
     print_figures(figures, enumeration.skipped, seconds)
     save(figures, done=True)
