@@ -139,9 +139,13 @@ def target_spec(
         return TargetSpec("hf-config", spec, kwargs, auto_class, config_object)
     if ":" in spec and not spec.startswith(HF_PREFIX):
         return TargetSpec("factory", spec, kwargs, auto_class, config_object)
+    hint = ""
+    if "." in spec and ":" not in spec and all(p.isidentifier() for p in spec.split(".")):
+        module, _, name = spec.rpartition(".")
+        hint = f" Did you mean {module}:{name}? (a colon separates the module from the callable)"
     raise TargetError(
         f"Cannot build '{spec}': expected pkg.module:callable, path/to/file.py:callable, "
-        "hf-config:path/config.json, or a folder holding a config.json."
+        f"hf-config:path/config.json, or a folder holding a config.json.{hint}"
     )
 
 
@@ -205,6 +209,8 @@ def build_target(
         A ``meta-model`` :class:`Manifest`: state-dict keys with shapes and dtypes, buffers,
         tied groups, transformers' ignore rules, ``config`` (the resolved keyword arguments,
         or ``config.to_dict()``), and ``metadata["target"]`` (what :func:`rebuild` needs).
+        A transformers config built before comes from the target cache
+        (:mod:`ckptdiff.targets.cache`), without importing torch; :func:`rebuild` always builds.
 
     Raises:
         TargetError: the target cannot be resolved or built.
@@ -214,9 +220,15 @@ def build_target(
         >>> m.tied
         (('model.embed_tokens.weight', 'lm_head.weight'),)
     """
+    from ckptdiff.targets import cache
+
     target = target_spec(spec, args=args, config=config, auto_class=auto_class)
-    model = build_model(target)
-    return _manifest(target, model)
+    cached = cache.load(target)  # a transformers config built before: no torch import
+    if cached is not None:
+        return cached
+    manifest = _manifest(target, build_model(target))
+    cache.store(target, manifest)
+    return manifest
 
 
 def rebuild(target: TargetSpec | Manifest, overrides: Mapping[str, Any]) -> Manifest:
