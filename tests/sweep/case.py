@@ -410,7 +410,9 @@ def _judge_call(case: Case, s: dict[str, Any], others: list[dict[str, Any]], out
         # the call reads the old table (mean and covariance of its rows): real, zeroed memory,
         # tiny for these configs
         model.to_empty(device="cpu")
-        with quiet(), torch.no_grad():
+        # an explicit CPU device: a device mode left behind in this process (a case stopped by
+        # its time limit inside a ``with torch.device("meta")``) must not move the call
+        with quiet(), torch.no_grad(), torch.device("cpu"):
             for tensor in (*model.parameters(), *model.buffers()):
                 tensor.zero_()
             model.resize_token_embeddings(int(match.group(1)))

@@ -143,6 +143,10 @@ def sweep_one(task: tuple[Arch, int, int, int, bool]) -> tuple[list[Outcome], li
             invalid.append((arch.name, mutation.label, str(e)))
         except Exception as e:  # the harness itself: reported, never hidden
             errors.append((arch.name, mutation.label, f"{type(e).__name__}: {e}"))
+        import torch
+
+        if torch.empty(0).device.type != "cpu":
+            errors.append((arch.name, mutation.label, "the default device is left on meta"))
     return outcomes, invalid, errors
 
 

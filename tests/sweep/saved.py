@@ -7,7 +7,7 @@ its state dict passed through what ``save_pretrained`` does to it (tied weights 
 conversion reverted), and the result written as a checkpoint. ``from_pretrained`` loads it, so
 ``ckptdiff check`` must call it compatible.
 
-    python -m tests.sweep.saved            # every architecture whose saved layout differs
+    python -m tests.sweep.saved            # every model type whose saved layout differs
 """
 
 from __future__ import annotations
@@ -91,8 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", default=[], help="model types to check")
     p.add_argument("--keep", help="keep each case's files under this folder")
     p.add_argument("--results", help="write the outcomes as JSON to this file")
+    p.add_argument("--all-classes", action="store_true",
+                   help="the base and the task class of each model type (default: one class)")
     args = p.parse_args(argv)
+    from tests.sweep.run import limit_memory, one_class_per_type
+
+    limit_memory(8.0)
     archs = buildable().archs
+    if not args.all_classes:
+        archs = one_class_per_type(archs)
     if args.only:
         archs = [a for a in archs if a.model_type in set(args.only)]
     outcomes: list[SavedOutcome] = []
