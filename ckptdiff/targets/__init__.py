@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +41,7 @@ __all__ = [
     "TargetSpec",
     "build_model",
     "build_target",
+    "model_of",
     "parse_arg_assignments",
     "rebuild",
     "target_spec",
@@ -257,6 +260,38 @@ def _spec_from_manifest(manifest: Manifest) -> TargetSpec:
     )
 
 
+#: The meta model behind each transformers target manifest still alive (``id`` -> model):
+#: its loader (the conversion mapping) is read from the model, without building it again.
+_MODELS: dict[int, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _remember(manifest: Manifest, model: nn.Module) -> None:
+    with _MODELS_LOCK:
+        _MODELS[id(manifest)] = model
+    weakref.finalize(manifest, _forget, id(manifest))
+
+
+def _forget(key: int) -> None:
+    with _MODELS_LOCK:
+        _MODELS.pop(key, None)
+
+
+def model_of(manifest: Manifest) -> nn.Module:
+    """The model a target manifest describes, on meta: the one built for it, else rebuilt.
+
+    Raises:
+        TargetError: the manifest was not made by :func:`build_target`, or rebuilding failed.
+    """
+    with _MODELS_LOCK:
+        model = _MODELS.get(id(manifest))
+    if model is not None:
+        return model  # type: ignore[no-any-return]
+    model = build_model(_spec_from_manifest(manifest))
+    _remember(manifest, model)
+    return model
+
+
 def _manifest(target: TargetSpec, model: nn.Module) -> Manifest:
     from ckptdiff.targets.module import manifest_from_module
 
@@ -268,9 +303,12 @@ def _manifest(target: TargetSpec, model: nn.Module) -> Manifest:
         config = hf_config.to_dict() if hasattr(hf_config, "to_dict") else None
     else:
         config = None
-    return manifest_from_module(
+    manifest = manifest_from_module(
         model, source=target.spec, config=config, metadata={"target": target.to_dict()}
     )
+    if target.kind in ("hf-config", "hf-class"):
+        _remember(manifest, model)
+    return manifest
 
 
 def _kwargs(
