@@ -16,7 +16,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckptdiff.keymap import KeyMap
+from ckptdiff.types import Finding, Manifest
+
 __all__ = [
+    "base_model_prefix_keymap",
     "FUSED_QKV",
     "KeyTransform",
     "PrefixMatch",
@@ -710,9 +714,13 @@ def scoped_prefix_rules(match: PrefixMatch, checkpoint_keys: Iterable[str]) -> l
         '^(?=(?:embeddings)(?:\\\\.|$))'
     """
     paired = {u for u, _ in match.pairs}
+    checkpoint_keys = list(checkpoint_keys)
     # an add_prefix rule moves every key, also those outside the strip prefix
     if not match.add or all(k in paired for k in checkpoint_keys):
         return match.rules()
+    if match.strip and all(k in paired for k in checkpoint_keys if k.startswith(match.strip)):
+        # every key under the stripped prefix moves: one rename of that prefix says it
+        return [{"op": "rename", "pattern": "^" + re.escape(match.strip), "replacement": match.add}]
     heads = sorted({u[len(match.strip) :].split(".", 1)[0] for u in paired})
     alternatives = "|".join(re.escape(h) for h in heads)
     return [
@@ -722,3 +730,64 @@ def scoped_prefix_rules(match: PrefixMatch, checkpoint_keys: Iterable[str]) -> l
             "replacement": match.add,
         }
     ]
+
+
+def base_model_prefix_keymap(
+    checkpoint: Manifest, target: Manifest, key_map: KeyMap | None = None
+) -> tuple[KeyMap | None, Finding | None]:
+    """The base-model prefix rule transformers would apply, if it makes more keys match.
+
+    A ``BertModel`` checkpoint (``embeddings.*``) loaded into ``BertForSequenceClassification``
+    (``bert.embeddings.*``) gets ``bert.`` added; the reverse gets it stripped. Checkpoint keys
+    whose first part is one of the target's own top-level modules (``classifier``) are left as
+    they are, as transformers does key by key.
+
+    Args:
+        checkpoint: the checkpoint's manifest.
+        target: the target's manifest (``metadata["base_model_prefix"]``).
+        key_map: the user's rules, applied before deciding.
+
+    Returns:
+        The rule (or None) and an ``info`` finding that says what was done.
+    """
+    prefix = target.metadata.get("base_model_prefix")
+    if not isinstance(prefix, str) or not prefix:
+        return None, None
+    dot = prefix + "."
+    keys = [key_map.apply(k) if key_map else k for k in checkpoint.tensors]
+    if not keys:
+        return None, None
+    ck_has = any(k.startswith(dot) for k in keys)
+    target_has = any(k.startswith(dot) for k in target.tensors)
+    if target_has and not ck_has:
+        heads = sorted({k.split(".", 1)[0] for k in target.tensors if not k.startswith(dot)})
+        own = [h for h in heads if any(k.split(".", 1)[0] == h for k in keys)]
+        if own:
+            pattern = "^(?!(?:" + "|".join(re.escape(h) for h in own) + r")(?:\.|$))"
+            rules = [{"op": "rename", "pattern": pattern, "replacement": dot}]
+        else:
+            rules = [{"op": "add_prefix", "prefix": dot}]
+        what = f"without the '{dot}' prefix the target puts on its base model"
+        done = "adds it"
+    elif ck_has and not target_has:
+        rules = [{"op": "strip_prefix", "prefix": dot}]
+        what = f"under the base-model prefix '{dot}', which the target does not have"
+        done = "strips it"
+    else:
+        return None, None
+    prefix_map = KeyMap.from_rules(rules)
+    before = sum(1 for k in keys if k in target.tensors)
+    after = sum(1 for k in keys if prefix_map.apply(k) in target.tensors)
+    if after <= before:
+        return None, None
+    cls = str(target.metadata.get("class", target.source)).rsplit(".", 1)[-1]
+    option = f"--add-prefix {dot}" if rules[0]["op"] != "strip_prefix" else f"--strip-prefix {dot}"
+    finding = Finding(
+        "base_model_prefix",
+        f"The checkpoint holds the base model {what} ({cls}); transformers {done} when "
+        f"loading, and so does this check ({after - before} more keys match).",
+        (),
+        "info",
+        {"prefix": dot, "rules": rules, "option": option},
+    )
+    return prefix_map, finding

@@ -129,7 +129,7 @@ class AuditResult:
         return 0 if self.ok else 1
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: a ``ckptdiff.report/1`` object plus ``source``, ``transfer``, ``audit``.
+        """The JSON form: a ``ckptdiff.report/2`` object plus ``source``, ``transfer``, ``audit``.
 
         Without a report (no config, or an error) the report fields are empty.
         """
@@ -753,7 +753,7 @@ def _render_one(result: AuditResult, fmt: str, full: bool) -> str:
 def render_audit(results: Sequence[AuditResult], fmt: str = "table", *, full: bool = False) -> str:
     """Render audit results as ``table``, ``markdown``, ``json`` or ``jsonl``.
 
-    ``json`` is one ``ckptdiff.report/1`` object for one repo and a list of them for several;
+    ``json`` is one ``ckptdiff.report/2`` object for one repo and a list of them for several;
     ``jsonl`` is one compact object per line.
     """
     if fmt == "jsonl":

@@ -10,11 +10,11 @@ module the checkpoint supplies nothing of.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ckptdiff.align import base_model_prefix_keymap
 from ckptdiff.diff import diff_manifests
 from ckptdiff.errors import UsageError
 from ckptdiff.keymap import KeyMap
@@ -117,67 +117,6 @@ def _as_keymap(key_map: KeyMap | Sequence[Mapping[str, Any]] | None) -> KeyMap |
     if key_map is None or isinstance(key_map, KeyMap):
         return key_map or None
     return KeyMap.from_rules(key_map) or None
-
-
-def base_model_prefix_keymap(
-    checkpoint: Manifest, target: Manifest, key_map: KeyMap | None = None
-) -> tuple[KeyMap | None, Finding | None]:
-    """The base-model prefix rule transformers would apply, if it makes more keys match.
-
-    A ``BertModel`` checkpoint (``embeddings.*``) loaded into ``BertForSequenceClassification``
-    (``bert.embeddings.*``) gets ``bert.`` added; the reverse gets it stripped. Checkpoint keys
-    whose first part is one of the target's own top-level modules (``classifier``) are left as
-    they are, as transformers does key by key.
-
-    Args:
-        checkpoint: the checkpoint's manifest.
-        target: the target's manifest (``metadata["base_model_prefix"]``).
-        key_map: the user's rules, applied before deciding.
-
-    Returns:
-        The rule (or None) and an ``info`` finding that says what was done.
-    """
-    prefix = target.metadata.get("base_model_prefix")
-    if not isinstance(prefix, str) or not prefix:
-        return None, None
-    dot = prefix + "."
-    keys = [key_map.apply(k) if key_map else k for k in checkpoint.tensors]
-    if not keys:
-        return None, None
-    ck_has = any(k.startswith(dot) for k in keys)
-    target_has = any(k.startswith(dot) for k in target.tensors)
-    if target_has and not ck_has:
-        heads = sorted({k.split(".", 1)[0] for k in target.tensors if not k.startswith(dot)})
-        own = [h for h in heads if any(k.split(".", 1)[0] == h for k in keys)]
-        if own:
-            pattern = "^(?!(?:" + "|".join(re.escape(h) for h in own) + r")(?:\.|$))"
-            rules = [{"op": "rename", "pattern": pattern, "replacement": dot}]
-        else:
-            rules = [{"op": "add_prefix", "prefix": dot}]
-        what = f"without the '{dot}' prefix the target puts on its base model"
-        done = "adds it"
-    elif ck_has and not target_has:
-        rules = [{"op": "strip_prefix", "prefix": dot}]
-        what = f"under the base-model prefix '{dot}', which the target does not have"
-        done = "strips it"
-    else:
-        return None, None
-    prefix_map = KeyMap.from_rules(rules)
-    before = sum(1 for k in keys if k in target.tensors)
-    after = sum(1 for k in keys if prefix_map.apply(k) in target.tensors)
-    if after <= before:
-        return None, None
-    cls = str(target.metadata.get("class", target.source)).rsplit(".", 1)[-1]
-    option = f"--add-prefix {dot}" if rules[0]["op"] != "strip_prefix" else f"--strip-prefix {dot}"
-    finding = Finding(
-        "base_model_prefix",
-        f"The checkpoint holds the base model {what} ({cls}); transformers {done} when "
-        f"loading, and so does this check ({after - before} more keys match).",
-        (),
-        "info",
-        {"prefix": dot, "rules": rules, "option": option},
-    )
-    return prefix_map, finding
 
 
 def _coverage_findings(report: Report) -> list[Finding]:

@@ -5,143 +5,21 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from ckptdiff.align import PrefixMatch, find_prefix_matches, scoped_prefix_rules
-from ckptdiff.keymap import KeyMap
+from ckptdiff.diagnosis.compare import compare, module_coverage
+from ckptdiff.keymap import KeyMap, rules_to_options
 from ckptdiff.sorting import natural_key
 from ckptdiff.types import (
-    Coverage,
-    DtypeChange,
     Finding,
     Manifest,
-    Mismatch,
     Report,
     Suggestion,
-    TensorSpec,
 )
 
 __all__ = ["compare", "diff_manifests", "diff_sources", "natural_key", "module_coverage"]
-
-
-def _patterns(target: Manifest, name: str) -> list[re.Pattern[str]]:
-    raw = target.metadata.get(name) or ()
-    return [re.compile(p) for p in raw]
-
-
-def _tied_supplier(key: str, target: Manifest, present: Mapping[str, TensorSpec]) -> str | None:
-    """The checkpoint key that supplies ``key`` through tying or aliasing, if any."""
-    alias = target.aliases.get(key)
-    if alias is not None and alias in present:
-        return alias
-    for group in target.tied:
-        if key in group:
-            for other in group:
-                if other != key and other in present:
-                    return other
-    return None
-
-
-def compare(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Report:
-    """Classify every key of both sides; no alignment, no suggestions.
-
-    Args:
-        checkpoint: the side that is loaded (A).
-        target: the side it is loaded into (B, or a model built on meta).
-        depth: coverage rows go down to this many key components.
-    """
-    ck = dict(checkpoint.tensors)
-    # tied tensors the checkpoint stored once count as present under every name
-    for dropped, kept in checkpoint.aliases.items():
-        if dropped not in ck and kept in ck:
-            ck[dropped] = replace(ck[kept], key=dropped)
-    ignore_missing = _patterns(target, "ignore_missing")
-    ignore_unexpected = _patterns(target, "ignore_unexpected")
-
-    missing: list[TensorSpec] = []
-    mismatched: list[Mismatch] = []
-    dtype_changes: list[DtypeChange] = []
-    matched: list[str] = []
-    tied: list[str] = []
-    buffers_missing: list[TensorSpec] = []
-    ignored: list[TensorSpec] = []
-    supplied: set[str] = set()
-    for key, want in target.tensors.items():
-        have = ck.get(key)
-        if have is not None:
-            if have.shape != want.shape:
-                mismatched.append(Mismatch(key, have.shape, want.shape, have.dtype, want.dtype))
-                continue
-            matched.append(key)
-            supplied.add(key)
-            if have.dtype != want.dtype:
-                dtype_changes.append(DtypeChange(key, want.shape, have.dtype, want.dtype))
-        elif _tied_supplier(key, target, ck) is not None:
-            tied.append(key)
-            supplied.add(key)
-        elif any(p.search(key) for p in ignore_missing):
-            ignored.append(want)
-        elif key in target.buffers:
-            buffers_missing.append(want)
-        else:
-            missing.append(want)
-
-    unexpected: list[TensorSpec] = []
-    for key, have in checkpoint.tensors.items():
-        if key in target.tensors:
-            continue
-        if key in target.non_persistent or any(p.search(key) for p in ignore_unexpected):
-            ignored.append(have)
-        elif _tied_supplier(key, target, target.tensors) is not None:
-            tied.append(key)
-        else:
-            unexpected.append(have)
-
-    by_key = lambda t: natural_key(t.key)  # noqa: E731
-    return Report(
-        checkpoint=checkpoint.source,
-        target=target.source,
-        checkpoint_format=checkpoint.format,
-        target_format=target.format,
-        missing=tuple(sorted(missing, key=by_key)),
-        unexpected=tuple(sorted(unexpected, key=by_key)),
-        mismatched=tuple(sorted(mismatched, key=by_key)),
-        dtype_changes=tuple(sorted(dtype_changes, key=by_key)),
-        matched=tuple(sorted(matched, key=natural_key)),
-        ignored=tuple(sorted(ignored, key=by_key)),
-        tied=tuple(sorted(set(tied), key=natural_key)),
-        buffers_missing=tuple(sorted(buffers_missing, key=by_key)),
-        coverage=module_coverage(target.tensors.values(), supplied, depth),
-        findings=checkpoint.findings + target.findings,
-    )
-
-
-def module_coverage(
-    expected: Iterable[TensorSpec], supplied: set[str], depth: int
-) -> tuple[Coverage, ...]:
-    """Per-module coverage: the whole model, then every module down to ``depth`` components.
-
-    A module is the first n dotted components of a key (n = 1..depth), and only keys with
-    more components than n belong to it (``logit_scale`` is not a module).
-    """
-    rows: dict[str, list[int]] = {}
-    for spec in expected:
-        parts = spec.key.split(".")
-        hit = spec.key in supplied
-        for n in range(0, min(depth, len(parts) - 1) + 1):
-            name = ".".join(parts[:n])
-            row = rows.setdefault(name, [0, 0, 0, 0])
-            row[0] += spec.numel
-            row[2] += 1
-            if hit:
-                row[1] += spec.numel
-                row[3] += 1
-    rows.setdefault("", [0, 0, 0, 0])
-    ordered = sorted(rows, key=lambda m: (m != "", natural_key(m)))
-    return tuple(Coverage(m, *rows[m]) for m in ordered)
 
 
 def _coverage_moves(before: Report, after: Report) -> list[dict[str, Any]]:
@@ -169,10 +47,7 @@ def _prefix_findings(
         after_report = compare(km.apply_to_manifest(checkpoint), target, depth=depth)
         explained = [t for _, t in m.pairs]
         now_present = set(after_report.matched) | set(after_report.tied)
-        now_mismatched = {x.key for x in after_report.mismatched}
         loads = sum(1 for t in explained if t in now_present)
-        paired = sum(1 for t in explained if t in now_present or t in now_mismatched)
-        verified = paired == len(explained)
         after = after_report.coverage[0].share if after_report.coverage else 0.0
         what = (
             f"under the wrapper prefix '{m.strip}'"
@@ -185,7 +60,7 @@ def _prefix_findings(
             if m.strip
             else f"without the prefix '{m.add}' the target has"
         )
-        option = m.options()
+        option = rules_to_options(rules) or m.options()
         shape_note = (
             ""
             if loads == len(explained)
@@ -194,7 +69,7 @@ def _prefix_findings(
         scope = ""
         if rules != m.rules():
             heads = sorted({u[len(m.strip) :].split(".", 1)[0] for u, _ in m.pairs})
-            scope = f" (only for keys under {', '.join(h + '.' for h in heads)}: use the rules)"
+            scope = f" (only the keys under {', '.join(m.strip + h + '.' for h in heads)})"
         message = (
             f"{len(m.pairs)} checkpoint keys are target keys {what}{shape_note}; "
             f"fix with '{option}'{scope}"
@@ -223,7 +98,7 @@ def _prefix_findings(
                 option,
                 None,
                 rules,
-                verified,
+                "unverified",
                 message,
                 tuple(f"{u} -> {t}" for u, t in m.pairs[:5])
                 + ((f"... {len(m.pairs) - 5} more",) if len(m.pairs) > 5 else ()),
@@ -275,6 +150,8 @@ def diff_manifests(
     report = compare(checkpoint, target, depth=depth)
     findings, suggestions = _prefix_findings(report, checkpoint, target, depth)
     aligned = None
+    fixed = None
+    fixed_target = None
     if explain:
         from ckptdiff.explain import explain as explain_report
 
@@ -282,9 +159,16 @@ def diff_manifests(
         findings += more.findings
         suggestions += more.suggestions
         aligned = more.aligned
+        fixed = more.fixed_config
+        fixed_target = more.fixed_target
+    from ckptdiff.diagnosis.verify import verify_key_maps
+
+    # the user applies the key map with the fixed config: both are verified together
+    suggestions = verify_key_maps(checkpoint, fixed_target or target, report, suggestions)
     return replace(
         report,
         aligned=aligned,
+        fixed_config=fixed,
         findings=report.findings + tuple(findings),
         suggestions=report.suggestions + tuple(suggestions),
         key_map=tuple(key_map.to_list()) if key_map else (),

@@ -29,7 +29,7 @@ from ckptdiff.align import (
     find_transposed,
     scoped_prefix_rules,
 )
-from ckptdiff.keymap import KeyMap
+from ckptdiff.keymap import KeyMap, rules_to_options
 from ckptdiff.types import Finding, Manifest, Mismatch, Report, Suggestion
 
 __all__ = [
@@ -335,17 +335,19 @@ def _alignment_findings(al: Alignment) -> tuple[list[Finding], list[Suggestion]]
     ]
     kinds = ", ".join(sorted({t.kind for t in al.transforms}))
     evidence = _key_map_evidence(al.transforms)
+    rules = al.key_map.to_list()
     suggestion = Suggestion(
         "key_map",
-        "--key-map",
+        rules_to_options(rules) or "--key-map",
         None,
-        al.key_map.to_list(),
-        al.verified,
+        rules,
+        "unverified",
         f"A key map ({kinds}) pairs {sum(len(t.pairs) for t in al.transforms)} more keys: "
         f"coverage {100 * before:.1f}% -> {100 * after:.1f}%; write it with --emit-key-map",
         evidence,
         {
             "combined": True,
+            "names_unrelated": any(t.data.get("basis") == "shapes" for t in al.transforms),
             "coverage_before": round(before, 6),
             "coverage_after": round(after, 6),
             "coverage_by_module": by_module,
@@ -405,7 +407,7 @@ def key_map_to_emit(report: Report) -> list[dict[str, Any]] | None:
 
 # --- causes ---------------------------------------------------------------------------------------
 
-_INT = re.compile(r"^\d+$")
+_INT = re.compile(r"^[0-9]{1,18}$")
 EMBED_NAMES = (
     "embed_tokens",
     "word_embeddings",
@@ -983,6 +985,8 @@ class Explanation:
     findings: list[Finding] = field(default_factory=list)
     suggestions: list[Suggestion] = field(default_factory=list)
     aligned: Report | None = None
+    fixed_config: dict[str, Any] | None = None
+    fixed_target: Manifest | None = None
 
 
 def explain(
@@ -1012,51 +1016,17 @@ def explain(
             out.findings += heads
             explained = {k for h in heads for k in h.keys}
             if suggest and _rebuildable(target) and not aligned.ok:
-                from ckptdiff.suggest import head_fixes, suggest_config
+                from ckptdiff.diagnosis.fixes import config_fixes
 
-                fixes = head_fixes(aligned, al.checkpoint, target)
+                fixes = config_fixes(aligned, al.checkpoint, target, ignore=explained)
                 out.findings += fixes.findings
                 out.suggestions += fixes.suggestions
-                explained |= fixes.explained
-                if not _all_explained(aligned, explained):
-                    extra = suggest_config(
-                        aligned, al.checkpoint, target, key_map=al.key_map, ignore=explained
-                    )
-                    out.findings += extra.findings
-                    out.suggestions += extra.suggestions
-                if fixes.overrides:
-                    _merge_fixed_config(out, target, fixes.overrides)
+                out.fixed_config = fixes.config
+                out.fixed_target = fixes.target
     from ckptdiff.lint import lint
 
     out.findings += lint(checkpoint, target=target)
     return out
-
-
-def _merge_fixed_config(out: Explanation, target: Manifest, overrides: Mapping[str, Any]) -> None:
-    """Add verified head changes (``tie_word_embeddings``) to the fixed config."""
-    from ckptdiff.suggest import fixed_config
-
-    for i, f in enumerate(out.findings):
-        if f.kind == "fixed_config":
-            merged = {**f.data.get("overrides", {}), **overrides}
-            config = fixed_config(target.config or {}, merged)
-            out.findings[i] = replace(
-                f,
-                message=f"The config with the {len(merged)} verified changes "
-                "(write it with --emit-config).",
-                keys=tuple(merged),
-                data={**f.data, "config": config, "overrides": merged},
-            )
-            return
-    out.findings.append(
-        Finding(
-            "fixed_config",
-            f"The config with the {len(overrides)} verified changes (write it with --emit-config).",
-            tuple(overrides),
-            "info",
-            {"config": fixed_config(target.config or {}, overrides), "overrides": dict(overrides)},
-        )
-    )
 
 
 def _all_explained(report: Report, explained: set[str]) -> bool:
@@ -1127,11 +1097,9 @@ def with_explanation(report: Report, ex: Explanation) -> Report:
 
 
 def fixed_config_of(report: Report) -> dict[str, Any] | None:
-    """The target's config with every verified config fix (for ``--emit-config``), or None."""
-    for f in report.findings:
-        if f.kind == "fixed_config" and isinstance(f.data.get("config"), Mapping):
-            return dict(f.data["config"])
-    return None
+    """The target's config with every suggested config value, as the verifier rebuilt it
+    (for ``--emit-config``), or None when there is no config suggestion."""
+    return dict(report.fixed_config) if report.fixed_config is not None else None
 
 
 def write_key_map(report: Report, path: str) -> bool:
@@ -1154,11 +1122,13 @@ def write_key_map(report: Report, path: str) -> bool:
 
 
 def write_fixed_config(report: Report, path: str) -> bool:
-    """Write the fixed config (see :func:`fixed_config_of`); False when there is none."""
+    """Write the fixed config (see :func:`fixed_config_of`) when every config suggestion in
+    it is verified or undetermined; False (nothing written) otherwise."""
     import json
 
     config = fixed_config_of(report)
-    if config is None:
+    statuses = {s.status for s in report.suggestions if s.kind == "config"}
+    if config is None or not statuses or not statuses <= {"verified", "undetermined"}:
         return False
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, default=str)

@@ -27,7 +27,11 @@ from typing import Any
 from ckptdiff.errors import UsageError
 from ckptdiff.types import Finding, Manifest, TensorSpec
 
-__all__ = ["KeyMap", "KEYMAP_SCHEMA"]
+__all__ = [
+    "KEYMAP_SCHEMA",
+    "KeyMap",
+    "rules_to_options",
+]
 
 KEYMAP_SCHEMA = "ckptdiff.keymap/1"
 _OPS = ("strip_prefix", "add_prefix", "rename", "transpose", "split", "concat")
@@ -153,6 +157,31 @@ class KeyMap:
             rules.append({"op": "rename", "pattern": pattern, "replacement": replacement})
         rules += [{"op": "add_prefix", "prefix": p} for p in add_prefix]
         return cls.from_rules(rules)
+
+    @classmethod
+    def from_option_string(cls, text: str) -> KeyMap:
+        """Parse options as printed and pasted: ``--strip-prefix P``, ``--add-prefix P``,
+        ``--rename 'REGEX=>REPL'`` (shell quoting honoured), in the order ``from_options``
+        applies them.
+
+        Raises:
+            UsageError: an unknown option, or one without its value.
+
+        Example:
+            >>> KeyMap.from_option_string("--strip-prefix module.").to_list()
+            [{'op': 'strip_prefix', 'prefix': 'module.'}]
+        """
+        import shlex
+
+        words = shlex.split(text)
+        found: dict[str, list[str]] = {"--strip-prefix": [], "--add-prefix": [], "--rename": []}
+        for opt, value in zip(words[::2], words[1::2], strict=False):
+            if opt not in found:
+                raise UsageError(f"Key map options {text!r}: unknown option {opt!r}.")
+            found[opt].append(value)
+        if len(words) % 2:
+            raise UsageError(f"Key map options {text!r}: {words[-1]!r} needs a value.")
+        return cls.from_options(found["--strip-prefix"], found["--add-prefix"], found["--rename"])
 
     @classmethod
     def from_file(cls, path: str) -> KeyMap:
@@ -494,3 +523,29 @@ def _state_dict_snippet(rules: tuple[_Rule, ...], *, with_load: bool = True) -> 
     if with_load:
         lines += ["", "", "model.load_state_dict(remap(state_dict))"]
     return "\n".join(lines)
+
+
+def rules_to_options(rules: Sequence[Mapping[str, Any]], side: str = "") -> str | None:
+    """The CLI options that apply exactly ``rules`` (in the order the options apply: strips,
+    renames, adds), or None when they cannot be said as options (a transpose, a split, or
+    an order the options do not keep): then ``--key-map FILE`` is the way.
+
+    Example:
+        >>> rules_to_options([{"op": "rename", "pattern": "^a\\.", "replacement": "b."}])
+        "--rename '^a\\.=>b.'"
+    """
+    import shlex
+
+    order = {"strip_prefix": 0, "rename": 1, "add_prefix": 2}
+    ranks = [order.get(str(r.get("op")), -1) for r in rules]
+    if not rules or -1 in ranks or ranks != sorted(ranks):
+        return None
+    parts = []
+    for r in rules:
+        if r["op"] == "rename":
+            text = f"{r['pattern']}=>{r.get('replacement', '')}"
+            parts.append(f"--{side}rename {shlex.quote(text)}")
+        else:
+            option = str(r["op"]).replace("_", "-")
+            parts.append(f"--{side}{option} {shlex.quote(str(r['prefix']))}")
+    return " ".join(parts)

@@ -10,6 +10,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ckptdiff.terminal import printable
 from ckptdiff.types import (
     MANIFEST_SCHEMA,
     Coverage,
@@ -47,7 +48,7 @@ def human(n: float) -> str:
 
 # --- grouping layer-indexed keys ---------------------------------------------------------------
 
-_INDEX = re.compile(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)")
+_INDEX = re.compile(r"(?<=\.)[0-9]{1,18}(?=\.)|^[0-9]{1,18}(?=\.)")
 
 
 def _ranges(values: Iterable[int]) -> str:
@@ -118,6 +119,7 @@ def _section(title: str, headers: list[str], rows: list[list[Any]], fmt: str) ->
         else:
             headers = headers[:-1]
             rows = [r[:-1] for r in rows]
+    rows = [[printable(c) if isinstance(c, str) else c for c in r] for r in rows]
     if fmt == "markdown":
         return f"### {title}\n\n" + tabulate(rows, headers, tablefmt="github") + "\n"
     return f"{title}\n" + tabulate(rows, headers, tablefmt="simple") + "\n"
@@ -155,8 +157,18 @@ def _finding_line(f: Finding) -> str:
     return f"[{f.severity}] {f.message}"
 
 
-#: Findings that carry data for machines only (the fixed config behind --emit-config).
-_HIDDEN_FINDINGS = ("fixed_config",)
+#: Findings that carry data for machines only.
+_HIDDEN_FINDINGS: tuple[str, ...] = ()
+
+#: What each status word in the Suggestions table means (printed under it).
+STATUS_LEGEND = {
+    "verified": "verified = applied exactly as written (config file, key map, call) and the "
+    "whole model compared again:\n  every key it moves matches, nothing that loaded stops",
+    "partial": "partial = it helps, but keys it moves still differ (see the findings)",
+    "undetermined": "undetermined = the shapes cannot tell this value (other values fit as "
+    "well): it makes the model fit; take the real one from the model card",
+    "unverified": "unverified = it could not be checked",
+}
 
 
 def _cause_line(f: Finding) -> str:
@@ -234,24 +246,29 @@ def render_report_table(
                 _current(s),
                 _short(s.suggested if isinstance(s.suggested, str) else json.dumps(s.suggested)),
                 _evidence(s.evidence),
-                "yes" if s.verified else "no",
+                s.status,
             ]
             for s in report.suggestions
         ]
         parts.append(
             _section(
                 "Suggestions",
-                ["kind", "field / option", "current", "suggested", "evidence", "verified"],
+                ["kind", "field / option", "current", "suggested", "evidence", "status"],
                 rows,
                 fmt,
             )
         )
-        if any(s.kind == "config" and s.verified for s in report.suggestions):
-            parts.append(
-                "verified = the target rebuilt on meta with the suggested values matches the "
-                "checkpoint on the keys they explain.\nWrite the fixed config with "
-                "--emit-config FILE, the key map with --emit-key-map FILE.\n"
-            )
+        statuses = {s.status for s in report.suggestions}
+        legend = [STATUS_LEGEND[w] for w in STATUS_LEGEND if w in statuses]
+        emit = []
+        config_statuses = {s.status for s in report.suggestions if s.kind == "config"}
+        if config_statuses and config_statuses <= {"verified", "undetermined"}:
+            emit.append("the config with --emit-config FILE")
+        if any(s.kind == "key_map" and s.verified for s in report.suggestions):
+            emit.append("the key map with --emit-key-map FILE")
+        if emit:
+            legend.append("Write " + ", ".join(emit) + ".")
+        parts.append("\n".join(legend) + "\n")
     body = report
     if report.aligned is not None and not full:
         body = report.aligned
@@ -475,8 +492,9 @@ FAST_TABLE_ROWS = 500
 def _table(
     rows: list[list[Any]], headers: list[str], tablefmt: str, colalign: tuple[str, ...]
 ) -> str:
-    """A table with fixed column alignment (rows must not be empty)."""
-    cells = [[str(c) for c in r] for r in rows]
+    """A table with fixed column alignment (rows must not be empty); text from files escaped."""
+    cells = [[printable(c) for c in r] for r in rows]
+    rows = [[printable(c) if isinstance(c, str) else c for c in r] for r in rows]
     if (
         len(cells) > FAST_TABLE_ROWS
         and tablefmt in ("simple", "github")

@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["natural_key"]
 
-_DIGITS = re.compile(r"(\d+)")
+_DIGITS = re.compile(r"([0-9]{1,18})")  # ASCII, bounded: int() of any match works
 
 
 @lru_cache(maxsize=1 << 18)
@@ -19,4 +19,4 @@ def natural_key(key: str) -> tuple[Any, ...]:
         >>> sorted(["l.10", "l.2"], key=natural_key)
         ['l.2', 'l.10']
     """
-    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(key))
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(_DIGITS.split(key)))

@@ -20,9 +20,10 @@ itself does not at import time.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -33,9 +34,10 @@ from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
 
 __all__ = [
+    "Candidate",
     "HeadFixes",
     "SuggestResult",
-    "clear_cache",
+    "heads_like",
     "factory_defaults",
     "head_fixes",
     "fixed_config",
@@ -92,8 +94,24 @@ _UNDETERMINED_HINTS = (
     "norm",
 )
 
-_CACHE: OrderedDict[str, Manifest | str] = OrderedDict()
-_CACHE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A suggestion before the verifier judged it.
+
+    Attributes:
+        suggestion: the suggestion, status ``unverified`` (``undetermined`` for values kept
+            only so the model builds).
+        touched: the keys whose shapes it moves (both sides' names): every one must match
+            after the fix for it to be ``verified``.
+        shape_invisible: a value the shapes may not pin down (attention heads): verified
+            only when no other value fits as well.
+    """
+
+    suggestion: Suggestion
+    touched: frozenset[str] = frozenset()
+    shape_invisible: bool = False
 
 
 @dataclass
@@ -101,16 +119,14 @@ class SuggestResult:
     """What :func:`suggest_config` found.
 
     Attributes:
-        findings: ``no_fix`` (the reason there is no verified fix), ``undetermined`` (fields
-            shapes cannot tell) and ``fixed_config`` (the whole fixed config, hidden in tables).
-        suggestions: ``config`` and ``call`` suggestions; only verified ones are kept.
-        config: the fixed config (None when nothing was verified).
-        overrides: ``dotted field -> value`` of every verified change.
+        findings: ``no_fix`` (the reason there is no fix) and ``undetermined`` (fields shapes
+            cannot tell).
+        candidates: ``config`` candidates, for :mod:`ckptdiff.verify` to judge together.
+        overrides: ``dotted field -> value`` of every candidate: the emitted config's changes.
     """
 
     findings: list[Finding] = field(default_factory=list)
-    suggestions: list[Suggestion] = field(default_factory=list)
-    config: dict[str, Any] | None = None
+    candidates: list[Candidate] = field(default_factory=list)
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -219,42 +235,24 @@ def fixed_config(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
 
 
 class _Prober:
-    """Builds the target with overrides on meta, with a process-wide cache."""
+    """Builds the target with overrides on meta through ``rebuild`` (the verifier's cached
+    builder); a build that fails is None, its error kept in ``errors``."""
 
-    def __init__(self, target: Manifest, rebuild: Rebuild | None) -> None:
+    def __init__(self, target: Manifest, rebuild: Rebuild) -> None:
         self.target = target
         self._rebuild = rebuild
         self.builds = 0
-        self.ident = json.dumps(target.metadata.get("target"), sort_keys=True, default=str)
         self.errors: dict[str, str] = {}
 
     def build(self, overrides: Mapping[str, Any]) -> Manifest | None:
         if not overrides:
             return self.target
-        key = self.ident + json.dumps(dict(overrides), sort_keys=True, default=str)
-        hit = _CACHE.get(key)
-        if hit is None:
-            rebuild = self._rebuild
-            if rebuild is None:
-                from ckptdiff.targets import rebuild as default_rebuild
-
-                rebuild = default_rebuild
-            self.builds += 1
-            try:
-                hit = rebuild(self.target, dict(overrides))
-            except CkptDiffError as e:
-                hit = str(e)
-            except Exception as e:  # noqa: BLE001 - a probe that does not build is an answer
-                hit = f"{type(e).__name__}: {e}"
-            _CACHE[key] = hit
-            if len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-        else:
-            _CACHE.move_to_end(key)
-        if isinstance(hit, str):
-            self.errors[json.dumps(dict(overrides), sort_keys=True, default=str)] = hit
+        self.builds += 1
+        try:
+            return self._rebuild(self.target, dict(overrides))
+        except CkptDiffError as e:
+            self.errors[json.dumps(dict(overrides), sort_keys=True, default=str)] = str(e)
             return None
-        return hit
 
 
 @dataclass
@@ -553,6 +551,115 @@ def _companions(
     return trial, m
 
 
+def heads_like(dotted: str) -> bool:
+    """True for attention-head fields (``num_attention_heads``, ``vision_cfg.heads``,
+    ``num_key_value_heads``, ``head_dim``): shapes show their product with the head dim at
+    most, so a value is verified only when no other value fits as well."""
+    return _HEADS_LIKE.search(dotted.rsplit(".", 1)[-1].lower()) is not None or (
+        "heads" in dotted.rsplit(".", 1)[-1].lower()
+    )
+
+
+def _touched_keys(s: _Sensitivity, ck: Manifest, cur: Manifest) -> set[str]:
+    """The keys a field moves: the dims it changes and every key in a container it grows."""
+    out = {k for k, _ in s.dims}
+    for c in s.containers:
+        out.update(k for k in (*ck.tensors, *cur.tensors) if _under(k, c))
+    return out
+
+
+#: Builds a joint search may spend on one group of fields.
+_JOINT_BUDGET = 48
+
+
+def _joint_candidates(
+    f: str,
+    v0: int,
+    mine: Sequence[DimKey],
+    dims: Mapping[DimKey, tuple[int, int]],
+    s: _Sensitivity,
+    values: Mapping[str, int | float],
+    overrides: Mapping[str, Any],
+) -> list[int]:
+    """Values worth trying for ``f``: the one that keeps its ratio to a width changed in the
+    same sub-config (the head dim), its own, linear fits, then divisors of the wanted dims."""
+    sub = f.rsplit(".", 1)[0] if "." in f else ""
+    out: list[int] = []
+    for w, new in overrides.items():
+        old = values.get(w)
+        if (w.rsplit(".", 1)[0] if "." in w else "") != sub or not isinstance(old, int):
+            continue
+        if isinstance(new, int) and v0 and old % v0 == 0 and new % (old // v0) == 0:
+            out.append(new // (old // v0))
+    out.append(v0)
+    for d in mine:
+        d0, d1 = s.dims[d]
+        v = _solve_linear(s.v0, s.v1, d0, d1, dims[d][0])
+        if v is not None and abs(v - round(v)) < 1e-9 and v > 0:
+            out.append(int(round(v)))
+    divisors = {x for d in mine for x in range(1, dims[d][0] + 1) if dims[d][0] % x == 0}
+    out += sorted(divisors, key=lambda x: abs(math.log(x / v0)) if v0 > 0 else x)
+    return list(dict.fromkeys(v for v in out if v > 0))[:8]
+
+
+def _dim_is(m: Manifest, key: str, i: int, want: int) -> bool:
+    t = m.tensors.get(key)
+    return t is not None and len(t.shape) > i and t.shape[i] == want
+
+
+def _joint_solve(
+    prober: _Prober,
+    base: Mapping[str, Any],
+    ck: Manifest,
+    dims: Mapping[DimKey, tuple[int, int]],
+    sens: Mapping[str, _Sensitivity],
+    values: Mapping[str, int | float],
+    now_loads: AbstractSet[str],
+    overrides: Mapping[str, Any],
+) -> dict[str, _Solved]:
+    """Fields that move the same dims solved together (heads and key/value heads for k/v
+    rows once the width is set): the combination nearest the current values that reproduces
+    every dim they move and breaks nothing that loads, within a budget of builds."""
+    from ckptdiff.diff import compare
+
+    movers = {
+        d: tuple(
+            sorted(
+                f
+                for f, s in sens.items()
+                if d in s.dims and isinstance(values.get(f), int) and _free(s, now_loads)
+            )
+        )
+        for d in dims
+    }
+    group = next((m for m in movers.values() if 2 <= len(m) <= 3), None)
+    if group is None:
+        return {}
+    mine = {f: [d for d in dims if d in sens[f].dims] for f in group}
+    wanted = [d for f in group for d in mine[f]]
+    options = [
+        _joint_candidates(f, int(values[f]), mine[f], dims, sens[f], values, overrides)
+        for f in group
+    ]
+    combos = sorted(itertools.product(*(range(len(o)) for o in options)), key=lambda c: (sum(c), c))
+    for combo in combos[:_JOINT_BUDGET]:
+        trial = {f: options[i][j] for i, (f, j) in enumerate(zip(group, combo, strict=True))}
+        m = prober.build({**base, **trial})
+        if m is None:
+            continue
+        if not all(_dim_is(m, k, i, dims[(k, i)][0]) for k, i in wanted):
+            continue
+        r = compare(ck, m)
+        if now_loads - set(r.matched) - set(r.tied):
+            continue
+        return {
+            f: _Solved(v, mine[f], [])
+            for f, v in trial.items()
+            if v != values[f]
+        }
+    return {}
+
+
 def _drop_breaking(
     prober: _Prober,
     base: Mapping[str, Any],
@@ -596,7 +703,7 @@ def suggest_config(
     target: Manifest,
     *,
     key_map: Any = None,
-    rebuild: Rebuild | None = None,
+    rebuild: Rebuild,
     max_rounds: int = 4,
     ignore: Collection[str] = (),
 ) -> SuggestResult:
@@ -644,6 +751,7 @@ def suggest_config(
     failure = ""
     loads = set(report.matched)
     rejected: dict[str, tuple[Any, list[str]]] = {}
+    touched: dict[str, set[str]] = {}
     for rnd in range(max_rounds):
         dims, containers = _observations(checkpoint, cur)
         if not dims and not containers:
@@ -679,6 +787,10 @@ def suggest_config(
         if not solved:
             solved = _grid_solve(prober, base, checkpoint, cur, dims, sens, values)
         if not solved:
+            solved = _joint_solve(
+                prober, base, checkpoint, dims, sens, values, now_loads, overrides
+            )
+        if not solved:
             # a search only over fields that break nothing that loads: any other value it
             # found would be dropped, and is no answer worth reporting
             for f, s in sorted(sens.items(), key=lambda kv: -len(kv[1].dims)):
@@ -693,8 +805,12 @@ def suggest_config(
                         break
         if not solved:
             break
+        for f in solved:
+            touched.setdefault(f, set()).update(_touched_keys(sens[f], checkpoint, cur))
         changed = {f: s.value for f, s in solved.items()}
-        changed, broke = _drop_breaking(prober, base, changed, sens, checkpoint, loads)
+        changed, broke = _drop_breaking(
+            prober, base, changed, sens, checkpoint, loads | now_loads
+        )
         for f, keys in broke.items():
             rejected[f] = (solved[f].value, keys)
         if not changed:
@@ -715,62 +831,48 @@ def suggest_config(
         evidence.update(solved)
         cur = m
 
-    final = compare(checkpoint, cur)
-    # a suggestion is verified when every dim / container it explains now matches
-    dims_left, containers_left = _observations(checkpoint, cur)
-    left_keys = {t.key for t in final.missing} | {t.key for t in final.unexpected}
     for f, sol in evidence.items():
-        ok = not any(d in dims_left for d in sol.dims) and not any(
-            c in containers_left for c in sol.containers
-        )
-        ok = ok and not any(_under(k, c) for c in sol.containers for k in left_keys)
         keys = list(dict.fromkeys(k for k, _ in sol.dims)) + [
             f"{c}.{{0-{_count(checkpoint, c) - 1}}}" for c in sol.containers
         ]
-        ev = _evidence(keys, checkpoint, target, sol)
-        if not ok:
-            out.findings.append(
-                Finding(
-                    "no_fix",
-                    f"No verified fix from {f} = {sol.value}: rebuilt with it, "
-                    f"{', '.join(keys[:3])} still differ.",
-                    tuple(keys[:20]),
-                    "warning",
-                    {"field": f, "tried": sol.value},
-                )
-            )
-            continue
         out.overrides[f] = sol.value
         now = _current(config, defaults, f)
         now_text = f"now {now}" if f in config or now is not None else "now unset"
         if f not in config and f.split(".")[0] not in config:
             now_text += ", the factory's default"
-        out.suggestions.append(
-            Suggestion(
-                "config",
-                f,
-                now,
-                sol.value,
-                True,
-                f"set {f} = {sol.value} ({now_text}): {_reason(sol, checkpoint, target)}",
-                tuple(ev),
-                {"explains": len(keys)},
+        out.candidates.append(
+            Candidate(
+                Suggestion(
+                    "config",
+                    f,
+                    now,
+                    sol.value,
+                    "unverified",
+                    f"set {f} = {sol.value} ({now_text}): {_reason(sol, checkpoint, target)}",
+                    tuple(_evidence(keys, checkpoint, target, sol)),
+                    {"explains": len(keys)},
+                ),
+                frozenset(touched.get(f, ())),
             )
         )
     for h, v in companions.items():
         if out.overrides:
             out.overrides[h] = v
-            out.suggestions.append(
-                Suggestion(
-                    "config",
-                    h,
-                    _current(config, defaults, h),
-                    v,
+            out.candidates.append(
+                Candidate(
+                    Suggestion(
+                        "config",
+                        h,
+                        _current(config, defaults, h),
+                        v,
+                        "undetermined",
+                        f"set {h} = {v} so the model builds with the widths above (keeping the "
+                        "head dim); the shapes cannot tell it: check it against the model card",
+                        (),
+                        {"determined": False},
+                    ),
+                    frozenset(),
                     True,
-                    f"set {h} = {v} so the model builds with the widths above (keeping the head "
-                    "dim); not determined by the checkpoint: check it against the model card",
-                    (),
-                    {"determined": False},
                 )
             )
     for f, (v, keys) in rejected.items():
@@ -784,7 +886,7 @@ def suggest_config(
                 {"field": f, "tried": v},
             )
         )
-    _vocab_extras(out, config, values, checkpoint, target, prober, cur)
+    _vocab_extras(out, config, values)
 
     residual = compare(checkpoint, cur)
     leftover = [
@@ -824,18 +926,6 @@ def suggest_config(
                 tuple(undetermined),
                 "info",
                 {"fields": undetermined, "other": other},
-            )
-        )
-    if out.overrides:
-        out.config = fixed_config(config, out.overrides)
-        out.findings.append(
-            Finding(
-                "fixed_config",
-                f"The config with the {len(out.overrides)} verified changes "
-                "(write it with --emit-config).",
-                tuple(out.overrides),
-                "info",
-                {"config": out.config, "overrides": dict(out.overrides), "builds": prober.builds},
             )
         )
     return out
@@ -935,91 +1025,40 @@ def _vocab_extras(
     out: SuggestResult,
     config: Mapping[str, Any],
     values: Mapping[str, int | float],
-    ck: Manifest,
-    target: Manifest,
-    prober: _Prober,
-    cur: Manifest,
 ) -> None:
-    """Every other vocab field that must follow, and the resize call users make."""
-    from ckptdiff.lint import vocab_tensors
-
+    """Every other vocab field that repeats the solved one follows it (the loss and generation
+    read them); the verifier judges them with the rest."""
     vocab = [
-        s
-        for s in out.suggestions
-        if s.kind == "config" and s.field.rsplit(".", 1)[-1] in ("vocab_size", "n_vocab", "vocab")
+        c
+        for c in out.candidates
+        if c.suggestion.field.rsplit(".", 1)[-1] in ("vocab_size", "n_vocab", "vocab")
     ]
     if not vocab:
         return
-    first = vocab[0]
+    first = vocab[0].suggestion
     followers = [
         f
         for f, v in values.items()
         if f.rsplit(".", 1)[-1] == "vocab_size" and v == first.current and f not in out.overrides
     ]
-    if followers:
-        trial = {**out.overrides, **{f: first.suggested for f in followers}}
-        m = prober.build(trial)
-        from ckptdiff.diff import compare
-
-        if m is not None and len(compare(ck, m).matched) >= len(compare(ck, cur).matched):
-            for f in followers:
-                out.overrides[f] = first.suggested
-                out.suggestions.append(
-                    Suggestion(
-                        "config",
-                        f,
-                        first.current,
-                        first.suggested,
-                        True,
-                        f"set {f} = {first.suggested} as well: it repeats {first.field} (the loss "
-                        "and generation read it), and a stale copy breaks training after a resize",
-                        first.evidence,
-                        {"follows": first.field},
-                    )
-                )
-    embeds, heads = vocab_tensors(ck)
-    rows = sorted(set(embeds.values()))
-    if len(rows) != 1:
-        return
-    n = rows[0]
-    if heads and set(heads.values()) != {n}:
-        out.findings.append(
-            Finding(
-                "vocab_offset",
-                f"The embedding has {n} rows and the head "
-                f"{sorted(set(heads.values()))[0]}: by design for this architecture (the rebuild "
-                f"with {first.field} = {first.suggested} reproduces both); do not resize to the "
-                "embedding's rows.",
-                tuple(list(embeds) + list(heads)),
-                "info",
+    for f in followers:
+        out.overrides[f] = first.suggested
+        out.candidates.append(
+            Candidate(
+                Suggestion(
+                    "config",
+                    f,
+                    first.current,
+                    first.suggested,
+                    "unverified",
+                    f"set {f} = {first.suggested} as well: it repeats {first.field} (the loss "
+                    "and generation read it), and a stale copy breaks training after a resize",
+                    first.evidence,
+                    {"follows": first.field},
+                ),
+                vocab[0].touched,
             )
         )
-        return
-    base_rows = sorted(set(vocab_tensors(target)[0].values()))
-    data: dict[str, Any] = {"new_num_tokens": n}
-    message = f"resize the embeddings to the checkpoint's {n} rows before loading"
-    if base_rows and n != base_rows[0]:
-        data["grown_by"] = n - base_rows[0]
-    pad = 64 if n % 64 == 0 else 8 if n % 8 == 0 else None
-    if pad and base_rows and n != base_rows[0]:
-        data["pad_to_multiple_of"] = pad
-        message += (
-            f"; {n} is a multiple of {pad}: if it came from len(tokenizer) with "
-            f"padding, call resize_token_embeddings(len(tokenizer), "
-            f"pad_to_multiple_of={pad}) and set vocab_size = {n}"
-        )
-    out.suggestions.append(
-        Suggestion(
-            "call",
-            "resize_token_embeddings",
-            None,
-            f"model.resize_token_embeddings({n})",
-            first.verified,
-            message,
-            first.evidence,
-            data,
-        )
-    )
 
 
 # --- heads: tied embeddings, a causal-LM head ---------------------------------------------------
@@ -1027,22 +1066,23 @@ def _vocab_extras(
 
 @dataclass
 class HeadFixes:
-    """What :func:`head_fixes` found: findings, suggestions, the keys they explain, and the
-    config changes among them (for the fixed config)."""
+    """What :func:`head_fixes` proposes: config candidates (``tie_word_embeddings``), the
+    class to build instead (a causal-LM head the target lacks), and the keys they explain."""
 
-    findings: list[Finding] = field(default_factory=list)
-    suggestions: list[Suggestion] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
     explained: set[str] = field(default_factory=set)
     overrides: dict[str, Any] = field(default_factory=dict)
+    auto_class: str | None = None
+    lm_head_keys: tuple[str, ...] = ()
 
 
 _TIE_FIELD = re.compile(r"^tie_(word_)?embeddings?$")
 
 
 def head_fixes(
-    report: Report, checkpoint: Manifest, target: Manifest, *, rebuild: Rebuild | None = None
+    report: Report, checkpoint: Manifest, target: Manifest, *, rebuild: Rebuild
 ) -> HeadFixes:
-    """The output head, verified by rebuilding the target:
+    """The output head:
 
     - the target expects ``lm_head.weight``, the checkpoint has none but an embedding of the
       same shape, and the config unties them: ``tie_word_embeddings = true``;
@@ -1051,7 +1091,7 @@ def head_fixes(
     """
     out = HeadFixes()
     _tie_fix(out, report, checkpoint, target, rebuild)
-    _causal_lm_fix(out, report, checkpoint, target)
+    _causal_lm_class(out, report, target)
     return out
 
 
@@ -1066,7 +1106,7 @@ def _tie_fix(
     report: Report,
     ck: Manifest,
     target: Manifest,
-    rebuild: Rebuild | None,
+    rebuild: Rebuild,
 ) -> None:
     from ckptdiff.diff import compare
     from ckptdiff.lint import vocab_tensors
@@ -1104,27 +1144,29 @@ def _tie_fix(
         shape = _shape_text(ck, embed)
         out.overrides[f] = True
         out.explained.update(fixed)
-        out.suggestions.append(
-            Suggestion(
-                "config",
-                f,
-                False,
-                True,
-                True,
-                f"set {f} = true: the checkpoint stores no {head} but has {embed} "
-                f"({shape}), which is how a model with tied input and output embeddings "
-                f"saves itself; rebuilt with it, {head} is tied to {embed} and loads. If the "
-                "model was trained with a separate head, that head was not saved.",
-                (f"{head}: missing; {embed}: {shape}",),
-                {"explains": len(fixed), "tied_to": embed},
+        out.candidates.append(
+            Candidate(
+                Suggestion(
+                    "config",
+                    f,
+                    False,
+                    True,
+                    "unverified",
+                    f"set {f} = true: the checkpoint stores no {head} but has {embed} "
+                    f"({shape}), which is how a model with tied input and output embeddings "
+                    f"saves itself; rebuilt with it, {head} is tied to {embed} and loads. If "
+                    "the model was trained with a separate head, that head was not saved.",
+                    (f"{head}: missing; {embed}: {shape}",),
+                    {"explains": len(fixed), "tied_to": embed},
+                ),
+                frozenset(fixed),
             )
         )
         return
 
 
-def _causal_lm_fix(out: HeadFixes, report: Report, ck: Manifest, target: Manifest) -> None:
-    from ckptdiff.diff import compare
-
+def _causal_lm_class(out: HeadFixes, report: Report, target: Manifest) -> None:
+    """``LlamaModel`` with ``lm_head.*`` in the checkpoint: propose ``LlamaForCausalLM``."""
     info = target.metadata.get("target")
     cls = target.metadata.get("class")
     if not isinstance(info, Mapping) or info.get("kind") != "hf-config" or not isinstance(cls, str):
@@ -1132,62 +1174,7 @@ def _causal_lm_fix(out: HeadFixes, report: Report, ck: Manifest, target: Manifes
     name = cls.rsplit(".", 1)[-1]
     if not name.endswith("Model") or "For" in name or name == "Model":
         return
-    heads = [t.key for t in report.unexpected if t.key.split(".")[0] == "lm_head"]
-    if not heads:
-        return
-    wanted = name.removesuffix("Model") + "ForCausalLM"
-    from ckptdiff.check import base_model_prefix_keymap
-    from ckptdiff.targets import TargetSpec, build_target
-
-    spec = TargetSpec("hf-config", str(info["spec"]), dict(info.get("args") or {}), wanted)
-    try:
-        built = build_target(spec)
-    except CkptDiffError:
-        return  # transformers has no such class for this model: say nothing
-    km, _ = base_model_prefix_keymap(ck, built)
-    r = compare(km.apply_to_manifest(ck) if km else ck, built)
-    ok = set(r.matched) | set(r.tied)
-    verified = (
-        all(h in ok for h in heads)
-        and len(r.matched) >= len(report.matched) + len(heads)
-        and len(r.mismatched) <= len(report.mismatched)
-        and len(r.missing) <= len(report.missing)
-    )
-    if not verified:
-        return
-    auto = info.get("auto_class")
-    why = f"--auto-class {auto}" if auto else "the config names no architectures"
-    if not auto and (target.config or {}).get("architectures"):
-        why = "the config's architectures"
-    then = "every key then loads" if r.ok else "the head then loads"
-    out.explained.update(heads)
-    out.findings.append(
-        Finding(
-            "causal_lm_head",
-            f"The checkpoint has a causal-LM head ({_ex(heads)}) that the target, {name} ({why}), "
-            f"has no place for: build {wanted} (--auto-class {wanted}); rebuilt on meta, "
-            f"{then}. Keep {name} only to drop the head on purpose.",
-            tuple(heads),
-            "warning",
-            {"class": name, "suggested_class": wanted},
-        )
-    )
-    from ckptdiff.explain import sampled
-
-    out.suggestions.append(
-        Suggestion(
-            "call",
-            "--auto-class",
-            None,
-            wanted,
-            True,
-            f"build {wanted}, the class with the checkpoint's causal-LM head",
-            sampled([f"{h}: unexpected in {name}" for h in heads]),
-            {"class": wanted, "all_keys_load": r.ok},
-        )
-    )
-
-
-def clear_cache() -> None:
-    """Forget every cached probe build."""
-    _CACHE.clear()
+    heads = tuple(t.key for t in report.unexpected if t.key.split(".")[0] == "lm_head")
+    if heads:
+        out.auto_class = name.removesuffix("Model") + "ForCausalLM"
+        out.lm_head_keys = heads

@@ -16,7 +16,9 @@ __all__ = [
     "Manifest",
     "Mismatch",
     "Report",
+    "STATUSES",
     "Severity",
+    "Status",
     "Suggestion",
     "TensorSpec",
 ]
@@ -239,46 +241,72 @@ class Coverage:
         }
 
 
+#: How far a suggestion was proven (see :mod:`ckptdiff.diagnosis.verify`).
+Status = Literal["verified", "partial", "undetermined", "unverified"]
+STATUSES: tuple[Status, ...] = ("verified", "partial", "undetermined", "unverified")
+
+
 @dataclass(frozen=True)
 class Suggestion:
-    """A change that makes the checkpoint fit, and whether it was proven on meta.
+    """A change that makes the checkpoint fit, and how far it was proven on meta.
 
     Attributes:
         kind: ``config`` (a config field), ``key_map`` (a key rule) or ``call`` (a call to make).
-        field: the dotted config field, the key rule, or the call.
+        field: the dotted config field, the option string, or the call.
         current: the value now (None for key maps and calls).
-        suggested: the value (or rule, or call text) that fixes it.
-        verified: True only when rebuilding/re-diffing with it was clean on the keys it explains.
+        suggested: the value (or rules, or call text) that fixes it.
+        status: ``verified`` (everything the user gets applied together, rebuilt on meta and
+            compared: every key it touches matches and nothing that matched stops matching),
+            ``partial`` (it helps, but keys it moves still differ: ``still_differ``),
+            ``undetermined`` (shapes cannot tell the value: attention heads when the head dim
+            is free) or ``unverified`` (it could not be checked). ``True``/``False`` given
+            here mean ``verified``/``unverified``.
         message: one human sentence.
         evidence: keys and shapes behind it.
         data: extra machine-readable detail.
+        still_differ: keys it moves that still differ after it (``partial``).
     """
 
     kind: str
     field: str
     current: Any
     suggested: Any
-    verified: bool
+    status: Status | bool
     message: str = ""
     evidence: tuple[str, ...] = ()
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    still_differ: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.status, bool):
+            object.__setattr__(self, "status", "verified" if self.status else "unverified")
+        elif self.status not in STATUSES:
+            raise ValueError(f"Suggestion status {self.status!r}: expected one of {STATUSES}.")
+
+    @property
+    def verified(self) -> bool:
+        """True only for status ``verified``."""
+        return self.status == "verified"
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: ``{"kind", "field", "current", "suggested", "verified", ...}``."""
+        """The JSON form: ``{"kind", "field", "current", "suggested", "verified", "status",
+        ...}``; ``verified`` is ``status == "verified"``."""
         out: dict[str, Any] = {
             "kind": self.kind,
             "field": self.field,
             "current": self.current,
             "suggested": self.suggested,
             "verified": self.verified,
+            "status": self.status,
             "message": self.message,
             "evidence": list(self.evidence),
+            "still_differ": list(self.still_differ),
         }
         out.update(self.data)
         return out
 
 
-REPORT_SCHEMA = "ckptdiff.report/1"
+REPORT_SCHEMA = "ckptdiff.report/2"
 MANIFEST_SCHEMA = "ckptdiff.manifest/1"
 
 
@@ -307,6 +335,9 @@ class Report:
         key_map: the key rules applied to the checkpoint side before comparing.
         aligned: the same comparison with the suggested key map applied, when one was found
             (its ``key_map`` holds those rules): what loading looks like after the fix.
+        fixed_config: the target's config with the suggested config values, exactly as
+            ``--emit-config`` writes it and as the verifier rebuilt it; None when no config
+            change was suggested.
     """
 
     checkpoint: str
@@ -326,6 +357,7 @@ class Report:
     suggestions: tuple[Suggestion, ...] = ()
     key_map: tuple[Mapping[str, Any], ...] = ()
     aligned: Report | None = None
+    fixed_config: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -357,7 +389,7 @@ class Report:
         return 0 if self.ok else 1
 
     def to_dict(self) -> dict[str, Any]:
-        """The stable JSON form (schema ``ckptdiff.report/1``)."""
+        """The stable JSON form (schema ``ckptdiff.report/2``)."""
         return {
             "schema": REPORT_SCHEMA,
             "ok": self.ok,

@@ -156,7 +156,7 @@ def test_json_report(vision_only_file):
     data = json.loads(
         check("fixtures.models:build_clip", vision_only_file, args=TINY_CLIP).to_json()
     )
-    assert data["schema"] == "ckptdiff.report/1"
+    assert data["schema"] == "ckptdiff.report/2"
     assert data["ok"] is False
     assert data["target"] == {"source": "fixtures.models:build_clip", "format": "meta-model"}
     row = next(c for c in data["coverage"] if c["module"] == "transformer")

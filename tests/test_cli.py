@@ -79,7 +79,7 @@ def test_diff_json(files, runner):
     r = run(runner, "diff", "large.safetensors", "base.safetensors", "--format", "json")
     assert r.exit_code == 1
     d = json.loads(r.stdout)
-    assert d["schema"] == "ckptdiff.report/1" and d["ok"] is False
+    assert d["schema"] == "ckptdiff.report/2" and d["ok"] is False
     mm = {m["key"]: (m["checkpoint_shape"], m["target_shape"]) for m in d["mismatched"]}
     assert mm["visual.conv1.weight"] == ([16, 3, 4, 4], [8, 3, 8, 8])
     assert {u["key"] for u in d["unexpected"]} >= {"visual.transformer.resblocks.3.ln_1.weight"}

@@ -104,15 +104,38 @@ def test_branch_prefix_is_found_and_coverage_moves():
     target = M("t", {**{"text_branch." + k: v for k, v in text.items()}, **audio})
     r = diff_manifests(M("c", {**text, **audio}), target)
     (f,) = r.findings
-    assert f.kind == "key_prefix" and f.data["option"] == "--add-prefix text_branch."
+    # --add-prefix would move audio_branch.* too: the option printed is a rename of the text
+    # keys only, and pasted back it gives the verified result
+    assert f.kind == "key_prefix" and f.data["option"].startswith("--rename ")
+    (s,) = r.suggestions
+    assert s.field == f.data["option"] and s.status == "verified"
+    pasted = KeyMap.from_option_string(s.field)
+    assert pasted.to_list() == s.suggested
+    assert diff_manifests(M("c", {**text, **audio}), target, key_map=pasted).ok
     cov = {c.module: c for c in r.coverage}
     assert cov["text_branch"].supplied == 0 and cov["audio_branch"].share == 1.0
+
+
+def test_strip_and_add_prefix_is_printed_as_the_rename_it_is():
+    """RoBERTa weights into a CLAP-like model: '--strip-prefix roberta. --add-prefix
+    text_model.' pasted back would add the prefix to every key; the printed option is the
+    rename, and pasting it loads the text branch."""
+    text = {"embeddings.word.weight": (50, 8), "encoder.0.w": (8, 8), "pooler.w": (8, 8)}
+    ck = M("c", {**{"roberta." + k: v for k, v in text.items()}, "lm_head.dense.w": (8, 8)})
+    target = M("t", {**{"text_model." + k: v for k, v in text.items()}, "audio.w": (4,)})
+    r = diff_manifests(ck, target)
+    (s,) = [s for s in r.suggestions if s.kind == "key_map"]
+    assert s.field == "--rename '^roberta\\.=>text_model.'" and s.status == "verified"
+    after = diff_manifests(ck, target, key_map=KeyMap.from_option_string(s.field))
+    assert [t.key for t in after.unexpected] == ["lm_head.dense.w"]
+    assert [t.key for t in after.missing] == ["audio.w"] and len(after.matched) == 3
 
 
 def test_prefix_with_shape_differences_is_still_the_right_map():
     ck = M("c", {"module.a": (3,), "module.b": (5,)})
     r = diff_manifests(ck, M("t", {"a": (3,), "b": (6,)}))
-    assert r.suggestions[0].verified
+    (s,) = r.suggestions
+    assert s.status == "partial" and s.still_differ == ("b",)
     assert "1 of them then differ in shape" in r.findings[0].message
 
 
@@ -158,7 +181,7 @@ def test_json_contract():
         M("a", {"w": (2, 3), "u": (1,)}), M("b", {"w": (3, 2), "m": ((4,), "int64")})
     )
     d = json.loads(r.to_json())
-    assert d["schema"] == "ckptdiff.report/1" and d["ok"] is False
+    assert d["schema"] == "ckptdiff.report/2" and d["ok"] is False
     assert d["missing"] == [{"key": "m", "shape": [4], "dtype": "int64"}]
     assert d["unexpected"] == [{"key": "u", "shape": [1], "dtype": "float32"}]
     assert d["mismatched"][0]["checkpoint_shape"] == [2, 3]

@@ -9,6 +9,7 @@ import click
 
 from ckptdiff.cli.common import DEBUG_KEY, debug_option, emit, handle_errors, stats_option
 from ckptdiff.errors import UsageError
+from ckptdiff.terminal import printable
 
 
 def _sources(sources: tuple[str, ...], from_file: str | None) -> list[str]:
@@ -98,7 +99,7 @@ def audit(sources: tuple[str, ...], from_file: str | None, fmt: str, auto_class:
 
     def done(result: Any) -> None:
         if fmt == "jsonl":
-            click.echo(render_audit_jsonl(result), nl=False)
+            emit(render_audit_jsonl(result))
         if bar is not None:
             bar.update(1)
 
@@ -114,7 +115,7 @@ def audit(sources: tuple[str, ...], from_file: str | None, fmt: str, auto_class:
         emit(render_audit(results, fmt, full=full))
     for r in results:
         if r.error is not None and fmt in ("table", "markdown"):
-            click.echo(f"ckptdiff: {r.error}", err=True)
+            click.echo(f"ckptdiff: {printable(r.error)}", err=True)
     raise SystemExit(max(r.exit_code for r in results))
 
 

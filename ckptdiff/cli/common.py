@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ckptdiff.errors import CkptDiffError, UsageError
+from ckptdiff.terminal import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -175,8 +176,8 @@ def stats_option(f: F) -> F:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one error line to stderr and exit."""
-    click.echo(f"ckptdiff: {message}", err=True)
+    """Print one error line to stderr and exit (control characters from files escaped)."""
+    click.echo(f"ckptdiff: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -213,8 +214,12 @@ def handle_errors(f: F) -> F:
 
 
 def emit(text: str) -> None:
-    """Write a rendered report to stdout."""
-    click.echo(text, nl=not text.endswith("\n"))
+    """Write a rendered report to stdout.
+
+    Every control character is escaped on the way out (key names, paths and messages come from
+    files that may carry terminal escape sequences); JSON has none to escape, so it stays exact.
+    """
+    click.echo(printable(text, keep_newlines=True), nl=not text.endswith("\n"))
 
 
 __all__ = [

@@ -74,20 +74,24 @@ def _wanted(path: str) -> bool:
 def scan_file(path: str, shown: str) -> ScanResult:
     """Read one file for its findings (an index: only its shard names)."""
     from ckptdiff.errors import CkptDiffError, UnsafeCheckpointError
-    from ckptdiff.readers import read_file
+    from ckptdiff.readers import read_file, read_witnessed
 
     try:
         if path.endswith(".index.json"):
             return _scan_index(path, shown)
         if not os.path.exists(path):
             return ScanResult(shown, "unreadable", error="a broken link or a link loop")
-        manifest = read_file(path, shown)
+        manifest = read_witnessed(shown, lambda: read_file(path, shown))
     except UnsafeCheckpointError as e:
         return ScanResult(shown, "flagged", findings=[_finding("unsafe_file", str(e))])
     except CkptDiffError as e:
         return ScanResult(shown, "unreadable", error=str(e))
     except OSError as e:
         return ScanResult(shown, "unreadable", error=f"Cannot read '{shown}': {e.strerror}.")
+    except Exception as e:  # one poisoned file is that file's row, never the end of the scan
+        problem = " ".join(str(e).split())[:200]
+        return ScanResult(shown, "unreadable",
+                          error=f"Cannot read '{shown}': {type(e).__name__}: {problem}.")
     findings = [
         {"kind": f.kind, "message": f.message, "keys": list(f.keys), "severity": f.severity}
         for f in manifest.security_findings
@@ -103,14 +107,24 @@ def _scan_index(path: str, shown: str) -> ScanResult:
 
     weight_map, _ = _load_index(path, shown)
     findings = []
+    problems = []
+    folder = os.path.dirname(os.path.abspath(path))
     for name in dict.fromkeys(weight_map.values()):
         try:
-            confined_path(os.path.dirname(os.path.abspath(path)), name, shown)
+            shard = confined_path(folder, name, shown)
         except UnsafeCheckpointError as e:
             findings.append(_finding("path_escape", str(e), (name,)))
-    return ScanResult(
-        shown, "flagged" if findings else "clean", "index", len(weight_map), findings
-    )
+            continue
+        except (ValueError, OSError) as e:  # a NUL byte in the name, a name too long
+            problems.append(f"shard name {name!r}: {e}")
+            continue
+        if os.path.isfile(shard):  # each shard the index names is scanned with it
+            result = scan_file(shard, os.path.join(os.path.dirname(shown), name))
+            findings += result.findings
+            if result.error:
+                problems.append(result.error)
+    status = "flagged" if findings else "unreadable" if problems else "clean"
+    return ScanResult(shown, status, "index", len(weight_map), findings, "; ".join(problems[:3]))
 
 
 def scan_source(source: str) -> list[ScanResult]:

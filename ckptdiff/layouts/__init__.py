@@ -26,8 +26,8 @@ __all__ = [
     "read_layout_folder",
 ]
 
-_CONSOLIDATED = re.compile(r"^consolidated\.(\d+)\.pth$")
-_MP_DIR = re.compile(r"^mp_rank_(\d+)(?:_\d+)?$")
+_CONSOLIDATED = re.compile(r"^consolidated\.([0-9]{1,9})\.pth$")
+_MP_DIR = re.compile(r"^mp_rank_([0-9]{1,9})(?:_[0-9]{1,9})?$")
 _MEGATRON_FILES = ("model_optim_rng.pt", "model_rng.pt")
 MAX_SMALL_JSON = 1 << 20
 

@@ -16,13 +16,15 @@ Local manifests then get their layout named (:func:`ckptdiff.layouts.annotate`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 
 from ckptdiff.errors import SelectError, SourceNotFoundError, UnsupportedFormatError
 from ckptdiff.readers.sniff import FORMAT_NAMES, sniff_file
-from ckptdiff.types import Manifest
+from ckptdiff.types import Finding, Manifest
 
-__all__ = ["read", "resolve_folder", "WEIGHT_FILE_NAMES", "WEIGHT_EXTENSIONS"]
+__all__ = ["read", "read_witnessed", "resolve_folder", "WEIGHT_FILE_NAMES", "WEIGHT_EXTENSIONS"]
 
 #: Preferred weight files in a folder, in order (Hugging Face layout first).
 WEIGHT_FILE_NAMES = (
@@ -60,6 +62,57 @@ def read(source: str, *, select: str | None = None) -> Manifest:
         >>> len(m.tensors), m.format  # doctest: +SKIP
         (105, 'torch-zip')
     """
+    return read_witnessed(source, lambda: _read(source, select))
+
+
+def read_witnessed(source: str, fn: Callable[[], Manifest]) -> Manifest:
+    """``fn()`` (a read of ``source``), with every pickle it opens accounted for.
+
+    A reader may open a pickle only for shapes (an optimizer file), skip it (another rank's
+    file) or fail on a later record: the security findings of every pickle it unpickled still
+    reach the manifest, and a failure after a payload is the payload (exit 3), not
+    "unreadable".
+
+    Raises:
+        UnsafeUnreadableError: a pickle named a forbidden global, then reading failed.
+    """
+    from ckptdiff.errors import UnsafeCheckpointError, UnsafeUnreadableError
+    from ckptdiff.readers.unpickler import witness
+    from ckptdiff.terminal import printable
+
+    with witness() as seen:
+        try:
+            manifest = fn()
+        except UnsafeCheckpointError:
+            raise
+        except Exception as e:
+            if not seen:
+                raise
+            names = ", ".join(dict.fromkeys(repr(f.keys[0]) for f in seen if f.keys))
+            problem = " ".join(str(e).split())[:300] or type(e).__name__
+            raise UnsafeUnreadableError(
+                f"Cannot read '{printable(source)}': a pickle in it names {names[:300]}, outside "
+                "the allow-list (torch.load(weights_only=False) would import and call it), "
+                f"and then: {printable(problem).rstrip('.')}. Do not load this file."
+            ) from e
+    return with_findings(manifest, seen)
+
+
+def with_findings(manifest: Manifest, findings: list[Finding]) -> Manifest:
+    """``manifest`` with the security findings it does not already hold added."""
+    have = {(f.kind, f.keys) for f in manifest.findings}
+    missing: dict[tuple[str, tuple[str, ...]], Finding] = {}
+    for f in findings:
+        if (f.kind, f.keys) not in have:
+            where = (f.data or {}).get("pickle")
+            message = f"{where}: {f.message}" if where else f.message
+            missing.setdefault((f.kind, f.keys), dataclasses.replace(f, message=message))
+    if not missing:
+        return manifest
+    return dataclasses.replace(manifest, findings=(*manifest.findings, *missing.values()))
+
+
+def _read(source: str, select: str | None) -> Manifest:
     if source.startswith(HUB_PREFIXES) or source.startswith(("http://", "https://")):
         from ckptdiff.readers.hub import read_hub
 
@@ -102,6 +155,8 @@ def read_file(path: str, source: str, *, select: str | None = None) -> Manifest:
         from ckptdiff.readers.torch_legacy import read_pickle_file
 
         return read_pickle_file(path, source, select=select)
+    if kind in ("npy-object", "tar"):
+        _scan_embedded_pickles(path, kind, source)
     if kind == "empty":
         from ckptdiff.errors import ReadError
 
@@ -110,6 +165,47 @@ def read_file(path: str, source: str, *, select: str | None = None) -> Manifest:
         f"Cannot read '{source}': this is {FORMAT_NAMES[kind]}, not a checkpoint ckptdiff "
         "reads (safetensors, torch .pt/.pth/.bin/.ckpt, or a *.index.json)."
     )
+
+
+#: The largest pickle inside a tar or .npy file that is walked for its globals.
+_MAX_EMBEDDED_PICKLE = 64 << 20
+
+
+def _scan_embedded_pickles(path: str, kind: str, source: str) -> None:
+    """Unpickle (with fakes) the pickles of a format ckptdiff does not read: the members of a
+    pre-1.6 torch tar (``sys_info``, ``pickle``, ``storages``, ``tensors``) and the body of a
+    numpy object array. Their findings reach the caller through
+    :func:`~ckptdiff.readers.unpickler.witness`; failures to parse are not this file's verdict.
+    """
+    import tarfile
+
+    from ckptdiff.errors import ReadError
+    from ckptdiff.readers.unpickler import unpickle
+
+    blobs: list[tuple[str, bytes]] = []
+    if kind == "tar":
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for member in tar.getmembers()[:64]:
+                    if member.isfile() and member.size <= _MAX_EMBEDDED_PICKLE:
+                        f = tar.extractfile(member)
+                        if f is not None:
+                            blobs.append((member.name, f.read()))
+        except (tarfile.TarError, OSError, EOFError):
+            return
+    else:
+        with open(path, "rb") as f:
+            head = f.read(10)
+            length = int.from_bytes(head[8:10], "little") if head[6:7] == b"\x01" else (
+                int.from_bytes(f.read(2), "little") << 16 | int.from_bytes(head[8:10], "little")
+            )  # fmt: skip
+            f.seek(10 + length if head[6:7] == b"\x01" else 12 + length)
+            blobs.append(("array", f.read(_MAX_EMBEDDED_PICKLE)))
+    for context, data in blobs:
+        try:
+            unpickle(data, source, context=context, storage_form="none")
+        except ReadError:
+            continue
 
 
 def resolve_folder(path: str, source: str) -> str:

@@ -429,9 +429,18 @@ def _metadata(parent: Any, chosen_key: str, paths: list[str]) -> dict[str, Any]:
     return out
 
 
+def short_key(key: Any) -> str:
+    """A dict key of a pickle as text (a huge integer key as its size, not 4300+ digits)."""
+    if type(key) is int and key.bit_length() >= 1024:
+        return f"<an integer of {key.bit_length()} bits>"
+    return str(key)
+
+
 def _jsonable(value: Any, depth: int, seen: set[int]) -> Any:
     if value is None or isinstance(value, (bool, int)):
-        return value if not isinstance(value, int) or abs(value) < 2**63 else str(value)
+        if not isinstance(value, int) or abs(value) < 2**63:
+            return value
+        return short_key(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
@@ -444,7 +453,7 @@ def _jsonable(value: Any, depth: int, seen: set[int]) -> Any:
         seen = seen | {id(value)}
         if isinstance(value, dict):
             items = list(value.items())[:MAX_METADATA_ITEMS]
-            out = {str(k): _jsonable(v, depth + 1, seen) for k, v in items}
+            out = {short_key(k): _jsonable(v, depth + 1, seen) for k, v in items}
             if len(value) > len(items):
                 out["..."] = f"{len(value) - len(items)} more entries"
             return out

@@ -41,9 +41,13 @@ __all__ = [
 ]
 
 #: ``[zero_pp_rank_D_]mp_rank_XX_model_states.pt``
-MODEL_STATES = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
+MODEL_STATES = re.compile(
+    r"^(?:zero_pp_rank_([0-9]{1,9})_)?mp_rank_([0-9]{1,9})_model_states\.pt$"
+)
 #: ``[bf16_]zero_pp_rank_D_mp_rank_XX_optim_states.pt``
-OPTIM_STATES = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+OPTIM_STATES = re.compile(
+    r"^(?:bf16_)?zero_pp_rank_([0-9]{1,9})_mp_rank_([0-9]{1,9})_optim_states\.pt$"
+)
 #: Largest ``latest`` file read (it holds a tag name).
 MAX_LATEST_SIZE = 4096
 CONSOLIDATE = (

@@ -48,6 +48,12 @@ from ckptdiff.errors import (
     UsageError,
 )
 from ckptdiff.readers import WEIGHT_EXTENSIONS, WEIGHT_FILE_NAMES
+from ckptdiff.readers.hub_safety import (
+    check_commit,
+    check_repo_names,
+    check_revision,
+    download_small_file,
+)
 from ckptdiff.readers.remote import (
     TOTAL,
     HubAccessError,
@@ -131,6 +137,10 @@ class HubSource:
     revision: str | None = None
     path: str = ""
     kind: Literal["any", "folder", "file"] = "any"
+
+    def __post_init__(self) -> None:
+        if self.revision is not None:
+            check_revision(self.revision, self.text)
 
     @property
     def page(self) -> str:
@@ -280,17 +290,6 @@ def choose_weights(names: Iterable[str], where: str) -> str:
 # --- the repo ----------------------------------------------------------------------------------
 
 
-def _silent_tqdm() -> Any:
-    from huggingface_hub.utils import tqdm as hf_tqdm
-
-    class Silent(hf_tqdm):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-    return Silent
-
-
 @dataclass
 class HubRepo:
     """One revision of a hub repo: its files, and how to read them.
@@ -366,7 +365,7 @@ class HubRepo:
         hit = try_to_load_from_cache(self.source.repo_id, path, revision=self.commit)
         return hit if isinstance(hit, str) and os.path.isfile(hit) else None
 
-    def fetch(self, name: str) -> str:
+    def fetch(self, name: str, *, whole_weights: bool = False) -> str:
         """A local copy of ``name`` (a small file: config, index, tokenizer), via the cache.
 
         Raises:
@@ -386,24 +385,27 @@ class HubRepo:
                 f"cached snapshot of {self.label} lacks this file. Unset HF_HUB_OFFLINE, or "
                 f"download it first (hf download {self.source.repo_id} {path})."
             )
-        from huggingface_hub import constants, hf_hub_download
-
         local: str = call_with_retries(
-            lambda: hf_hub_download(
-                self.source.repo_id,
-                path,
-                revision=self.commit,
-                endpoint=constants.ENDPOINT,
-                tqdm_class=_silent_tqdm(),
-            ),
-            transfer=self.transfer,
+            lambda: self._download_small(path, whole_weights),
+            transfer=None,
             describe=self.describe(path),
-            requests_per_call=2,  # a HEAD for the metadata, then the GET
         )
-        self.transfer.add(0, os.path.getsize(local))
         self._fetched[name] = local
         self._remember_revision()
         return local
+
+    def _download_small(self, path: str, whole_weights: bool) -> str:
+        """One small file, bounded and with its server-supplied names checked."""
+        from huggingface_hub import constants, hf_hub_url
+        from huggingface_hub.utils import build_hf_headers
+
+        url = hf_hub_url(self.source.repo_id, path, revision=self.commit,
+                         endpoint=constants.ENDPOINT)  # fmt: skip
+        return download_small_file(
+            url, repo_id=self.source.repo_id, path=path, commit=self.commit,
+            listed_size=self.files.get(path), headers=build_hf_headers(),
+            source=self.source.text, transfer=self.transfer, whole_weights=whole_weights,
+        )  # fmt: skip
 
     def _remember_revision(self) -> None:
         """Record ``refs/<revision> -> commit`` in the cache, as ``hf_hub_download`` does when
@@ -518,7 +520,7 @@ class HubRepo:
             raise UnsupportedFormatError(why)
         from ckptdiff.readers import read_file
 
-        return read_file(self.fetch(name), self.source.text, select=select)
+        return read_file(self.fetch(name, whole_weights=True), self.source.text, select=select)
 
     def _shard_specs(
         self, name: str, shard: str
@@ -538,7 +540,7 @@ class HubRepo:
                 if isinstance(e, RangeNotSupportedError):
                     raise
                 raise UnsupportedFormatError(str(e)) from e
-            return read_local_shard(self.fetch(name), shard, self.source.text)
+            return read_local_shard(self.fetch(name, whole_weights=True), shard, self.source.text)
         return dict(manifest.tensors), shard_security_findings(manifest, shard)
 
     def _read_sharded(self, index_name: str) -> Manifest:
@@ -668,7 +670,7 @@ def _online_repo(src: HubSource) -> HubRepo:
         transfer=transfer,
         describe=describe,
     )
-    commit = info.sha or src.revision or "main"
+    commit = check_commit(info.sha, src.text, "repo info")
     files: dict[str, int | None] = {}
     if info.siblings is not None:
         for sibling in info.siblings:
@@ -683,6 +685,7 @@ def _online_repo(src: HubSource) -> HubRepo:
             describe=describe,
         )
         files = {e.path: getattr(e, "size", None) for e in entries if hasattr(e, "size")}
+    check_repo_names(files, src.text)
     repo = HubRepo(src, commit, files, transfer=transfer)
     _set_root(repo, src)
     return repo
@@ -699,8 +702,9 @@ def _offline_repo(src: HubSource) -> HubRepo:
     if commit is None:
         ref = os.path.join(storage, "refs", *revision.split("/"))
         if os.path.isfile(ref):
-            with open(ref, encoding="utf-8") as f:
-                commit = f.read().strip()
+            with open(ref, encoding="utf-8", errors="replace") as f:
+                commit = f.read(100).strip()
+            commit = commit if _COMMIT.match(commit) else None
     snapshot = os.path.join(storage, "snapshots", commit or "")
     if commit is None or not os.path.isdir(snapshot):
         raise HubOfflineError(
@@ -915,9 +919,10 @@ def _read_zip(
     directory = parse_central_directory(reader.read(cd_offset, cd_offset + cd_size), entries, name)
     prefix = archive_prefix(directory, name)
     pkl = directory[f"{prefix}data.pkl"]
-    if pkl.size > MAX_PICKLE_SIZE:
+    if max(pkl.size, pkl.compressed_size) > MAX_PICKLE_SIZE:
         raise ReadError(
-            f"Cannot read '{source}' ({pkl.name}): it is {pkl.size} bytes, over the "
+            f"Cannot read '{source}' ({pkl.name}): it is {max(pkl.size, pkl.compressed_size)} "
+            "bytes, over the "
             f"{MAX_PICKLE_SIZE}-byte limit. Raise ckptdiff.readers.unpickler.MAX_PICKLE_SIZE "
             "if you trust the file."
         )
@@ -935,6 +940,18 @@ def _read_zip(
         select=select,
         byteorder=blobs.get(order.name) if order is not None else None,
     )
+
+
+#: Bytes allowed for a local zip header's extra field when guessing where an entry ends.
+_LOCAL_EXTRA_SLACK = 1024
+
+
+def _span_end(entry: Any, next_offset: int) -> int:
+    """Where to stop reading ``entry``: at the next entry, but never further than its local
+    header and data can reach. A hostile zip may put its next entry gigabytes after
+    ``data.pkl``; a local header with a longer extra field costs one more small read."""
+    reach = entry.offset + 30 + len(entry.name.encode()) + _LOCAL_EXTRA_SLACK
+    return min(next_offset, reach + entry.compressed_size)
 
 
 def _read_entries(
@@ -968,7 +985,7 @@ def _read_entries(
         groups.append([entry])
     out: dict[str, bytes] = {}
     for group in groups:
-        start, end = group[0].offset, ends[group[-1].name]
+        start, end = group[0].offset, _span_end(group[-1], ends[group[-1].name])
         span = reader.read(start, end)
         for entry in group:
             begin = entry.offset - start

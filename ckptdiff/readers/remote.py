@@ -26,6 +26,7 @@ __all__ = [
     "TOTAL",
     "HubAccessError",
     "HubError",
+    "HubLimitError",
     "HubNotFoundError",
     "HubOfflineError",
     "HubUnavailableError",
@@ -37,6 +38,8 @@ __all__ = [
     "describe_for",
     "human_bytes",
     "percent",
+    "read_body",
+    "request_deadline",
     "translate_hub_error",
 ]
 
@@ -49,6 +52,9 @@ BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 4.0
 #: Seconds to wait for an answer; None means huggingface_hub's (``HF_HUB_DOWNLOAD_TIMEOUT``).
 TIMEOUT: float | None = None
+#: Seconds one request may take, its whole body included (a server that sends one byte every
+#: few seconds never trips a read timeout); ``CKPTDIFF_HUB_DEADLINE`` overrides it.
+REQUEST_DEADLINE = 120.0
 #: Status codes worth retrying.
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -74,6 +80,10 @@ class HubUnavailableError(HubError, ConnectionError):
 
 class HubOfflineError(HubError, SourceNotFoundError):
     """``HF_HUB_OFFLINE`` is set and the local cache does not hold what is needed."""
+
+
+class HubLimitError(HubError, ReadError):
+    """A response body longer than asked for or allowed, or slower than the request deadline."""
 
 
 class RangeNotSupportedError(HubError, ReadError):
@@ -425,7 +435,7 @@ class RangeReader:
                 raise RangeNotSupportedError(
                     f"Cannot read '{self.source}' ({self.name}): the server ignored the range "
                     f"request and started sending the whole file"
-                    f"{f' ({human_bytes(int(total))})' if total and total.isdigit() else ''}; "
+                    f"{f' ({human_bytes(n)})' if (n := _uint(total)) is not None else ''}; "
                     "ckptdiff reads only headers. Pass --allow-download (or set "
                     "CKPTDIFF_ALLOW_DOWNLOAD=1) to download the file instead."
                 )
@@ -442,7 +452,8 @@ class RangeReader:
                     f"Cannot read '{self.source}' ({self.name}): unexpected HTTP "
                     f"{response.status_code} to a range request."
                 )
-            data = response.read()
+            data = read_body(response, limit=_range_length(byte_range),
+                             deadline=request_deadline(), what=f"'{self.source}' ({self.name})")
             self.transfer.add(0, len(data), ranged=True)
             offset, total_size = _content_range(response.headers.get("Content-Range"))
             if total_size is not None and self.size is None:
@@ -462,14 +473,80 @@ class RangeReader:
             return offset, data
 
 
+def request_deadline() -> float:
+    """The ``time.monotonic()`` by which a request started now must be done."""
+    raw = os.environ.get("CKPTDIFF_HUB_DEADLINE", "").strip()
+    try:
+        seconds = float(raw) if raw else REQUEST_DEADLINE
+    except ValueError:
+        seconds = REQUEST_DEADLINE
+    return time.monotonic() + seconds
+
+
+def _range_length(byte_range: str) -> int:
+    """The bytes a ``bytes=a-b`` or ``bytes=-n`` request asks for."""
+    first, _, last = byte_range.removeprefix("bytes=").partition("-")
+    if not first:
+        return int(last)
+    return int(last) - int(first) + 1
+
+
+def read_body(
+    response: Any, *, limit: int, deadline: float | None, what: str, sink: Any = None
+) -> bytes:
+    """The body of a streamed response, refused past ``limit`` bytes or past ``deadline``.
+
+    A server decides how long a body is and how fast it comes: an endless 206 body, an endless
+    JSON file or one byte every few seconds must end in an error, not in memory or time spent.
+
+    Args:
+        response: a streamed httpx response.
+        limit: the most bytes accepted.
+        deadline: the ``time.monotonic()`` by which the body must be done (None: no deadline).
+        what: the file, for messages.
+        sink: a binary file the body is written to instead of being returned.
+
+    Raises:
+        HubLimitError: more than ``limit`` bytes, or still coming at ``deadline``.
+    """
+    chunks: list[bytes] = []
+    received = 0
+    for chunk in response.iter_bytes():
+        received += len(chunk)
+        if received > limit:
+            response.close()
+            raise HubLimitError(
+                f"Cannot read {what}: the server sent more than the {human_bytes(limit)} asked "
+                "for or allowed; refusing the rest. The server is broken or hostile."
+            )
+        if sink is None:
+            chunks.append(chunk)
+        else:
+            sink.write(chunk)
+        if deadline is not None and time.monotonic() > deadline:
+            response.close()
+            raise HubLimitError(
+                f"Cannot read {what}: the answer was still coming at the request deadline "
+                f"({human_bytes(received)} received). The server is too slow or hostile; "
+                "CKPTDIFF_HUB_DEADLINE sets the seconds a request may take."
+            )
+    return b"".join(chunks)
+
+
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
     """``bytes 0-99/1234`` -> ``(0, 1234)``; None for what is absent or unparsable."""
     if not value or not value.startswith("bytes "):
         return None, None
     span, _, total = value[6:].partition("/")
     first = span.split("-", 1)[0]
-    start = int(first) if first.isdigit() else None
-    return start, int(total) if total.isdigit() else None
+    return _uint(first), _uint(total)
+
+
+def _uint(text: str | None) -> int | None:
+    """A plain decimal number a server sent (ASCII digits, at most 18), else None."""
+    if text and text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None
 
 
 def allow_download_from_env() -> bool:

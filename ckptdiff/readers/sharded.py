@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -118,6 +119,11 @@ def shard_name_parts(name: Any, source: str) -> list[str]:
         raise UnsafeCheckpointError(
             f"Cannot read '{source}' (index): shard name {name!r} is not a relative file name. "
             "Refusing to read outside the checkpoint's folder."
+        )
+    if "\x00" in name:
+        raise ReadError(
+            f"Cannot read '{source}' (index): shard name {name!r} holds a NUL byte; no file "
+            "has such a name. The index is corrupt."
         )
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
@@ -283,7 +289,11 @@ def index_manifest(
 
     total = index_meta.get("total_size")
     stored = sum(s.nbytes or 0 for s in tensors.values())
-    if isinstance(total, (int, float)) and not missing_files and int(total) != stored:
+    if isinstance(total, float) and not math.isfinite(total):
+        findings.append(Finding(
+            "total_size", f"the index says total_size {total}, not a number of bytes.",
+            (), "warning", {"index_total_size": str(total), "tensor_bytes": stored}))
+    elif isinstance(total, (int, float)) and not missing_files and int(total) != stored:
         findings.append(Finding(
             "total_size",
             f"the index says total_size {int(total):,} bytes but its tensors take {stored:,}.",

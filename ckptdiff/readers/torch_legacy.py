@@ -21,9 +21,11 @@ from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
 from ckptdiff.readers.torch_zip import display_name
 from ckptdiff.readers.unpickler import (
+    MAX_PICKLE_SIZE,
     PickleDataError,
     StorageRef,
     Unpickled,
+    globals_in,
     scan_pickle,
     short_repr,
     unpickle,
@@ -127,6 +129,14 @@ def read_pickle_file(path: str, source: str, *, select: str | None = None) -> Ma
             return _read_legacy(stream, path, source, name, select)
     findings = list(first.findings)
     findings.extend(_trailing_pickles(stream, name))
+    if stream.offset < size:  # past the pickles read in full: name the globals of the rest
+        with open(path, "rb") as f:
+            f.seek(stream.offset)
+            rest = f.read(MAX_PICKLE_SIZE)
+        findings.extend(
+            dataclasses.replace(f, message=f"bytes after the pickles read: {f.message}")
+            for f in globals_in(rest)
+        )
     if stream.offset < size:
         findings.append(
             Finding(

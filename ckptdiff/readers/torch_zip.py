@@ -178,6 +178,7 @@ def manifest_from_zip_parts(
                 severity="info",
             )
         )
+    findings += zip_slip_findings(record_sizes)
     unpickled = unpickle(data_pkl, name, context=f"{prefix}data.pkl", storage_form="zip")
     check_storage_records(unpickled.storages, record_sizes, prefix, name)
     selection = select_state_dict(unpickled.root, name, select=select)
@@ -191,6 +192,29 @@ def manifest_from_zip_parts(
         selected=selection.selected,
         candidates=selection.candidates,
     )
+
+
+def zip_slip_findings(names: Iterable[str]) -> list[Finding]:
+    """A security finding for each member named with a ``..`` part or an absolute path.
+
+    torch never writes such names; an unzip tool (or a loader that extracts the archive) would
+    write them outside the folder it extracts into (zip-slip).
+    """
+    out = []
+    for member in names:
+        parts = member.replace("\\", "/").split("/")
+        if member.startswith(("/", "\\")) or ".." in parts or (len(member) > 1
+                                                                 and member[1] == ":"):
+            out.append(Finding(
+                kind="zip_slip",
+                message=(f"the zip holds a member named {member!r}, which leaves the folder it "
+                         "is extracted into; torch never writes such names"),
+                keys=(member,),
+                severity="security",
+            ))
+            if len(out) >= 20:
+                break
+    return out
 
 
 # --- zip structures ----------------------------------------------------------------------------

@@ -21,6 +21,9 @@ How it stays safe:
 from __future__ import annotations
 
 import _compat_pickle
+import contextlib
+import contextvars
+import dataclasses
 import gc
 import io
 import pickle
@@ -31,7 +34,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal
@@ -1031,7 +1034,12 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 40, 40, 40
 
 def short_repr(value: Any) -> str:
     """A bounded one-line repr of a value from the pickle, for messages."""
-    text = _REPR.repr(value).replace("\n", "\\n")
+    if type(value) is int and value.bit_length() > 128:  # repr refuses > 4300 digits
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        text = _REPR.repr(value).replace("\n", "\\n")
+    except Exception:  # a hostile value whose repr fails
+        return f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -1072,6 +1080,93 @@ def _global_finding(module: str, name: str) -> Finding:
     )
 
 
+
+
+#: The security findings of every pickle unpickled in the current :func:`witness` block.
+_WITNESS: contextvars.ContextVar[list[Finding] | None] = contextvars.ContextVar(
+    "ckptdiff_pickle_witness", default=None
+)
+
+
+@contextlib.contextmanager
+def witness() -> Iterator[list[Finding]]:
+    """Collect the security findings of every pickle unpickled inside the block.
+
+    Whatever a format reader later does with a pickle (skips it, reads it for shapes only,
+    crashes on the next record), its findings are here: the caller reports them all.
+
+    Example:
+        >>> with witness() as seen:
+        ...     _ = unpickle(b"\\x80\\x02cos\\nsystem\\n.", "x.pkl")
+        >>> seen[0].keys
+        ('os.system',)
+    """
+    seen: list[Finding] = []
+    outer = _WITNESS.get()
+    token = _WITNESS.set(seen)
+    try:
+        yield seen
+    finally:
+        _WITNESS.reset(token)
+        if outer is not None:
+            outer.extend(seen)
+
+
+def _witnessed(findings: Iterable[Finding], context: str) -> None:
+    seen = _WITNESS.get()
+    if seen is not None:
+        seen.extend(
+            dataclasses.replace(f, data={**(f.data or {}), "pickle": context})
+            for f in findings if f.severity == "security"
+        )
+
+
+#: Opcodes walked by :func:`globals_in` before it gives up (a bound on its time).
+MAX_WALKED_OPCODES = 2_000_000
+
+
+def globals_in(
+    data: bytes, start: int = 0, extra: Mapping[tuple[str, str], Any] | None = None
+) -> list[Finding]:
+    """The findings of every global named in ``data``'s opcodes, without unpickling.
+
+    Walks pickle after pickle until the data ends or stops being a pickle: for the bytes a
+    full unpickle cannot read (garbage after a payload, pickles past a count limit). A
+    ``STACK_GLOBAL`` takes the two strings pushed last (memo included), as the unpickler does.
+    """
+    names: dict[tuple[str, str], None] = {}
+    strings: list[str] = []
+    memo: dict[int, str] = {}
+    walked = 0
+    stream = io.BytesIO(data)
+    stream.seek(start)
+    try:
+        while stream.tell() < len(data) and walked < MAX_WALKED_OPCODES:
+            for op, arg, _ in pickletools.genops(stream):
+                walked += 1
+                if walked >= MAX_WALKED_OPCODES:
+                    break
+                kind = op.name
+                if kind in ("GLOBAL", "INST"):
+                    module, _, attr = str(arg).partition(" ")
+                    names[_py3_name(module, attr)] = None
+                elif kind == "STACK_GLOBAL" and len(strings) >= 2:
+                    names[_py3_name(strings[-2], strings[-1])] = None
+                elif isinstance(arg, str) and "UNICODE" in kind:
+                    strings = [*strings[-1:], arg]
+                elif kind in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE") and strings:
+                    memo[arg if arg is not None else len(memo)] = strings[-1]
+                elif kind in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                    strings = [*strings[-1:], memo[arg]]
+                elif kind == "EXT1" or kind == "EXT2" or kind == "EXT4":
+                    names[("copyreg._extension_registry", f"code {arg}")] = None
+    except Exception:  # the walk ends where the pickle stops being one
+        pass
+    return [
+        f for module, name in names
+        if (f := _global_finding(module, name)).severity == "security"
+        and (module, name) not in ALLOWED_GLOBALS and (module, name) not in (extra or {})
+    ]
 
 
 def unpickle(
@@ -1129,13 +1224,17 @@ def unpickle(
             _clock.deadline = float("inf")
             if gc_was_enabled:
                 gc.enable()
-    except ReadError:
-        raise
     except Exception as e:  # anything the C unpickler or a fake raises on bad data
         problem = " ".join(str(e).split())[:300] or type(e).__name__
         if isinstance(e, (RecursionError, MemoryError)):
             problem = f"{type(e).__name__}: the pickle nests too deep or is too large"
-        unsafe = [f for f in unpickler.findings if f.severity == "security"] if unpickler else []
+        if unpickler is not None:
+            unsafe = [f for f in unpickler.findings if f.severity == "security"]
+        else:  # the opcode walk failed before any record was built: name its globals anyway
+            unsafe = globals_in(data, extra=extra_globals)
+        _witnessed(unsafe, context)
+        if not unsafe and isinstance(e, ReadError):
+            raise
         if unsafe:
             # a payload next to a malformed record: the payload is what matters
             raise UnsafeUnreadableError(
@@ -1149,4 +1248,5 @@ def unpickle(
             f"Cannot read '{name}' ({context}): {problem.rstrip('.')}. The file is corrupt, "
             "truncated or not a torch checkpoint; save or download it again."
         ) from e
+    _witnessed(unpickler.findings, context)
     return Unpickled(root, unpickler.storages, unpickler.findings)

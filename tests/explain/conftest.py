@@ -21,7 +21,7 @@ def manifest(name: str, shapes: dict[str, tuple[int, ...]], **kw: Any) -> Manife
 
 @pytest.fixture(autouse=True)
 def _fresh_probe_cache():
-    from ckptdiff.suggest import clear_cache
+    from ckptdiff.diagnosis.verify import clear_cache
 
     clear_cache()
     yield

@@ -18,7 +18,7 @@ LLAMA = "fixtures.models:build_llama"
 
 def config_suggestions(report):
     return {
-        s.field: (s.current, s.suggested, s.verified)
+        s.field: (s.current, s.suggested, s.verified or s.status)
         for s in report.suggestions
         if s.kind == "config"
     }
@@ -42,7 +42,7 @@ def test_vit_l14_weights_into_a_vit_b16_config():
         "vision_cfg.patch_size": (16, 14, True),
         "text_cfg.width": (512, 768, True),
         # needed so that width 1024 builds (1024 % 12 != 0); shapes cannot tell heads
-        "vision_cfg.heads": (12, 16, True),
+        "vision_cfg.heads": (12, 16, "undetermined"),
     }
     heads = next(s for s in r.suggestions if s.field == "vision_cfg.heads")
     assert heads.data["determined"] is False
@@ -89,20 +89,37 @@ def _llama(vocab: int, **kw):
     return build_target(LLAMA, args={**args, **kw})
 
 
-def test_added_tokens_suggest_vocab_size_and_resize_call():
-    """Scenario 2: embed and head rows 32000 -> 32005."""
+def test_added_tokens_suggest_vocab_size_and_no_call_a_factory_model_lacks():
+    """Scenario 2: embed and head rows 32000 -> 32005; the fixture model has no
+    resize_token_embeddings, so the call (which could not be made) is not suggested."""
     r = diff_manifests(_llama(32005), _llama(32000))
     assert config_suggestions(r) == {"vocab_size": (32000, 32005, True)}
-    (call,) = [s for s in r.suggestions if s.kind == "call"]
-    assert call.field == "resize_token_embeddings" and call.verified
-    assert call.suggested == "model.resize_token_embeddings(32005)"
-    assert "pad_to_multiple_of" not in call.data and call.data["grown_by"] == 5
+    assert [s for s in r.suggestions if s.kind == "call"] == []
     vocab = next(f for f in kinds(r, "cause") if f.data["cause"] == "vocab")
     assert vocab.data["checkpoint"] == 32005 and vocab.data["target"] == 32000
 
 
-def test_padded_vocab_mentions_pad_to_multiple_of():
-    r = diff_manifests(_llama(32064), _llama(32000))
+def _hf_llama(tmp_path, name, vocab):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64, architectures=["LlamaForCausalLM"],
+    )
+    cfg.save_pretrained(tmp_path / name)
+    return build_target(f"hf-config:{tmp_path / name}")
+
+
+def test_added_tokens_into_a_transformers_model_get_the_call_made_on_meta(tmp_path):
+    r = diff_manifests(_hf_llama(tmp_path, "a", 1005), _hf_llama(tmp_path, "b", 1000))
+    assert config_suggestions(r) == {"vocab_size": (1000, 1005, True)}
+    (call,) = [s for s in r.suggestions if s.kind == "call"]
+    assert call.field == "resize_token_embeddings" and call.status == "verified"
+    assert call.suggested == "model.resize_token_embeddings(1005)"
+    assert "pad_to_multiple_of" not in call.data and call.data["grown_by"] == 5
+
+
+def test_padded_vocab_mentions_pad_to_multiple_of(tmp_path):
+    r = diff_manifests(_hf_llama(tmp_path, "a", 1024), _hf_llama(tmp_path, "b", 1000))
     (call,) = [s for s in r.suggestions if s.kind == "call"]
     assert call.data["pad_to_multiple_of"] == 64
     assert "pad_to_multiple_of=64" in call.message

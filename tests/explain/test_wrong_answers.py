@@ -30,7 +30,7 @@ CLIP = "fixtures.models:build_clip"
 
 def suggestions(report):
     return {
-        s.field: (s.current, s.suggested, s.verified)
+        s.field: (s.current, s.suggested, s.verified or s.status)
         for s in report.suggestions
         if s.kind in ("config", "call")
     }
@@ -128,10 +128,9 @@ def test_a_prefix_rule_never_moves_keys_that_load():
     tg = manifest("t", {**body, "bar.0.weight": (3, 8), "bar.1.weight": (3, 8)})
     r = diff_manifests(ck, tg)
     (s,) = [s for s in r.suggestions if s.kind == "key_map"]
-    assert s.suggested == [
-        {"op": "rename", "pattern": r"^foo\.(?=(?:0|1)(?:\.|$))", "replacement": "bar."}
-    ]
-    assert diff_manifests(ck, tg, key_map=KeyMap.from_rules(s.suggested)).ok
+    assert s.suggested == [{"op": "rename", "pattern": r"^foo\.", "replacement": "bar."}]
+    assert s.field == "--rename '^foo\\.=>bar.'" and s.status == "verified"
+    assert diff_manifests(ck, tg, key_map=KeyMap.from_option_string(s.field)).ok
 
 
 def test_a_rename_of_similar_names_is_still_proposed_and_verified():

@@ -113,6 +113,10 @@ class Repo:
         fail: answer 500 to the next ``fail`` requests of kind ``fail_on``.
         fail_on: ``api``, ``resolve`` or ``range`` (GETs with a Range header).
         delay: seconds to wait before answering requests of kind ``fail_on``.
+        hostile: what a hostile endpoint does: ``sha`` (the commit ``model_info`` names),
+            ``commit`` (the ``X-Repo-Commit`` header), ``etag`` (the ``ETag`` header),
+            ``names`` (more file names listed), ``endless`` (paths whose bodies never end),
+            ``drip`` (seconds between the bytes of every body).
     """
 
     repo_id: str
@@ -124,6 +128,7 @@ class Repo:
     fail: int = 0
     fail_on: str = "range"
     delay: float = 0.0
+    hostile: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sha(self) -> str:
@@ -346,7 +351,7 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _revision_ok(self, repo: Repo, rev: str, path: str | None, kind: str) -> bool:
-        if rev in ("main", repo.sha):
+        if rev in ("main", repo.sha, repo.hostile.get("sha")):
             return True
         self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", repo=repo.repo_id,
                     path=path, kind=kind)
@@ -387,11 +392,12 @@ class _Handler(BaseHTTPRequestHandler):
                     sib["lfs"] = {"size": repo.files[path].size, "sha256": repo.oid(path),
                                   "pointerSize": 134}
             siblings.append(sib)
+        siblings += [{"rfilename": name, "size": 10} for name in repo.hostile.get("names", ())]
         return {
             "_id": repo.sha[:24],
             "id": repo.repo_id,
             "modelId": repo.repo_id,
-            "sha": repo.sha,
+            "sha": repo.hostile.get("sha", repo.sha),
             "private": repo.private,
             "gated": "manual" if repo.gated else False,
             "disabled": False,
@@ -450,6 +456,10 @@ class _Handler(BaseHTTPRequestHandler):
         if repo.is_lfs(path):
             headers["X-Linked-Size"] = str(f.size)
             headers["X-Linked-Etag"] = f'"{repo.oid(path)}"'
+        if "commit" in repo.hostile:
+            headers["X-Repo-Commit"] = repo.hostile["commit"]
+        if "etag" in repo.hostile:
+            headers["ETag"] = headers["X-Linked-Etag"] = repo.hostile["etag"]
         wanted = self.headers.get("Range")
         span = _parse_range(wanted, f.size) if wanted and not repo.ignore_range else None
         if span == "bad":
@@ -462,7 +472,42 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.size}"
         else:
             start, end, status = 0, f.size, 200
+        if path in repo.hostile.get("endless", ()) or repo.hostile.get("drip"):
+            self._hostile_stream(status, headers, repo, start, end, path)
+            return
         self._stream(status, headers, f, start, end, repo=repo_id, path=path)
+
+    def _hostile_stream(self, status: int, headers: Mapping[str, str], repo: Repo, start: int,
+                        end: int, path: str) -> None:
+        """A body with no end (no Content-Length, zeros until the client hangs up, at most
+        4 GiB), or one byte every ``drip`` seconds."""
+        hit = Hit(self.command, repo.repo_id, path, "resolve", status, self.headers.get("Range"),
+                  0)
+        self.hub.record(hit)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        drip = repo.hostile.get("drip")
+        if drip:
+            self.send_header("Content-Length", str(end - start))
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        if self.command == "HEAD":
+            return
+        chunk, sent = (b"\0", 0) if drip else (bytes(CHUNK), 0)
+        try:
+            while sent < (end - start if drip else 4 << 30):
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                sent += len(chunk)
+                with self.hub.lock:
+                    hit.bytes += len(chunk)
+                if drip:
+                    time.sleep(drip)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return
 
     def _stream(self, status: int, headers: Mapping[str, str], f: RepoFile, start: int, end: int,
                 *, repo: str, path: str) -> None:

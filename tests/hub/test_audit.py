@@ -39,8 +39,8 @@ def test_minilm_over_the_hub_is_consistent(hub: HubServer, minilm: str) -> None:
     assert result.report is not None and result.report.ok
     assert result.weights == "model.safetensors"
     assert result.commit == hub.repos[minilm].sha
-    # model_info, one range for the header, config.json and tokenizer.json (HEAD + GET each)
-    assert hub.requests(minilm) == result.transfer["requests"] == 6
+    # model_info, one range for the header, config.json and tokenizer.json (one bounded GET each)
+    assert hub.requests(minilm) == result.transfer["requests"] == 4
     assert hub.requests(minilm, "model.safetensors") == 1
     size = (repos.minilm_dir() / "model.safetensors").stat().st_size
     assert result.transfer["range_bytes"] < 0.001 * size
@@ -50,7 +50,7 @@ def test_minilm_over_the_hub_is_consistent(hub: HubServer, minilm: str) -> None:
 
 def test_audit_json_follows_the_report_contract(hub: HubServer, minilm: str) -> None:
     data = json.loads(render_audit([audit(f"hf://{minilm}")], "json"))
-    assert data["schema"] == "ckptdiff.report/1"
+    assert data["schema"] == "ckptdiff.report/2"
     for field in ("ok", "missing", "unexpected", "mismatched", "dtype_changes", "coverage",
                   "findings", "suggestions", "transfer", "source", "audit"):
         assert field in data
@@ -239,8 +239,8 @@ def test_cli_one_repo(hub: HubServer, minilm: str, runner) -> None:
     result = runner.invoke(main, ["audit", f"hf://{minilm}", "--stats"])
     assert result.exit_code == 0, result.output
     assert "Verdict: consistent." in result.stdout
-    assert "6 requests" in result.stdout
-    assert "hub transfer: 6 requests" in result.stderr
+    assert "4 requests" in result.stdout
+    assert "hub transfer: 4 requests" in result.stderr
 
 
 def test_cli_jsonl_several_repos(hub: HubServer, minilm: str, runner, tmp_path: Path) -> None:
@@ -250,7 +250,7 @@ def test_cli_jsonl_several_repos(hub: HubServer, minilm: str, runner, tmp_path: 
     assert result.exit_code == 1, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert {d["source"]: d["ok"] for d in lines} == {f"hf://{minilm}": True, "hf://t/dtype": False}
-    assert all(d["schema"] == "ckptdiff.report/1" and "transfer" in d for d in lines)
+    assert all(d["schema"] == "ckptdiff.report/2" and "transfer" in d for d in lines)
 
 
 def test_cli_from_file_with_an_error(hub: HubServer, minilm: str, runner, tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from fixtures.hostile import CASES
 def test_the_corpus_is_large_and_covers_every_group():
     groups = {c.group for c in CASES}
     assert len(CASES) >= 40
-    assert groups == {"payload", "bomb", "traversal", "zip", "legacy", "safetensors", "sniff"}
+    assert groups == {"payload", "bomb", "traversal", "zip", "legacy", "safetensors", "sniff",
+                      "evasion", "dropped", "terminal", "odd"}
     assert sum(c.group == "payload" for c in CASES) >= 20
 
 
@@ -33,6 +34,46 @@ def test_inspect_answers_every_hostile_file(name, corpus, canary, runner):
     assert case.message in output, output
     for key in case.tensors:  # a payload beside a valid state dict: its tensors still listed
         assert f"\n{key} " in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("name", [c.name for c in CASES])
+def test_scan_gives_every_hostile_file_its_own_verdict(name, corpus, canary, runner):
+    case, path = corpus[name]
+    result = runner.invoke(main, ["scan", str(path)])
+    output = result.stdout + result.stderr
+    assert not canary.exists(), f"{name}: a payload ran"
+    assert "Traceback" not in output and "internal error" not in output, output
+    assert "\x1b" not in output and "\r" not in output, output
+    if case.exit_code == 3:
+        assert result.exit_code == 3 and "FLAGGED" in result.stdout, output
+    elif case.exit_code == 0 and path.is_file():
+        assert result.exit_code == 0, output
+
+
+def test_one_poisoned_file_never_hides_a_payload_beside_it(corpus, canary, runner, tmp_path):
+    import shutil
+
+    for name in ("key_superscript.safetensors", "key_5000_digits.safetensors",
+                 "huge_int_payload.pt", "index_nul_shard", "route_global_reduce.pt"):
+        src = corpus[name][1]
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    result = runner.invoke(main, ["scan", str(tmp_path), "--format", "json"])
+    assert result.exit_code == 3, result.output
+    status = {os.path.basename(f["path"]): f["status"] for f in json.loads(result.stdout)["files"]}
+    assert status["route_global_reduce.pt"] == status["huge_int_payload.pt"] == "flagged"
+    assert status["key_superscript.safetensors"] == "clean"
+
+
+@pytest.mark.parametrize("name", [c.name for c in CASES if c.group == "terminal"])
+def test_no_escape_sequence_reaches_the_terminal_json_stays_exact(name, corpus, runner):
+    case, path = corpus[name]
+    for args in (["inspect", str(path)], ["scan", str(path)]):
+        result = runner.invoke(main, args)
+        assert "\x1b" not in result.stdout + result.stderr
+    result = runner.invoke(main, ["inspect", str(path), "--format", "json"])
+    if result.stdout:
+        doc = json.loads(result.stdout)
+        assert any("\x1b" in t["key"] for t in doc["tensors"]) or "\x1b" in doc["source"]
 
 
 @pytest.mark.parametrize("name", [c.name for c in CASES if c.group == "payload"])

@@ -315,7 +315,7 @@ def test_unknown_architecture_points_to_auto_class(tmp_path):
         ({"model_type": "no-such-model"}, "knows no model_type 'no-such-model'"),
         (
             {"model_type": "custom", "auto_map": {"AutoModel": "m.M"}},
-            "It names repository code (auto_map), which ckptdiff does not run.",
+            "needs custom code (m.py, through auto_map), which ckptdiff never runs.",
         ),
     ],
 )

@@ -1,0 +1,139 @@
+"""The pure comparison: two manifests in, every key classified, no alignment, no torch.
+
+"missing" means the target has it and the checkpoint lacks it; "unexpected" the reverse.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+
+from ckptdiff.sorting import natural_key
+from ckptdiff.types import (
+    Coverage,
+    DtypeChange,
+    Manifest,
+    Mismatch,
+    Report,
+    TensorSpec,
+)
+
+__all__ = ["compare", "module_coverage"]
+
+
+def _patterns(target: Manifest, name: str) -> list[re.Pattern[str]]:
+    raw = target.metadata.get(name) or ()
+    return [re.compile(p) for p in raw]
+
+
+def _tied_supplier(key: str, target: Manifest, present: Mapping[str, TensorSpec]) -> str | None:
+    """The checkpoint key that supplies ``key`` through tying or aliasing, if any."""
+    alias = target.aliases.get(key)
+    if alias is not None and alias in present:
+        return alias
+    for group in target.tied:
+        if key in group:
+            for other in group:
+                if other != key and other in present:
+                    return other
+    return None
+
+
+def compare(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Report:
+    """Classify every key of both sides; no alignment, no suggestions.
+
+    Args:
+        checkpoint: the side that is loaded (A).
+        target: the side it is loaded into (B, or a model built on meta).
+        depth: coverage rows go down to this many key components.
+    """
+    ck = dict(checkpoint.tensors)
+    # tied tensors the checkpoint stored once count as present under every name
+    for dropped, kept in checkpoint.aliases.items():
+        if dropped not in ck and kept in ck:
+            ck[dropped] = replace(ck[kept], key=dropped)
+    ignore_missing = _patterns(target, "ignore_missing")
+    ignore_unexpected = _patterns(target, "ignore_unexpected")
+
+    missing: list[TensorSpec] = []
+    mismatched: list[Mismatch] = []
+    dtype_changes: list[DtypeChange] = []
+    matched: list[str] = []
+    tied: list[str] = []
+    buffers_missing: list[TensorSpec] = []
+    ignored: list[TensorSpec] = []
+    supplied: set[str] = set()
+    for key, want in target.tensors.items():
+        have = ck.get(key)
+        if have is not None:
+            if have.shape != want.shape:
+                mismatched.append(Mismatch(key, have.shape, want.shape, have.dtype, want.dtype))
+                continue
+            matched.append(key)
+            supplied.add(key)
+            if have.dtype != want.dtype:
+                dtype_changes.append(DtypeChange(key, want.shape, have.dtype, want.dtype))
+        elif _tied_supplier(key, target, ck) is not None:
+            tied.append(key)
+            supplied.add(key)
+        elif any(p.search(key) for p in ignore_missing):
+            ignored.append(want)
+        elif key in target.buffers:
+            buffers_missing.append(want)
+        else:
+            missing.append(want)
+
+    unexpected: list[TensorSpec] = []
+    for key, have in checkpoint.tensors.items():
+        if key in target.tensors:
+            continue
+        if key in target.non_persistent or any(p.search(key) for p in ignore_unexpected):
+            ignored.append(have)
+        elif _tied_supplier(key, target, target.tensors) is not None:
+            tied.append(key)
+        else:
+            unexpected.append(have)
+
+    by_key = lambda t: natural_key(t.key)  # noqa: E731
+    return Report(
+        checkpoint=checkpoint.source,
+        target=target.source,
+        checkpoint_format=checkpoint.format,
+        target_format=target.format,
+        missing=tuple(sorted(missing, key=by_key)),
+        unexpected=tuple(sorted(unexpected, key=by_key)),
+        mismatched=tuple(sorted(mismatched, key=by_key)),
+        dtype_changes=tuple(sorted(dtype_changes, key=by_key)),
+        matched=tuple(sorted(matched, key=natural_key)),
+        ignored=tuple(sorted(ignored, key=by_key)),
+        tied=tuple(sorted(set(tied), key=natural_key)),
+        buffers_missing=tuple(sorted(buffers_missing, key=by_key)),
+        coverage=module_coverage(target.tensors.values(), supplied, depth),
+        findings=checkpoint.findings + target.findings,
+    )
+
+
+def module_coverage(
+    expected: Iterable[TensorSpec], supplied: set[str], depth: int
+) -> tuple[Coverage, ...]:
+    """Per-module coverage: the whole model, then every module down to ``depth`` components.
+
+    A module is the first n dotted components of a key (n = 1..depth), and only keys with
+    more components than n belong to it (``logit_scale`` is not a module).
+    """
+    rows: dict[str, list[int]] = {}
+    for spec in expected:
+        parts = spec.key.split(".")
+        hit = spec.key in supplied
+        for n in range(0, min(depth, len(parts) - 1) + 1):
+            name = ".".join(parts[:n])
+            row = rows.setdefault(name, [0, 0, 0, 0])
+            row[0] += spec.numel
+            row[2] += 1
+            if hit:
+                row[1] += spec.numel
+                row[3] += 1
+    rows.setdefault("", [0, 0, 0, 0])
+    ordered = sorted(rows, key=lambda m: (m != "", natural_key(m)))
+    return tuple(Coverage(m, *rows[m]) for m in ordered)
