@@ -356,7 +356,8 @@ def _check_config(
 
     try:
         with _BUILD_LOCK:
-            target = build_target(f"hf-config:{config_path}", auto_class=auto_class)
+            target = build_target(
+                f"hf-config:{config_path}", auto_class=auto_class, evidence=weights)
             report = check(target, weights, depth=depth)
     except TargetError as e:
         message = str(e).replace(f"hf-config:{config_path}", "config.json")

@@ -86,7 +86,9 @@ def check(
     else:
         from ckptdiff.targets import build_target
 
-        target = build_target(model_or_target, args=args, config=config, auto_class=auto_class)
+        target = build_target(
+            model_or_target, args=args, config=config, auto_class=auto_class, evidence=checkpoint
+        )
 
     user_map = _as_keymap(key_map)
     from ckptdiff.layouts import layout_findings, prepare_checkpoint

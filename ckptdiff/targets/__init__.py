@@ -195,6 +195,7 @@ def build_target(
     args: Mapping[str, Any] | Sequence[str] | None = None,
     config: str | os.PathLike[str] | Mapping[str, Any] | Any = None,
     auto_class: str | None = None,
+    evidence: Manifest | None = None,
 ) -> Manifest:
     """Build a target on meta and describe what loading into it expects.
 
@@ -203,6 +204,10 @@ def build_target(
         args: factory keyword arguments / config overrides (dotted keys reach into dicts).
         config: a JSON file or dict of keyword arguments (under ``args``), or a config object.
         auto_class: the transformers class (``AutoModel``, ``AutoModelForCausalLM``...).
+        evidence: the checkpoint the target is for: when a transformers config names no
+            ``architectures`` and no ``auto_class`` is given, the class is chosen from it (a
+            PEFT adapter's base class or task, else the head class its keys fit best), and a
+            ``target_class`` finding says which and why.
 
     Returns:
         A ``meta-model`` :class:`Manifest`: state-dict keys with shapes and dtypes, buffers,
@@ -218,8 +223,42 @@ def build_target(
         (('model.embed_tokens.weight', 'lm_head.weight'),)
     """
     target = target_spec(spec, args=args, config=config, auto_class=auto_class)
+    if evidence is not None and target.kind == "hf-config" and not target.auto_class:
+        return _build_from_evidence(target, evidence)
     model = build_model(target)
     return _manifest(target, model)
+
+
+def _build_from_evidence(target: TargetSpec, evidence: Manifest) -> Manifest:
+    """A transformers target whose class, when its config names none, comes from evidence."""
+    from ckptdiff.targets import hf
+    from ckptdiff.targets.choose import choose_class, fit
+
+    config = hf.load_config(target.spec, target.args, base=target.config_object)
+    default = _manifest(target, build_model(target))
+    if getattr(config, "architectures", None):
+        return default
+    if evidence.metadata.get("peft") is None and fit(evidence.tensors, default)[1] == 0:
+        return default  # the default class places every tensor
+    built: dict[str, tuple[TargetSpec, nn.Module]] = {}
+
+    def build(name: str) -> Manifest:
+        spec = dataclasses.replace(target, auto_class=name)
+        model = build_model(spec)
+        built[name] = (spec, model)
+        return _manifest(spec, model)
+
+    choice = choose_class(str(getattr(config, "model_type", "")), evidence, build)
+    if choice is None or choice.name == "AutoModel":
+        return default
+    spec, model = built.get(choice.name) or (
+        dataclasses.replace(target, auto_class=choice.name), None)
+    if model is None:
+        model = build_model(spec)
+    manifest = _manifest(spec, model)
+    chosen = dataclasses.replace(manifest, findings=(*manifest.findings, choice.finding()))
+    _remember(chosen, model)
+    return chosen
 
 
 def rebuild(target: TargetSpec | Manifest, overrides: Mapping[str, Any]) -> Manifest:
@@ -308,6 +347,13 @@ def _manifest(target: TargetSpec, model: nn.Module) -> Manifest:
     )
     if target.kind in ("hf-config", "hf-class"):
         _remember(manifest, model)
+    if target.kind == "hf-config" and target.config_object is None:
+        from ckptdiff.targets.hf import config_typos
+
+        typos = config_typos(target.spec)
+        if typos:
+            manifest = dataclasses.replace(manifest, findings=(*manifest.findings, *typos))
+            _remember(manifest, model)
     return manifest
 
 
