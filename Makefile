@@ -36,6 +36,9 @@ demo: install
 	@echo
 	@echo '$$ ckptdiff identify $(EXAMPLES)/clip_l14_336.safetensors --candidates $(EXAMPLES)/clip --model fixtures.models:build_clip'
 	@$(CKPTDIFF) identify $(EXAMPLES)/clip_l14_336.safetensors --candidates $(EXAMPLES)/clip --model fixtures.models:build_clip; echo "(exit code $$?)"
+	@echo
+	@echo '$$ ckptdiff forward --model fixtures.forward_models:CoCa --config fixtures/configs/forward/coca_roberta-ViT-B-32.json --input image=2x3x224x224 --input text=2x77'
+	@$(CKPTDIFF) forward --model fixtures.forward_models:CoCa --config fixtures/configs/forward/coca_roberta-ViT-B-32.json --input image=2x3x224x224 --input text=2x77; echo "(exit code $$?)"
 
 test: install
 	$(PY) -m pytest -q

@@ -20,6 +20,7 @@ Torch-free: the base is a manifest (a built target).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import Any
 from ckptdiff.align import find_prefix_matches
 from ckptdiff.diff import compare, module_coverage
 from ckptdiff.keymap import KeyMap
-from ckptdiff.readers.peft import ADAPTER_PREFIX, CHECK_ADVICE, parse_adapter_key
+from ckptdiff.readers.peft import ADAPTER_PREFIX, CHECK_ADVICE, ConfigRegex, parse_adapter_key
 from ckptdiff.types import Finding, Manifest, Report, Suggestion, TensorSpec
 
 __all__ = ["base_manifest", "check_adapter", "expected_adapter", "level_change"]
@@ -61,12 +62,18 @@ def _matches(module: str, pattern: str | Sequence[str] | None) -> bool:
     if pattern is None:
         return False
     if isinstance(pattern, str):
-        return re.fullmatch(pattern, module) is not None
+        return _config_regex(pattern, "target_modules").fullmatch(module)
     return any(module == t or module.endswith("." + t) for t in pattern)
 
 
+@functools.lru_cache(maxsize=256)
+def _config_regex(pattern: str, field: str) -> ConfigRegex:
+    """A config regex, compiled once, its time budget shared by all its matches."""
+    return ConfigRegex(pattern, field, "adapter")
+
+
 def _layer_index(module: str) -> int | None:
-    m = re.search(r"\.(\d+)\.", "." + module + ".")
+    m = re.search(r"\.([0-9]{1,9})\.", "." + module + ".")
     return int(m.group(1)) if m else None
 
 
@@ -74,7 +81,7 @@ def _rank_for(module: str, cfg: Mapping[str, Any], default: int | None) -> int |
     pattern = cfg.get("rank_pattern")
     if isinstance(pattern, Mapping):
         for pat, r in pattern.items():
-            if re.search(rf"(^|\.){pat}$", module) and type(r) is int:
+            if _config_regex(rf"(^|\.){pat}$", "rank_pattern").search(module) and type(r) is int:
                 return r
     r = cfg.get("r")
     return r if type(r) is int else default

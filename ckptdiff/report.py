@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import accumulate, compress, repeat
+from operator import attrgetter
 from typing import Any
 
 from tabulate import tabulate
@@ -71,15 +74,56 @@ def group_keys(
     """Collapse keys that differ only in one layer index and share a signature.
 
     ``visual.transformer.resblocks.{0-23}.ln_1.weight`` stands for 24 keys with one shape.
+    Work per key is a few whole-list passes in C (one regex over all keys at once); Python
+    runs once per row.
 
     Returns:
         ``(display_key, first_item, count)`` in order of first appearance.
     """
+    keys = list(map(key, items))
+    joined = "\n".join(keys)
+    templates = _INDEX_LINES.sub("{}", joined).split("\n")
+    if "{}" in joined or len(templates) != len(keys):  # keys of their own braces or lines
+        return _group_keys_one_by_one(items, keys, sig)
+    indices = _INDEX_LINES.findall(joined)
+    counts = list(map(str.count, templates, repeat("{}")))
+    starts = list(accumulate(counts, initial=0))
+    # no index or several: a row of its own (its position stands for its template)
+    rows_of: list[Any] = [
+        t if c == 1 else n for n, (t, c) in enumerate(zip(templates, counts, strict=True))
+    ]
+    group_of = list(zip(rows_of, map(sig, items), strict=False))
+    ids = {g: n for n, g in enumerate(dict.fromkeys(group_of))}
+    codes = list(map(ids.__getitem__, group_of))
+    by_group = sorted(range(len(codes)), key=codes.__getitem__)  # stable: first seen first
+    out: list[tuple[str, Any, int]] = []
+    at = 0
+    sizes = map(Counter(codes).__getitem__, range(len(ids)))
+    for (template, _), size in zip(ids, sizes, strict=False):
+        members = by_group[at : at + size]
+        at += size
+        first = members[0]
+        if counts[first] != 1:
+            out.append((keys[first], items[first], 1))
+        elif size == 1:
+            out.append((template.replace("{}", str(int(indices[starts[first]]))), items[first], 1))
+        else:
+            label = "{" + _ranges(int(indices[starts[i]]) for i in members) + "}"
+            out.append((template.replace("{}", label), items[first], size))
+    return out
+
+
+_INDEX_LINES = re.compile(_INDEX.pattern, re.MULTILINE)
+
+
+def _group_keys_one_by_one(
+    items: Sequence[Any], keys: Sequence[str], sig: Callable[[Any], Any]
+) -> list[tuple[str, Any, int]]:
+    """:func:`group_keys` a key at a time, for keys that hold braces or line breaks."""
     groups: dict[tuple[str, Any], list[tuple[int, Any]]] = {}
     singles: list[tuple[str, Any]] = []
     order: list[tuple[str, Any]] = []
-    for item in items:
-        k = key(item)
+    for k, item in zip(keys, items, strict=False):
         indices = list(_INDEX.finditer(k))
         if len(indices) != 1:
             singles.append((k, item))
@@ -397,7 +441,10 @@ def _summary(report: Report) -> str:
         verdict = "compatible"
     else:
         verdict = "NOT compatible"
-    return f"Summary: {', '.join(bits)}. {verdict}.\n"
+    scope = ""
+    if report.target_format == "meta-model":  # a built model: its forward pass is not looked at
+        scope = " State dict only; forward not run: see `ckptdiff forward`."
+    return f"Summary: {', '.join(bits)}. {verdict}.{scope}\n"
 
 
 def render_report(report: Report, fmt: str = "table", **kwargs: Any) -> str:
@@ -410,14 +457,36 @@ def render_report(report: Report, fmt: str = "table", **kwargs: Any) -> str:
 # --- manifests ---------------------------------------------------------------------------------
 
 
+def _numels(specs: Sequence[TensorSpec]) -> list[int]:
+    """Every spec's element count, in one C-level pass."""
+    return list(map(math.prod, map(attrgetter("shape"), specs)))
+
+
+def _dtype_totals(
+    specs: Sequence[TensorSpec], numels: Sequence[int]
+) -> dict[str, tuple[int, int]]:
+    """``dtype -> (tensors, parameters)``, dtypes sorted by name; one pass per dtype."""
+    dtypes = list(map(attrgetter("dtype"), specs))
+    out: dict[str, tuple[int, int]] = {}
+    for d in sorted(set(dtypes)):
+        mask = list(map(d.__eq__, dtypes))
+        out[d] = (sum(mask), sum(compress(numels, mask)))
+    return out
+
+
 def manifest_to_dict(m: Manifest, tensors: Sequence[TensorSpec] | None = None) -> dict[str, Any]:
     """The stable JSON form of a manifest (schema ``ckptdiff.manifest/1``)."""
     specs = list(m.tensors.values()) if tensors is None else list(tensors)
-    by_dtype: Counter[str] = Counter()
-    count_by_dtype: Counter[str] = Counter()
-    for s in specs:
-        by_dtype[s.dtype] += s.numel
-        count_by_dtype[s.dtype] += 1
+    out = _manifest_envelope(m, specs, _numels(specs))
+    out["tensors"] = [dict(s.to_dict(), nbytes=s.nbytes) for s in specs]
+    return out
+
+
+def _manifest_envelope(
+    m: Manifest, specs: Sequence[TensorSpec], numels: Sequence[int]
+) -> dict[str, Any]:
+    """:func:`manifest_to_dict` with ``tensors`` left as None (the caller fills it)."""
+    totals = _dtype_totals(specs, numels)
     return {
         "schema": MANIFEST_SCHEMA,
         "source": m.source,
@@ -427,18 +496,49 @@ def manifest_to_dict(m: Manifest, tensors: Sequence[TensorSpec] | None = None) -
         "candidates": list(m.candidates),
         "metadata": dict(m.metadata),
         "aliases": dict(m.aliases),
-        "tensors": [dict(s.to_dict(), nbytes=s.nbytes) for s in specs],
+        "tensors": None,
         "totals": {
             "tensors": len(specs),
-            "parameters": sum(by_dtype.values()),
-            "bytes": sum(s.nbytes or 0 for s in specs),
-            "by_dtype": {
-                d: {"tensors": count_by_dtype[d], "parameters": by_dtype[d]}
-                for d in sorted(by_dtype)
-            },
+            "parameters": sum(numels),
+            "bytes": sum(filter(None, map(attrgetter("nbytes"), specs))),
+            "by_dtype": {d: {"tensors": n, "parameters": p} for d, (n, p) in totals.items()},
         },
         "findings": [f.to_dict() for f in m.findings],
     }
+
+
+#: One JSON value on one line, by the C encoder.
+_ONE_LINE = json.JSONEncoder(separators=(", ", ": ")).encode
+
+
+def _manifest_json(m: Manifest, specs: Sequence[TensorSpec], numels: Sequence[int]) -> str:
+    """The manifest's JSON text: indented, one tensor (and one finding) a line.
+
+    Lists of any length are written by the C encoder, an item at a time; only the small
+    envelope goes through the indenting (pure Python) encoder.
+    """
+    envelope = _manifest_envelope(m, specs, numels)
+    findings = envelope.pop("findings")
+    envelope["findings"] = None
+    text = json.dumps(envelope, indent=2)
+    tensors = list(
+        map(
+            _ONE_LINE,
+            map(
+                dict,
+                zip(
+                    zip(repeat("key"), map(attrgetter("key"), specs)),
+                    zip(repeat("shape"), map(list, map(attrgetter("shape"), specs))),
+                    zip(repeat("dtype"), map(attrgetter("dtype"), specs)),
+                    zip(repeat("nbytes"), map(attrgetter("nbytes"), specs)), strict=False,
+                ),
+            ),
+        )
+    )
+    for name, items in (("tensors", tensors), ("findings", list(map(_ONE_LINE, findings)))):
+        block = "[\n    " + ",\n    ".join(items) + "\n  ]" if items else "[]"
+        text = text.replace(f'\n  "{name}": null', f'\n  "{name}": {block}', 1)
+    return text + "\n"
 
 
 def _count_with_human(n: int) -> str:
@@ -493,17 +593,26 @@ def _table(
     rows: list[list[Any]], headers: list[str], tablefmt: str, colalign: tuple[str, ...]
 ) -> str:
     """A table with fixed column alignment (rows must not be empty); text from files escaped."""
-    cells = [[printable(c) for c in r] for r in rows]
+    if len(rows) > FAST_TABLE_ROWS and tablefmt in ("simple", "github"):
+        columns = [_printable_column(list(map(str, c))) for c in zip(*rows, strict=True)]
+        if all(_plain_cells(c) for c in columns):
+            return _plain_columns(columns, headers, tablefmt, colalign) + "\n"
     rows = [[printable(c) if isinstance(c, str) else c for c in r] for r in rows]
-    if (
-        len(cells) > FAST_TABLE_ROWS
-        and tablefmt in ("simple", "github")
-        and all(c.isascii() and "\n" not in c for r in cells for c in r)
-    ):
-        return _plain_table(cells, headers, tablefmt, colalign) + "\n"
     return (
         tabulate(rows, headers, tablefmt=tablefmt, disable_numparse=True, colalign=colalign) + "\n"
     )
+
+
+def _printable_column(column: list[str]) -> list[str]:
+    """:func:`printable` of every cell; one pass over the whole column when none needs it."""
+    whole = "".join(column)
+    return column if printable(whole) == whole else list(map(printable, column))
+
+
+def _plain_cells(column: list[str]) -> bool:
+    """ASCII, one line, no surrounding blanks: cells ``_plain_columns`` lays out as tabulate."""
+    text = "\0".join(column)
+    return text.isascii() and "\n" not in text and column == list(map(str.strip, column))
 
 
 def _plain_table(
@@ -511,24 +620,57 @@ def _plain_table(
 ) -> str:
     """tabulate's "simple"/"github" layout of string cells, without its per-cell type checks."""
     cells = [[c.strip() for c in r] for r in cells]  # as tabulate strips cells
-    widths = [max(len(h) + 2, *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    columns = [list(c) for c in zip(*cells, strict=True)] if cells else [[] for _ in headers]
+    return _plain_columns(columns, headers, tablefmt, colalign)
 
-    def line(values: Sequence[str]) -> list[str]:
-        return [
-            v.rjust(w) if a == "right" else v.ljust(w)
-            for v, w, a in zip(values, widths, colalign, strict=True)
-        ]
 
+def _plain_columns(
+    columns: list[list[str]], headers: list[str], tablefmt: str, colalign: tuple[str, ...]
+) -> str:
+    """The layout of :func:`_plain_table` from stripped cells, a column at a time."""
+    widths = [
+        max(len(h) + 2, max(map(len, c), default=0))
+        for h, c in zip(headers, columns, strict=True)
+    ]
+    padded = [
+        list(map(str.rjust if a == "right" else str.ljust, c, repeat(w)))
+        for c, w, a in zip(columns, widths, colalign, strict=True)
+    ]
+    head = [
+        h.rjust(w) if a == "right" else h.ljust(w)
+        for h, w, a in zip(headers, widths, colalign, strict=True)
+    ]
     if tablefmt == "github":
-        out = [
-            "| " + " | ".join(line(headers)) + " |",
-            "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-        ]
-        out += ["| " + " | ".join(line(r)) + " |" for r in cells]
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        out += ["| " + r + " |" for r in map(" | ".join, zip(*padded, strict=False))]
     else:
-        out = ["  ".join(line(headers)).rstrip(), "  ".join("-" * w for w in widths)]
-        out += ["  ".join(line(r)).rstrip() for r in cells]
+        out = ["  ".join(head).rstrip(), "  ".join("-" * w for w in widths)]
+        out += [r.rstrip() for r in map("  ".join, zip(*padded, strict=False))]
     return "\n".join(out)
+
+
+def _key_rows(specs: Sequence[TensorSpec], numels: Sequence[int], full: bool) -> list[list[Any]]:
+    """Rows of ``inspect``'s key table: every key, or layer-indexed runs collapsed into one.
+
+    A collapsed row (``layers.{0-31}.mlp.up.weight``) stands for keys of one shape and dtype;
+    its parameters are those of all of them.
+    """
+    if full:
+        return [
+            list(r)
+            for r in zip(
+                map(attrgetter("key"), specs),
+                map(shape_str, map(attrgetter("shape"), specs)),
+                map(attrgetter("dtype"), specs),
+                repeat(""),
+                map("{:,}".format, numels),
+            )
+        ]
+    rows = []
+    for label, first, n in group_keys(specs, attrgetter("key"), attrgetter("shape", "dtype")):
+        numel = math.prod(first.shape)
+        rows.append([label, shape_str(first.shape), first.dtype, _count_label(n), f"{numel * n:,}"])
+    return rows
 
 
 def render_manifest(
@@ -537,6 +679,7 @@ def render_manifest(
     *,
     tensors: Sequence[TensorSpec] | None = None,
     depth: int | None = None,
+    full: bool = False,
 ) -> str:
     """Render what ``inspect`` shows: keys, or a module tree at ``depth``, then totals.
 
@@ -545,10 +688,13 @@ def render_manifest(
         fmt: ``table``, ``markdown`` or ``json``.
         tensors: the tensors to show (after ``--filter``); default all.
         depth: summarise by module down to this many components instead of listing keys.
+        full: list every key; by default keys that differ only in one layer index and share
+            shape and dtype are one row (``layers.{0-31}.ln.weight``), as ``diff`` shows them.
     """
     specs = list(m.tensors.values()) if tensors is None else list(tensors)
+    numels = _numels(specs)
     if fmt == "json":
-        return json.dumps(manifest_to_dict(m, specs), indent=2) + "\n"
+        return _manifest_json(m, specs, numels)
     tablefmt = "github" if fmt == "markdown" else "simple"
     head = f"{m.source} ({m.format}"
     layout = m.metadata.get("layout")
@@ -556,7 +702,8 @@ def render_manifest(
         head += f", layout {layout}"
     if m.selected:
         head += f", state dict at '{m.selected}'"
-    head += f"): {len(specs)} tensors, {human(sum(s.numel for s in specs))} parameters"
+    total = sum(numels)
+    head += f"): {len(specs)} tensors, {human(total)} parameters"
     if len(m.files) > 1:
         head += f", read from {len(m.files)} files"
     parts = [head + "\n"]
@@ -572,21 +719,23 @@ def render_manifest(
             )
         )
     else:
-        rows = [[s.key, shape_str(s.shape), s.dtype, f"{s.numel:,}"] for s in specs]
-        parts.append(
-            _table(
-                rows,
-                ["key", "shape", "dtype", "parameters"],
-                tablefmt,
-                ("left", "left", "left", "right"),
+        rows = _key_rows(specs, numels, full)
+        headers = ["key", "shape", "dtype", "keys", "parameters"]
+        align: tuple[str, ...] = ("left", "left", "left", "right", "right")
+        if not any(r[3] for r in rows):  # nothing collapsed: no count column
+            rows = [r[:3] + r[4:] for r in rows]
+            headers = headers[:3] + headers[4:]
+            align = align[:3] + align[4:]
+        parts.append(_table(rows, headers, tablefmt, align))
+        if len(rows) < len(specs):
+            parts.append(
+                f"{len(specs)} keys in {len(rows)} rows: keys that differ only in one layer "
+                "index are one row (--full lists every key).\n"
             )
-        )
-    totals = manifest_to_dict(m, specs)["totals"]["by_dtype"]
-    by_dtype: list[list[Any]] = [
-        [d, v["tensors"], _count_with_human(v["parameters"])] for d, v in totals.items()
-    ]
+    totals = _dtype_totals(specs, numels)
+    by_dtype: list[list[Any]] = [[d, n, _count_with_human(p)] for d, (n, p) in totals.items()]
     if len(by_dtype) > 1:
-        by_dtype.append(["total", len(specs), _count_with_human(sum(s.numel for s in specs))])
+        by_dtype.append(["total", len(specs), _count_with_human(total)])
     if by_dtype:
         parts.append(
             _table(

@@ -10,6 +10,7 @@ import click
 from ckptdiff.cli.audit_cmd import audit
 from ckptdiff.cli.check_cmd import check
 from ckptdiff.cli.diff_cmd import diff
+from ckptdiff.cli.forward_cmd import forward
 from ckptdiff.cli.identify_cmd import identify
 from ckptdiff.cli.inspect_cmd import inspect
 from ckptdiff.cli.scan_cmd import scan
@@ -31,6 +32,7 @@ def main() -> None:
       ckptdiff check ckpt.pt --model mypkg.models:build --arg width=1024
       ckptdiff audit hf://org/repo
       ckptdiff scan downloaded.ckpt
+      ckptdiff forward --model hf-config:config.json --input input_ids=2x512
 
     Exit codes: 0 compatible, 1 differences found, 2 bad input, 3 security finding.
     """
@@ -42,5 +44,6 @@ main.add_command(check)
 main.add_command(audit)
 main.add_command(identify)
 main.add_command(scan)
+main.add_command(forward)
 
 __all__ = ["main"]

@@ -60,6 +60,40 @@ def format_option(f: F) -> F:
     )(f)
 
 
+def target_options(f: F) -> F:
+    """``--model TARGET``, ``--arg KEY=VALUE``, ``--config FILE`` and ``--auto-class NAME``."""
+    f = click.option(
+        "--auto-class",
+        metavar="NAME",
+        help="transformers class to build (AutoModel, AutoModelForCausalLM, "
+        "BertForSequenceClassification...); default: the config's architectures[0].",
+    )(f)
+    f = click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="A JSON object of keyword arguments (config fields for transformers); --arg wins.",
+    )(f)
+    f = click.option(
+        "--arg",
+        "args",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="A keyword argument of the factory (or a transformers config field); VALUE is JSON "
+        "where it parses, dotted keys reach into dicts (vision_cfg.width=1024). Repeatable.",
+    )(f)
+    return click.option(
+        "--model",
+        "-m",
+        "model",
+        required=True,
+        metavar="TARGET",
+        help="The model: pkg.module:callable, path/to/file.py:callable, "
+        "hf-config:path/config.json, or a folder with a config.json.",
+    )(f)
+
+
 def keymap_options(side: str = "", what: str = "A") -> Callable[[F], F]:
     """``--strip-prefix``, ``--add-prefix`` and ``--rename`` for one side (``""`` or ``b-``)."""
     dest = side.replace("-", "_")
@@ -234,4 +268,5 @@ __all__ = [
     "key_map_file_options",
     "keymap_options",
     "stats_option",
+    "target_options",
 ]

@@ -29,12 +29,23 @@ from ckptdiff.errors import UsageError
     metavar="N",
     help="Summarise by module, N key components deep, instead of listing keys.",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="List every key. By default keys that differ only in one layer index, with one "
+    "shape and dtype, are one row: layers.{0-31}.mlp.fc1.weight.",
+)
 @format_option
 @debug_option
 @stats_option
 @handle_errors
 def inspect(
-    source: str, select: str | None, pattern: str | None, depth: int | None, fmt: str
+    source: str,
+    select: str | None,
+    pattern: str | None,
+    depth: int | None,
+    full: bool,
+    fmt: str,
 ) -> None:
     """List a checkpoint's tensors: keys, shapes, dtypes, parameter counts.
 
@@ -45,6 +56,7 @@ def inspect(
     \b
     Examples:
       ckptdiff inspect model.safetensors
+      ckptdiff inspect model.safetensors --full
       ckptdiff inspect last.ckpt --select state_dict --depth 2
       ckptdiff inspect ckpt_dir/ --filter 'layers\\.0\\.' --format json
 
@@ -64,7 +76,7 @@ def inspect(
                 f"--filter {pattern!r} is not a valid regular expression ({e})."
             ) from e
         tensors = [t for t in tensors if rx.search(t.key)]
-    emit(render_manifest(manifest, fmt, tensors=tensors, depth=depth))
+    emit(render_manifest(manifest, fmt, tensors=tensors, depth=depth, full=full))
     if manifest.security_findings:
         raise SystemExit(3)
     raise SystemExit(1 if any(f.severity == "error" for f in manifest.findings) else 0)

@@ -66,9 +66,29 @@ def _wanted(path: str) -> bool:
     if path.endswith(_WEIGHTS_SUFFIXES):
         return True
     try:
-        return os.path.isfile(path) and sniff_file(path) in _SCANNED_KINDS
+        kind = sniff_file(path) if os.path.isfile(path) else None
     except OSError:
         return False
+    if kind == "pickle":  # a text file may start with an opcode letter: DeepSpeed's `latest`
+        return _walks_as_pickle(path)
+    return kind in _SCANNED_KINDS
+
+
+def _walks_as_pickle(path: str) -> bool:
+    """Whether the first 64 kB of a file read as pickle opcodes (a text file does not)."""
+    import io
+    import pickletools
+
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    try:
+        for _ in pickletools.genops(io.BytesIO(head)):
+            pass
+    except ValueError as e:
+        return "exhausted" in str(e)  # cut at 64 kB: a longer pickle
+    except Exception:
+        return False
+    return True
 
 
 def scan_file(path: str, shown: str) -> ScanResult:
@@ -81,6 +101,11 @@ def scan_file(path: str, shown: str) -> ScanResult:
             return _scan_index(path, shown)
         if not os.path.exists(path):
             return ScanResult(shown, "unreadable", error="a broken link or a link loop")
+        if os.path.basename(path) == ".metadata":
+            return _scan_dcp_metadata(path, shown)
+        if path.endswith(".distcp") and os.path.isfile(os.path.join(os.path.dirname(path),
+                                                                    ".metadata")):
+            return _scan_distcp(path, shown)
         manifest = read_witnessed(shown, lambda: read_file(path, shown))
     except UnsafeCheckpointError as e:
         return ScanResult(shown, "flagged", findings=[_finding("unsafe_file", str(e))])
@@ -99,6 +124,45 @@ def scan_file(path: str, shown: str) -> ScanResult:
     return ScanResult(
         shown, "flagged" if findings else "clean", manifest.format, len(manifest.tensors), findings
     )
+
+
+def _scan_dcp_metadata(path: str, shown: str) -> ScanResult:
+    """A torch.distributed.checkpoint ``.metadata`` pickle, judged by DCP's own allow-list (its
+    record types), as ``inspect`` of the folder reads it."""
+    from ckptdiff.readers.dcp import DCP_GLOBALS
+    from ckptdiff.readers.unpickler import MAX_PICKLE_SIZE, unpickle
+
+    with open(path, "rb") as f:
+        data = f.read(MAX_PICKLE_SIZE + 1)
+    unpickled = unpickle(data, shown, context=".metadata", storage_form="none",
+                         extra_globals=DCP_GLOBALS)  # fmt: skip
+    findings = [
+        {"kind": f.kind, "message": f.message, "keys": list(f.keys), "severity": f.severity}
+        for f in unpickled.findings if f.severity == "security"
+    ]
+    return ScanResult(shown, "flagged" if findings else "clean", "dcp-metadata", 0, findings)
+
+
+def _scan_distcp(path: str, shown: str) -> ScanResult:
+    """A DCP data file: each ``torch.save`` archive in it that ``.metadata`` names, scanned by
+    its own zip directory (the file is a concatenation of archives, not one zip)."""
+    from ckptdiff.errors import ReadError
+    from ckptdiff.readers.dcp import blob_findings, distcp_blobs
+
+    blobs = distcp_blobs(os.path.dirname(path), os.path.basename(path), shown)
+    findings: list[dict[str, Any]] = []
+    problems: list[str] = []
+    with open(path, "rb") as f:
+        for offset, length in blobs:
+            try:
+                found = blob_findings(f, offset, length, shown)
+            except ReadError as e:
+                problems.append(str(e))
+                continue
+            findings += [{"kind": x.kind, "message": f"blob at byte {offset}: {x.message}",
+                          "keys": list(x.keys), "severity": x.severity} for x in found]
+    status = "flagged" if findings else "unreadable" if problems else "clean"
+    return ScanResult(shown, status, "dcp-data", len(blobs), findings, "; ".join(problems[:2]))
 
 
 def _scan_index(path: str, shown: str) -> ScanResult:

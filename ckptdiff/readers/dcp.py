@@ -417,3 +417,75 @@ def _missing_shards(folder: str, source: str, files: list[str]) -> list[Finding]
             "error",
         )
     ]
+
+
+# --- scanning the .distcp files ----------------------------------------------------------------
+
+#: The most blobs of one ``.distcp`` file scanned (each costs a few small reads).
+MAX_SCANNED_BLOBS = 200_000
+
+
+def distcp_blobs(folder: str, file: str, source: str) -> list[tuple[int, int]]:
+    """``(offset, length)`` of every blob of ``file`` that the folder's ``.metadata`` names.
+
+    A ``.distcp`` file is the concatenation of ``torch.save`` archives, one per tensor or
+    object; ``.metadata`` (read through DCP's allow-list) says where each one lies.
+
+    Raises:
+        ReadError: ``.metadata`` is unreadable.
+        UnsafeCheckpointError: ``.metadata`` names globals outside DCP's allow-list.
+    """
+    with open(os.path.join(folder, METADATA_FILE), "rb") as f:
+        data = f.read(_unpickler.MAX_PICKLE_SIZE + 1)
+    unpickled = unpickle(data, source, context=METADATA_FILE, storage_form="none",
+                         extra_globals=DCP_GLOBALS)  # fmt: skip
+    unsafe = [f for f in unpickled.findings if f.severity == "security"]
+    if unsafe:
+        raise UnsafeCheckpointError(
+            f"Cannot read '{source}' ({METADATA_FILE}): it names {unsafe[0].keys[0]!r}, outside "
+            "the allow-list. Do not load this checkpoint."
+        )
+    state = unpickled.root.state if isinstance(unpickled.root, Opaque) else None
+    storage = state.get("storage_data") if isinstance(state, dict) else None
+    out = set()
+    for info in storage.values() if isinstance(storage, dict) else ():
+        s = info.state if isinstance(info, Opaque) else None
+        if isinstance(s, dict) and s.get("relative_path") == file:
+            offset, length = s.get("offset"), s.get("length")
+            if type(offset) is int and type(length) is int and offset >= 0 and length > 0:
+                out.add((offset, length))
+    return sorted(out)[:MAX_SCANNED_BLOBS]
+
+
+def blob_findings(f: Any, offset: int, length: int, name: str) -> list[Finding]:
+    """The security findings of the ``data.pkl`` of one ``torch.save`` archive at
+    ``[offset, offset + length)`` of the open file ``f`` (read by its zip directory, no tensor
+    byte touched).
+
+    Raises:
+        ReadError: the blob is not a torch archive.
+    """
+    from ckptdiff.readers import torch_zip as z
+
+    def read(start: int, size: int) -> bytes:
+        f.seek(offset + start)
+        return bytes(f.read(max(0, min(size, length - start))))
+
+    tail_len = min(length, z.END_SEARCH_SIZE)
+    entries, cd_offset, cd_size, record = z.parse_end_record(
+        read(length - tail_len, tail_len), length - tail_len, name
+    )
+    if record is not None:
+        entries, cd_offset, cd_size = z.parse_zip64_end_record(read(record, z._END64.size), name)
+    if entries > z.MAX_ZIP_ENTRIES or cd_offset + cd_size > length:
+        raise ReadError(f"Cannot read '{name}': a blob's zip directory is corrupt.")
+    directory = z.parse_central_directory(read(cd_offset, cd_size), entries, name)
+    prefix = z.archive_prefix(directory, name)
+    pkl = directory[f"{prefix}data.pkl"]
+    if max(pkl.size, pkl.compressed_size) > _unpickler.MAX_PICKLE_SIZE:
+        raise ReadError(f"Cannot read '{name}': a blob's data.pkl is over the size limit.")
+    start = z.local_data_offset(read(pkl.offset, 30), pkl, name)
+    data = z.decode_entry(read(start, pkl.compressed_size), pkl, name)
+    unpickled = unpickle(data, name, context=f"blob at {offset}: data.pkl", storage_form="zip")
+    found = [f for f in unpickled.findings if f.severity == "security"]
+    return found + z.zip_slip_findings(directory)

@@ -327,6 +327,25 @@ def read_deepspeed_file(path: str, source: str, *, select: str | None = None) ->
     return _manifest(states, source, (path,), (1, len(optim), 1))
 
 
+def _with_skipped_findings(
+    manifest: Manifest, folder: str, skipped: list[str], source: str
+) -> Manifest:
+    """``manifest`` with the security findings of the files not read for tensors (the other
+    data-parallel ranks' model states, the optimizer states)."""
+    import dataclasses
+
+    from ckptdiff.readers.torch_zip import pickle_security_findings
+
+    extra = [
+        dataclasses.replace(f, message=f"{name}: {f.message}")
+        for name in skipped
+        for f in pickle_security_findings(os.path.join(folder, name), source)
+    ]
+    if not extra:
+        return manifest
+    return dataclasses.replace(manifest, findings=(*manifest.findings, *extra))
+
+
 def read_deepspeed(path: str, source: str, *, select: str | None = None) -> Manifest:
     """Read a DeepSpeed save folder: the model states of every model-parallel rank.
 
@@ -368,6 +387,8 @@ def read_deepspeed(path: str, source: str, *, select: str | None = None) -> Mani
         states[0].param_shapes = _param_shapes_from_optim(folder, optim, source)
     files = tuple(os.path.join(folder, n) for n in ranks)
     manifest = _manifest(states[0], source, files, (len(model), len(optim), len(ranks)))
+    manifest = _with_skipped_findings(manifest, folder, [n for n in (*model, *optim)
+                                                         if n not in ranks], source)
     if len(ranks) == 1:
         return manifest
     from ckptdiff.layouts.parallel import merge_manifests

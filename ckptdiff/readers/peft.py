@@ -208,3 +208,86 @@ def _modules(m: Manifest) -> set[str]:
         if parsed is not None:
             out.add(parsed.module)
     return out
+
+
+# --- regexes from adapter_config.json --------------------------------------------------------
+
+#: Seconds every match of one config regex may take together (``target_modules`` is a regex
+#: from the adapter's author: ``(.|.)*Q`` backtracks for longer than the universe lasts).
+REGEX_SECONDS = 2.0
+#: The longest regex accepted from a config.
+MAX_REGEX_LENGTH = 10_000
+# a quantified group that itself holds a quantifier or an alternation: the shape of
+# catastrophic backtracking, refused when no time-bounded engine is installed
+_NESTED = re.compile(r"\((?:[^()\\]|\\.)*(?:[*+}|])(?:[^()\\]|\\.)*\)[*+{]")
+
+
+class ConfigRegex:
+    """A regex from ``adapter_config.json``, matched as PEFT matches it, within a time bound.
+
+    Matching uses the ``regex`` engine with a timeout when it is installed (transformers
+    depends on it); otherwise the standard ``re``, after refusing the nested-quantifier shapes
+    that backtrack without end.
+
+    Raises (from the constructor and the match methods):
+        ReadError: an invalid regex, one too long, or one whose matches outlast
+            :data:`REGEX_SECONDS`.
+
+    Example:
+        >>> ConfigRegex(r".*\\.(q|v)_proj", "target_modules", "a").fullmatch("l.0.q_proj")
+        True
+    """
+
+    def __init__(self, pattern: str, field: str, source: str) -> None:
+        self.pattern, self.field, self.source = pattern, field, source
+        if len(pattern) > MAX_REGEX_LENGTH:
+            raise self._error(f"is {len(pattern):,} characters long")
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as e:
+            raise self._error(f"is not a valid regex ({e})") from e
+        self._left = REGEX_SECONDS
+        try:
+            import regex
+
+            self._engine: Any = regex.compile(pattern)
+            self._timeout = True
+        except Exception:  # no regex engine, or one that rejects what re accepts
+            if _NESTED.search(pattern):
+                raise self._error("nests quantifiers, which can take forever to match") from None
+            self._engine = re.compile(pattern)
+            self._timeout = False
+
+    def _error(self, problem: str) -> ReadError:
+        from ckptdiff.terminal import printable
+
+        shown = printable(self.pattern)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return ReadError(
+            f"Cannot read '{self.source}' (adapter_config.json): {self.field} regex {shown!r} "
+            f"{problem}. Fix the regex in adapter_config.json."
+        )
+
+    def _run(self, method: str, text: str) -> bool:
+        import time
+
+        start = time.monotonic()
+        try:
+            if self._timeout:
+                found = getattr(self._engine, method)(text, timeout=max(self._left, 1e-3))
+            else:
+                found = getattr(self._engine, method)(text)
+        except TimeoutError as e:
+            raise self._error(f"takes more than {REGEX_SECONDS:g} s to match module names") from e
+        self._left -= time.monotonic() - start
+        if self._left <= 0:
+            raise self._error(f"takes more than {REGEX_SECONDS:g} s to match module names")
+        return found is not None
+
+    def fullmatch(self, text: str) -> bool:
+        """``re.fullmatch(pattern, text)``, bounded."""
+        return self._run("fullmatch", text)
+
+    def search(self, text: str) -> bool:
+        """``re.search(pattern, text)``, bounded."""
+        return self._run("search", text)

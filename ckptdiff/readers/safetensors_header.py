@@ -7,13 +7,17 @@ region. Nothing here touches the data region or imports torch.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Mapping
+from itertools import chain
+from math import prod
+from operator import gt, itemgetter, sub
 from typing import Any
 
 from ckptdiff.errors import ReadError
-from ckptdiff.sorting import natural_key
-from ckptdiff.types import TensorSpec
+from ckptdiff.sorting import natural_key, natural_order
+from ckptdiff.types import TensorSpec, new_specs
 
 __all__ = [
     "MAX_HEADER_SIZE",
@@ -137,6 +141,112 @@ def parse_header(
         >>> specs["a"].shape
         (2,)
     """
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (RecursionError, UnicodeDecodeError, ValueError):
+        header = None
+    if isinstance(header, dict):
+        parsed = _parse_in_bulk(raw, header, data_size, name)
+        if parsed is not None:
+            return parsed
+    return _parse_one_by_one(raw, data_size, name)
+
+
+def _has_no_duplicates(raw: bytes, header: dict[str, Any]) -> bool:
+    """Whether the JSON text ``raw`` decoded to ``header`` without a repeated key.
+
+    A later duplicate silently replaces an earlier one in ``json.loads``, so the members
+    written are counted (a string followed by a colon) and compared with the members kept.
+    Quotes inside strings are escaped, so the count can only come out high (never low) unless
+    whitespace stands between a key and its colon: then the count is made with a regex.
+    """
+    try:
+        kept = len(header) + sum(map(len, header.values()))
+    except TypeError:  # a value without a length: not a header the bulk path takes
+        return False
+    if any(ws in raw for ws in (b'" ', b'"\t', b'"\n', b'"\r')):
+        written = len(_MEMBER.findall(raw))
+    else:
+        written = raw.count(b'":')
+    return written == kept
+
+
+_MEMBER = re.compile(rb'"[ \t\n\r]*:')
+_BITS = {code: bits for code, (_torch, bits) in SAFETENSORS_DTYPES.items()}
+_TORCH_NAMES = {code: torch_name for code, (torch_name, _bits) in SAFETENSORS_DTYPES.items()}
+
+
+def _parse_in_bulk(
+    raw: bytes, header: dict[str, Any], data_size: int | None, name: str
+) -> tuple[dict[str, TensorSpec], dict[str, str]] | None:
+    """The header checked with whole-list operations, or None when anything is off.
+
+    Every check here is a sufficient condition for :func:`_parse_one_by_one` to accept the
+    header too, and to return the same specs; on None the caller runs that one, which names
+    the first defect exactly. Keeps Python work per tensor to a few C-level passes.
+    """
+    metadata = header.get("__metadata__", {})
+    if type(metadata) is not dict or not all(
+        type(k) is str and type(v) is str for k, v in metadata.items()
+    ):
+        return None
+    if not _has_no_duplicates(raw, header):
+        return None
+    header.pop("__metadata__", None)
+    keys = list(header)
+    entries = list(header.values())
+    if not keys:
+        return None
+    try:
+        if {type(e) for e in entries} != {dict}:
+            return None
+        dtypes = list(map(itemgetter("dtype"), entries))
+        shapes = list(map(itemgetter("shape"), entries))
+        offsets = list(map(itemgetter("data_offsets"), entries))
+    except KeyError:
+        return None
+    if not set(dtypes) <= _BITS.keys():
+        return None
+    if {type(s) for s in shapes} != {list} or {type(o) for o in offsets} != {list}:
+        return None
+    if max(map(len, shapes)) > MAX_NDIM or set(map(len, offsets)) != {2}:
+        return None
+    dims = list(chain.from_iterable(shapes))
+    if dims and ({type(d) for d in dims} != {int} or min(dims) < 0 or max(dims) > MAX_DIM):
+        return None
+    begins = list(map(itemgetter(0), offsets))
+    ends = list(map(itemgetter(1), offsets))
+    if {type(o) for o in begins} | {type(o) for o in ends} != {int}:
+        return None
+    if min(begins) < 0 or max(ends) > MAX_DIM or any(map(gt, begins, ends)):
+        return None
+    numels = list(map(prod, shapes))
+    bits = map(_BITS.__getitem__, dtypes)
+    nbytes = [(n * b + 7) >> 3 for n, b in zip(numels, bits, strict=False)]
+    if nbytes != list(map(sub, ends, begins)):
+        return None
+    # the data region, tiled: sorted by begin, each tensor ends where the next begins
+    order = sorted(range(len(begins)), key=begins.__getitem__)
+    sorted_begins = list(map(begins.__getitem__, order))
+    sorted_ends = list(map(ends.__getitem__, order))
+    if sorted_begins[0] != 0 or sorted_begins[1:] != sorted_ends[:-1]:
+        return None
+    if data_size is not None and sorted_ends[-1] != data_size:
+        return None
+    specs = new_specs(
+        keys,
+        list(map(tuple, shapes)),
+        list(map(_TORCH_NAMES.__getitem__, dtypes)),
+        nbytes,
+        name,
+    )
+    return {k: specs[k] for k in natural_order(specs)}, dict(metadata)
+
+
+def _parse_one_by_one(
+    raw: bytes, data_size: int | None, name: str
+) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """The header checked tensor by tensor: slower, and names the first defect exactly."""
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except RecursionError as e:

@@ -23,7 +23,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import BinaryIO, NamedTuple
 
-from ckptdiff.errors import ReadError, UnsafeCheckpointError, UnsupportedFormatError
+from ckptdiff.errors import (
+    ReadError,
+    UnsafeCheckpointError,
+    UnsafeUnreadableError,
+    UnsupportedFormatError,
+)
 from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
 from ckptdiff.readers.unpickler import StorageRef, Unpickled, unpickle
@@ -544,6 +549,25 @@ def _read_data_pkl(path: str, name: str) -> tuple[dict[str, ZipEntry], str, byte
         order = entries.get(f"{prefix}byteorder")
         byteorder = _read_entry(f, order, size, name) if order and order.size <= 16 else None
     return entries, prefix, data, byteorder
+
+
+def pickle_security_findings(path: str, source: str) -> list[Finding]:
+    """The security findings of a torch zip's ``data.pkl``, for files a reader skips (other
+    data-parallel ranks, optimizer states): nothing it skips goes unscanned.
+
+    A file that cannot be read yields no findings here (it is not the one being read); a
+    payload before its defect is still reported.
+    """
+    try:
+        name = display_name(path, source)
+        entries, prefix, data, _ = _read_data_pkl(path, name)
+        unpickled = unpickle(data, name, context=f"{prefix}data.pkl", storage_form="zip")
+    except UnsafeUnreadableError as e:
+        return [Finding("unsafe_file", str(e), (), "security")]
+    except (ReadError, OSError):
+        return []
+    found = [f for f in unpickled.findings if f.severity == "security"]
+    return found + zip_slip_findings(entries)
 
 
 def unpickle_torch_zip(path: str, source: str) -> Unpickled:

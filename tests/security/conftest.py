@@ -21,3 +21,11 @@ def canary(corpus: dict[str, tuple[Case, Path]]) -> Path:
     """The file any payload of the corpus would create."""
     _, path = next(iter(corpus.values()))
     return path.parent / CANARY
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real peft LoRA (r=4, q_proj/v_proj) of a tiny Llama."""
+    from fixtures import layouts as L
+
+    return L.write_peft(tmp_path_factory.mktemp("lora") / "adapter", L.tiny_llama())
