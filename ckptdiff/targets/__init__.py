@@ -238,7 +238,8 @@ def _build_from_evidence(target: TargetSpec, evidence: Manifest) -> Manifest:
     default = _manifest(target, build_model(target))
     if getattr(config, "architectures", None):
         return default
-    if evidence.metadata.get("peft") is None and fit(evidence.tensors, default)[1] == 0:
+    placed, unplaced, _missing = fit(evidence.tensors, default)
+    if evidence.metadata.get("peft") is None and unplaced == 0:
         return default  # the default class places every tensor
     built: dict[str, tuple[TargetSpec, nn.Module]] = {}
 
@@ -248,7 +249,7 @@ def _build_from_evidence(target: TargetSpec, evidence: Manifest) -> Manifest:
         built[name] = (spec, model)
         return _manifest(spec, model)
 
-    choice = choose_class(str(getattr(config, "model_type", "")), evidence, build)
+    choice = choose_class(str(getattr(config, "model_type", "")), evidence, build, placed)
     if choice is None or choice.name == "AutoModel":
         return default
     spec, model = built.get(choice.name) or (

@@ -61,6 +61,7 @@ def choose_class(
     model_type: str,
     evidence: Manifest,
     build: Callable[[str], Manifest],
+    baseline: int = 0,
 ) -> Choice | None:
     """The class to build for a config of ``model_type`` without ``architectures``.
 
@@ -68,6 +69,8 @@ def choose_class(
         model_type: the config's ``model_type``.
         evidence: the checkpoint (or adapter) the target is checked against.
         build: builds a class by name and returns its manifest (on meta).
+        baseline: checkpoint tensors the default class places: a class chosen by fit must
+            place more (weights of another architecture place nothing anywhere).
 
     Returns:
         The choice, or None when nothing points away from ``AutoModel``.
@@ -86,7 +89,7 @@ def choose_class(
         if auto is not None:
             return Choice(auto, f"adapter_config.json's task_type is {task}", "peft_task_type")
         return None
-    return _by_fit(model_type, evidence, build)
+    return _by_fit(model_type, evidence, build, baseline)
 
 
 def candidate_classes(model_type: str) -> list[str]:
@@ -130,7 +133,9 @@ def fit(checkpoint: Mapping[str, Any], target: Manifest) -> tuple[int, int, int]
     return len(placed), unplaced, missing
 
 
-def _by_fit(model_type: str, evidence: Manifest, build: Callable[[str], Manifest]) -> Choice | None:
+def _by_fit(
+    model_type: str, evidence: Manifest, build: Callable[[str], Manifest], baseline: int
+) -> Choice | None:
     from ckptdiff.errors import TargetError
 
     tensors = evidence.tensors
@@ -148,6 +153,8 @@ def _by_fit(model_type: str, evidence: Manifest, build: Callable[[str], Manifest
         return None
     scored.sort(key=lambda s: s[0], reverse=True)
     _, best, (placed, unplaced, missing) = scored[0]
+    if placed <= baseline:
+        return None  # no class places more of it than the default one
     if len(scored) > 1 and scored[1][0] == scored[0][0]:
         return None  # the keys do not tell two classes apart: keep AutoModel's answer
     runner = scored[1] if len(scored) > 1 else None
