@@ -7,7 +7,7 @@ PIPOPTS = --quiet --disable-pip-version-check -c constraints.txt
 STAMP   = $(VENV)/.installed
 EXAMPLES = examples
 
-.PHONY: install demo test lint bench fuzz security-report clean
+.PHONY: install demo test lint bench fuzz sweep security-report clean
 
 install: $(STAMP)
 
@@ -54,6 +54,12 @@ bench: install
 FUZZ_EXAMPLES ?= 5000
 fuzz: install
 	CKPTDIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/security/test_fuzz.py
+
+# every transformers architecture that builds small, mutated, checked with --emit-config and
+# judged by transformers itself; prints the figures (SWEEP_ARGS: see python -m tests.sweep.run -h)
+SWEEP_ARGS ?=
+sweep: install
+	$(PY) -m tests.sweep.run $(SWEEP_ARGS)
 
 # the hostile corpus through ckptdiff and torch.load(weights_only=True), side by side
 security-report: install

@@ -3,37 +3,65 @@
 Reads keys, shapes and dtypes lazily (never tensor data, never pickle code), builds targets on
 torch's ``meta`` device, and reports missing, unexpected and mis-shaped tensors.
 
-Importing this package does not import torch; building a target does.
+Importing this package imports nothing else: each name below is imported on first use
+(PEP 562), so ``ckptdiff --help`` and reading a file pay only for what they use. Importing
+this package does not import torch; building a target does.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING, Any
 
-# Importing the submodules here, then binding the functions, keeps ``ckptdiff.check`` and
-# ``ckptdiff.diff`` functions: a later ``import ckptdiff.diff`` finds the module loaded and
-# leaves the package's name alone.
-from ckptdiff.check import check
-from ckptdiff.diff import diff_sources as diff
-from ckptdiff.errors import (
-    CkptDiffError,
-    IncompatibleCheckpointError,
-    ReadError,
-    SelectError,
-    SourceNotFoundError,
-    TargetError,
-    UnsafeCheckpointError,
-    UnsupportedFormatError,
-    UsageError,
-)
-from ckptdiff.readers import read
-from ckptdiff.types import Finding, Manifest, Report, Suggestion, TensorSpec
-
 if TYPE_CHECKING:
+    from ckptdiff.check import check
+    from ckptdiff.diff import diff_sources as diff
+    from ckptdiff.errors import (
+        CkptDiffError,
+        IncompatibleCheckpointError,
+        ReadError,
+        SelectError,
+        SourceNotFoundError,
+        TargetError,
+        UnsafeCheckpointError,
+        UnsupportedFormatError,
+        UsageError,
+    )
     from ckptdiff.forward_check.api import forward
     from ckptdiff.forward_check.report import ForwardReport
+    from ckptdiff.readers import read
+    from ckptdiff.types import Finding, Manifest, Report, Suggestion, TensorSpec
 
 __version__ = "0.1.0"
+
+#: public name -> (module, attribute)
+_LAZY = {
+    "check": ("ckptdiff.check", "check"),
+    "diff": ("ckptdiff.diff", "diff_sources"),
+    "read": ("ckptdiff.readers", "read"),
+    "forward": ("ckptdiff.forward_check.api", "forward"),  # imports torch when first used
+    "ForwardReport": ("ckptdiff.forward_check.report", "ForwardReport"),
+    **{
+        name: ("ckptdiff.errors", name)
+        for name in (
+            "CkptDiffError",
+            "IncompatibleCheckpointError",
+            "ReadError",
+            "SelectError",
+            "SourceNotFoundError",
+            "TargetError",
+            "UnsafeCheckpointError",
+            "UnsupportedFormatError",
+            "UsageError",
+        )
+    },
+    **{
+        name: ("ckptdiff.types", name)
+        for name in ("Finding", "Manifest", "Report", "Suggestion", "TensorSpec")
+    },
+}
 
 __all__ = [
     "CkptDiffError",
@@ -57,18 +85,34 @@ __all__ = [
     "read",
 ]
 
-_LAZY = {
-    "forward": ("ckptdiff.forward_check.api", "forward"),  # imports torch: bound on first use
-    "ForwardReport": ("ckptdiff.forward_check.report", "ForwardReport"),
-}
-
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'ckptdiff' has no attribute {name!r}")
-    import importlib
-
-    module, attr = _LAZY[name]
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
+    """Import a public name on first use (PEP 562) and keep it."""
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'ckptdiff' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    # bound as the function, over any submodule of the same name the import just bound
+    object.__setattr__(sys.modules[__name__], name, value)
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY} - {"_ModuleType"})
+
+
+class _Package(_ModuleType):
+    """``ckptdiff.check`` and ``ckptdiff.diff`` stay functions when their submodules load.
+
+    Importing ``ckptdiff.check`` (the module) binds it as the package's ``check`` attribute;
+    the function of that name is what users call, so that binding is refused here.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("check", "diff") and isinstance(value, _ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -106,6 +106,44 @@ def _ends_in_index(prefix: str) -> bool:
     return bool(prefix) and parts[-1].isdigit()
 
 
+def _indices(prefix: str) -> list[str]:
+    return [p for p in prefix.split(".") if p.isdigit()]
+
+
+def _module_name(prefix: str) -> str:
+    return next((p for p in reversed(prefix.rstrip(".").split(".")) if not p.isdigit()), "")
+
+
+#: Qualifiers that make a module another one (``k_proj`` is not ``proj``).
+_ROLE_QUALIFIERS = frozenset(
+    {"q", "k", "v", "o", "query", "key", "value", "gate", "up", "down", "in", "out", "w1", "w2",
+     "w3", "c", "fc1", "fc2", "lm", "pre", "post"}
+)
+
+
+def _similar_names(a: str, b: str) -> bool:
+    a, b = a.lower(), b.lower()
+    if not a or not b:
+        return not a and not b
+    short, long_ = sorted((a, b), key=len)
+    if short != long_ and long_.endswith("_" + short):
+        if long_[: -len(short) - 1] in _ROLE_QUALIFIERS:
+            return False  # k_proj -> proj drops the role
+    return short in long_ or difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
+
+
+def _structurally_sound(p1: str, p2: str, pairs: Sequence[tuple[str, str]]) -> bool:
+    """A prefix rule keeps layer indices (``layers.1.`` never becomes ``blocks.0.`` or a
+    top-level module), and one that pairs only leaves (``weight``, ``bias``) renames a module
+    to a module of a similar name (``ln_final.`` -> ``final_layer_norm.``), not ``k_proj.``
+    to ``norm2.`` because both hold a weight and a bias."""
+    if _indices(p1) != _indices(p2):
+        return False
+    if not p1 or not p2 or any("." in u[len(p1) :] for u, _ in pairs):
+        return True  # a prefix added or stripped keeps whole keys
+    return _similar_names(_module_name(p1), _module_name(p2))
+
+
 def find_prefix_matches(
     unexpected: Iterable[str], missing: Iterable[str], *, min_share: float = 0.5
 ) -> list[PrefixMatch]:
@@ -167,6 +205,8 @@ def find_prefix_matches(
             continue
         if _ends_in_index(p1) and _ends_in_index(p2):
             continue  # layer 3 -> layer 5 is a depth difference, not a key map
+        if not _structurally_sound(p1, p2, pairs):
+            continue
         out.append(match)
         used_u.update(u for u, _ in pairs)
         used_m.update(t for _, t in pairs)

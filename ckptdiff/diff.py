@@ -10,6 +10,7 @@ from typing import Any
 
 from ckptdiff.align import PrefixMatch, find_prefix_matches, scoped_prefix_rules
 from ckptdiff.diagnosis.compare import compare, module_coverage
+from ckptdiff.diagnosis.conventions import naming_convention, other_architecture
 from ckptdiff.keymap import KeyMap, rules_to_options
 from ckptdiff.sorting import natural_key
 from ckptdiff.types import (
@@ -35,6 +36,8 @@ def _coverage_moves(before: Report, after: Report) -> list[dict[str, Any]]:
 def _prefix_findings(
     report: Report, checkpoint: Manifest, target: Manifest, depth: int
 ) -> tuple[list[Finding], list[Suggestion]]:
+    if other_architecture(checkpoint, target) or naming_convention(checkpoint, target, report):
+        return [], []  # the explain step says so, once; no key map is safe
     matches: list[PrefixMatch] = find_prefix_matches(
         (t.key for t in report.unexpected), (t.key for t in report.missing)
     )

@@ -29,6 +29,11 @@ from ckptdiff.align import (
     find_transposed,
     scoped_prefix_rules,
 )
+from ckptdiff.diagnosis.conventions import (
+    foreign_branches,
+    naming_convention,
+    other_architecture,
+)
 from ckptdiff.keymap import KeyMap, rules_to_options
 from ckptdiff.types import Finding, Manifest, Mismatch, Report, Suggestion
 
@@ -110,6 +115,11 @@ def align(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Alignmen
     from ckptdiff.diff import compare
 
     before = compare(checkpoint, target, depth=depth)
+    unpaired = other_architecture(checkpoint, target) or naming_convention(
+        checkpoint, target, before
+    )
+    if unpaired is not None:  # no key map is safe: none is proposed
+        return Alignment((), (), KeyMap(), before, before, checkpoint, unpaired)
     prefix_rules: list[dict[str, Any]] = []
     for m in find_prefix_matches(
         (t.key for t in before.unexpected), (t.key for t in before.missing)
@@ -185,96 +195,6 @@ def _rename_basis(t: KeyTransform, report: Report) -> KeyTransform | None:
             "(same shapes, names with little in common): check it before renaming",
         ),
         data={**t.data, "basis": "shapes"},
-    )
-
-
-#: Key families recognisable by one pattern: (name, what shows it, regex).
-FAMILIES: tuple[tuple[str, str, str], ...] = (
-    ("BERT-like", "encoder.layer.*, LayerNorm", r"(^|\.)encoder\.layer\.\d+\.(attention|output)\."),
-    ("Llama-like", "layers.*.self_attn.q_proj", r"(^|\.)layers\.\d+\.self_attn\.q_proj\."),
-    ("GPT-2-like", "h.*.attn.c_attn", r"(^|\.)h\.\d+\.attn\.c_attn\."),
-    ("open_clip", "visual.transformer.resblocks", r"(^|\.)visual\.transformer\.resblocks\.\d+\."),
-    ("T5-like", "block.*.layer.*.SelfAttention", r"(^|\.)block\.\d+\.layer\.\d+\.SelfAttention\."),
-    ("timm ViT-like", "blocks.*.attn.qkv", r"(^|\.)blocks\.\d+\.attn\.qkv\."),
-    (
-        "transformers CLIP-like",
-        "vision_model.encoder.layers",
-        r"(^|\.)(vision|text)_model\.encoder\.layers\.\d+\.",
-    ),
-    (
-        "Meta's original Llama layout",
-        "layers.*.attention.wq",
-        r"(^|\.)layers\.\d+\.attention\.wq\.",
-    ),
-    (
-        "GPT-NeoX-like",
-        "layers.*.attention.query_key_value",
-        r"(^|\.)layers\.\d+\.attention\.query_key_value\.",
-    ),
-)
-_GENERIC_PARTS = frozenset({"weight", "bias"})
-
-
-def key_family(keys: Iterable[str]) -> tuple[str, str] | None:
-    """``(family, what shows it)`` of the key family most keys belong to, or None.
-
-    Example:
-        >>> key_family(["encoder.layer.0.attention.self.query.weight"])
-        ('BERT-like', 'encoder.layer.*, LayerNorm')
-    """
-    keys = list(keys)
-    best: tuple[int, tuple[str, str]] | None = None
-    for name, shown, rx in FAMILIES:
-        compiled = re.compile(rx)
-        n = sum(1 for k in keys if compiled.search(k))
-        if n and (best is None or n > best[0]):
-            best = (n, (name, shown))
-    return best[1] if best else None
-
-
-def _parts_of(keys: Iterable[str]) -> set[str]:
-    return {p for k in keys for p in k.split(".") if not p.isdigit() and p not in _GENERIC_PARTS}
-
-
-def other_architecture(checkpoint: Manifest, target: Manifest) -> Finding | None:
-    """One finding when the two sides share almost no key structure: under 10% of the
-    smaller side's keys by name, and under a quarter of its key components.
-
-    The families are named where recognisable (BERT-like, Llama-like, GPT-2-like, open_clip).
-    """
-    ck_keys, tg_keys = list(checkpoint.tensors), list(target.tensors)
-    if len(ck_keys) < 4 or len(tg_keys) < 4:
-        return None
-    by_name = sum(1 for k in tg_keys if k in checkpoint.tensors)
-    if by_name >= 0.1 * min(len(ck_keys), len(tg_keys)):  # a part of the model is not foreign
-        return None
-    a, b = _parts_of(ck_keys), _parts_of(tg_keys)
-    if not a or not b or len(a & b) >= 0.25 * min(len(a), len(b)):
-        return None
-    fa, fb = key_family(ck_keys), key_family(tg_keys)
-    if fa and fb and fa[0] != fb[0]:
-        what = f"its keys are {fa[0]} ({fa[1]}), the target's {fb[0]} ({fb[1]})"
-    elif fa and not fb:
-        what = f"its keys are {fa[0]} ({fa[1]}), unlike the target's (e.g. {tg_keys[0]})"
-    elif fb and not fa:
-        what = f"its keys (e.g. {ck_keys[0]}) are unlike the target's, which are {fb[0]} ({fb[1]})"
-    else:
-        what = f"its keys (e.g. {ck_keys[0]}) are unlike the target's (e.g. {tg_keys[0]})"
-    return Finding(
-        "other_architecture",
-        f"The checkpoint looks like another architecture: {what}; they share almost no key "
-        f"structure ({by_name} of the target's {len(tg_keys)} keys by name), so no key map "
-        "or config change is proposed. Check that this is the model the checkpoint is for, "
-        "or convert its keys first.",
-        (),
-        "warning",
-        {
-            "checkpoint_family": fa[0] if fa else None,
-            "target_family": fb[0] if fb else None,
-            "keys_by_name": by_name,
-            "target_keys": len(tg_keys),
-            "shared_components": sorted(a & b),
-        },
     )
 
 
@@ -1011,14 +931,26 @@ def explain(
         if al.key_map:
             out.aligned = replace(aligned, key_map=tuple(al.key_map.to_list()))
         if al.foreign is None:
-            out.findings += causes(aligned, al.checkpoint, target)
+            branches = foreign_branches(al.checkpoint, target, aligned)
+            out.findings += branches
+            dots = tuple(b.keys[0] + "." for b in branches)
+            out.findings += [
+                c
+                for c in causes(aligned, al.checkpoint, target)
+                if not (dots and c.keys and all(k.startswith(dots) for k in c.keys))
+            ]
             heads = new_heads(aligned, al.checkpoint, target)
             out.findings += heads
             explained = {k for h in heads for k in h.keys}
+            if dots:
+                everywhere = (*al.checkpoint.tensors, *target.tensors)
+                explained |= {k for k in everywhere if k.startswith(dots)}
             if suggest and _rebuildable(target) and not aligned.ok:
                 from ckptdiff.diagnosis.fixes import config_fixes
 
-                fixes = config_fixes(aligned, al.checkpoint, target, ignore=explained)
+                fixes = config_fixes(
+                    aligned, al.checkpoint, target, ignore=explained, foreign=dots
+                )
                 out.findings += fixes.findings
                 out.suggestions += fixes.suggestions
                 out.fixed_config = fixes.config

@@ -15,8 +15,10 @@ known: mllama's input embedding has ``vocab_size + 8`` rows while its head has `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -74,8 +76,22 @@ def _model_type(config: Mapping[str, Any] | None) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def _design_offset(target: Manifest | None, config: Mapping[str, Any] | None) -> int | None:
-    if target is not None:
+#: Key patterns that name an architecture with a by-design offset when no config says it.
+_DESIGN_KEYS: Mapping[str, re.Pattern[str]] = {
+    "mllama": re.compile(r"(^|\.)cross_attn_(attn|mlp)_gate$"),
+}
+
+
+def _design_offset(
+    target: Manifest | None, config: Mapping[str, Any] | None, m: Manifest | None = None
+) -> int | None:
+    """The embedding-minus-head rows this architecture has by design: from the target's own
+    tensors, the config's model type, or keys only that architecture has."""
+    if m is not None and not _model_type(config):
+        for model_type, rx in _DESIGN_KEYS.items():
+            if any(rx.search(k) for k in m.tensors):
+                return DESIGN_OFFSETS[model_type]
+    if target is not None and target.format == "meta-model":  # a built model is the design
         e, h = vocab_tensors(target)
         if len(set(e.values())) == 1 and len(set(h.values())) == 1:
             offset = next(iter(e.values())) - next(iter(h.values()))
@@ -221,7 +237,7 @@ def lint(
     target_config = target.config if target is not None else None
     if checkpoint is not None:
         config = config if config is not None else checkpoint.config
-        offset = _design_offset(target, config or target_config)
+        offset = _design_offset(target, config or target_config, checkpoint)
         out += _tensor_lint(checkpoint, "checkpoint", offset)
         if config:
             out += lint_config(config, side="checkpoint config")
@@ -229,8 +245,29 @@ def lint(
         if tokenizer_size:
             out += _tokenizer_lint(tokenizer_size, checkpoint, "checkpoint")
     if target is not None:
-        offset = _design_offset(None, target_config)
-        out += _tensor_lint(target, "target", offset)
+        offset = _design_offset(None, target_config, target)
+        out += _once(out, _tensor_lint(target, "target", offset))
         if target_config:
-            out += lint_config(target_config, side="target config")
+            out += _once(out, lint_config(target_config, side="target config"))
+    return out
+
+
+def _once(seen: list[Finding], found: list[Finding]) -> list[Finding]:
+    """The target's findings that the checkpoint's did not already say (same values): a
+    disagreement both sides share is told once, the checkpoint's finding saying so."""
+    said = [(f.data.get("what"), f.data.get("values")) for f in seen]
+    out = []
+    for f in found:
+        what = (f.data.get("what"), f.data.get("values"))
+        if what not in said:
+            out.append(f)
+            continue
+        i = said.index(what)
+        first = seen[i]
+        if not first.data.get("target_too"):
+            seen[i] = dataclasses.replace(
+                first,
+                message=first.message + " The target has the same disagreement.",
+                data={**first.data, "target_too": True},
+            )
     return out

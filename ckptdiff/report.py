@@ -7,6 +7,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from itertools import accumulate, compress, repeat
 from operator import attrgetter
 from typing import Any
@@ -56,6 +57,8 @@ _INDEX = re.compile(r"(?<=\.)[0-9]{1,18}(?=\.)|^[0-9]{1,18}(?=\.)")
 
 def _ranges(values: Iterable[int]) -> str:
     vs = sorted(set(values))
+    if vs[-1] - vs[0] == len(vs) - 1:  # one unbroken run (the usual layer range)
+        return f"{vs[0]}" if len(vs) == 1 else f"{vs[0]}-{vs[-1]}"
     out: list[str] = []
     start = prev = vs[0]
     for v in vs[1:] + [None]:  # type: ignore[list-item]
@@ -108,7 +111,8 @@ def group_keys(
         elif size == 1:
             out.append((template.replace("{}", str(int(indices[starts[first]]))), items[first], 1))
         else:
-            label = "{" + _ranges(int(indices[starts[i]]) for i in members) + "}"
+            positions = map(starts.__getitem__, members)
+            label = "{" + _ranges(map(int, map(indices.__getitem__, positions))) + "}"
             out.append((template.replace("{}", label), items[first], size))
     return out
 
@@ -182,24 +186,36 @@ def _spec_rows(specs: Sequence[TensorSpec], full: bool) -> list[list[Any]]:
     ]
 
 
-def _coverage_rows(coverage: Sequence[Coverage]) -> list[list[Any]]:
+def _coverage_rows(
+    coverage: Sequence[Coverage], as_is: Sequence[Coverage] | None = None
+) -> list[list[Any]]:
+    """One row per module; with ``as_is`` (the coverage without the key map), its share in a
+    last column, marked where the module loads nothing as the files stand."""
+    before = {c.module: c for c in as_is or ()}
     rows = []
     for c in coverage:
         mark = "  <-- nothing loads" if c.expected and c.supplied == 0 else ""
-        rows.append(
-            [
-                c.module or "(whole model)",
-                f"{c.supplied_tensors}/{c.expected_tensors}",
-                f"{human(c.supplied)}/{human(c.expected)}",
-                f"{100 * c.share:.1f}%{mark}",
-            ]
-        )
+        row = [
+            c.module or "(whole model)",
+            f"{c.supplied_tensors}/{c.expected_tensors}",
+            f"{human(c.supplied)}/{human(c.expected)}",
+            f"{100 * c.share:.1f}%{mark}",
+        ]
+        if as_is is not None:
+            b = before.get(c.module)
+            share = b.share if b is not None else 0.0
+            empty = b is None or (b.expected and b.supplied == 0)
+            row.append(f"{100 * share:.1f}%" + ("  <-- nothing loads" if empty else ""))
+        rows.append(row)
     return rows
 
 
 def _finding_line(f: Finding) -> str:
     return f"[{f.severity}] {f.message}"
 
+
+#: Findings that say the two sides do not pair by name: the key lists shrink to counts.
+_UNPAIRED_FINDINGS = ("naming_convention", "other_architecture")
 
 #: Findings that carry data for machines only.
 _HIDDEN_FINDINGS: tuple[str, ...] = ()
@@ -245,7 +261,7 @@ _SEVERITY_RANK = {"security": 0, "error": 1, "warning": 2, "info": 3}
 
 def _finding_rank(f: Finding) -> tuple[int, int]:
     """Most important first: security, errors, "another architecture", warnings, info."""
-    lead = 0 if f.kind == "other_architecture" else 1
+    lead = 0 if f.kind in _UNPAIRED_FINDINGS else 1
     return (_SEVERITY_RANK.get(f.severity, 2) if lead else 1, lead)
 
 
@@ -330,22 +346,20 @@ def render_report_table(
             f"Below, with the suggested key map applied ({moved} checkpoint keys renamed); "
             "--full lists the keys as they are.\n"
         )
-    parts += _key_sections(body, full, fmt)
+    unpaired = any(f.kind in _UNPAIRED_FINDINGS for f in report.findings)
+    parts += _key_sections(body, full, fmt, key_lists=not unpaired)
     if coverage and body.coverage:
         title = "Coverage by module (tensors and parameters the checkpoint supplies)"
+        headers = ["module", "tensors", "parameters", "share"]
+        as_is = None
         if body is not report and report.coverage:
             title = (
-                "Coverage by module, with the suggested key map applied "
-                f"(without it: {100 * report.coverage[0].share:.1f}% of the model loads)"
+                "Coverage by module, with the suggested key map applied, and as the files "
+                "stand (as-is)"
             )
-        parts.append(
-            _section(
-                title,
-                ["module", "tensors", "parameters", "share"],
-                _coverage_rows(body.coverage),
-                fmt,
-            )
-        )
+            headers.append("as-is")
+            as_is = report.coverage
+        parts.append(_section(title, headers, _coverage_rows(body.coverage, as_is), fmt))
     summary = _summary(report)
     if report.aligned is not None:
         summary += "After the key map: " + _summary(report.aligned).removeprefix("Summary: ")
@@ -353,9 +367,31 @@ def render_report_table(
     return "\n".join(parts)
 
 
-def _key_sections(report: Report, full: bool, fmt: str) -> list[str]:
-    """The key lists of a report: mismatched, missing, unexpected, buffers, dtypes, ignored."""
+def _dtype_line(changes: Sequence[Any]) -> str:
+    """``Dtype changes: 198 tensors float16 -> float32: cast on load (--full lists them).``"""
+    pairs = Counter((d.checkpoint_dtype, d.target_dtype) for d in changes)
+    what = ", ".join(
+        f"{n} tensor{'' if n == 1 else 's'} {a} -> {b}" for (a, b), n in pairs.most_common()
+    )
+    return f"Dtype changes: {what}: cast on load (--full lists them).\n"
+
+
+def _key_sections(
+    report: Report, full: bool, fmt: str, *, key_lists: bool = True
+) -> list[str]:
+    """The key lists of a report: mismatched, missing, unexpected, buffers, dtypes, ignored.
+
+    ``key_lists=False`` (two sides that do not pair by name): missing and unexpected are
+    counted in one line, unless ``full``.
+    """
     parts: list[str] = []
+    if not key_lists and not full and (report.missing or report.unexpected):
+        parts.append(
+            f"Missing from the checkpoint ({len(report.missing)}) and unexpected in it "
+            f"({len(report.unexpected)}): the two sides do not pair by name; --full lists "
+            "them.\n"
+        )
+        report = replace(report, missing=(), unexpected=())
     if report.mismatched:
         if full:
             rows = [
@@ -397,7 +433,9 @@ def _key_sections(report: Report, full: bool, fmt: str) -> list[str]:
                     fmt,
                 )
             )
-    if report.dtype_changes:
+    if report.dtype_changes and not full:
+        parts.append(_dtype_line(report.dtype_changes))
+    elif report.dtype_changes:
         rows = [
             [k, shape_str(d.shape), d.checkpoint_dtype, d.target_dtype, _count_label(n)]
             for k, d, n in group_keys(

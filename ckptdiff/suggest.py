@@ -149,6 +149,20 @@ def numeric_fields(config: Mapping[str, Any]) -> dict[str, int | float]:
         if isinstance(v, float) and "ratio" not in name and "mult" not in name:
             continue
         out[dotted] = v
+    out.update(_label_counts(config))
+    return out
+
+
+def _label_counts(config: Mapping[str, Any], at: str = "") -> dict[str, int]:
+    """``num_labels`` wherever a (sub-)config holds ``id2label``: transformers derives the
+    class count from it, and the verifier writes it back as maps of the new size."""
+    out: dict[str, int] = {}
+    labels = config.get("id2label")
+    if isinstance(labels, Mapping) and labels and "num_labels" not in config:
+        out[f"{at}num_labels"] = len(labels)
+    for k, v in config.items():
+        if isinstance(v, Mapping) and k not in ("id2label", "label2id"):
+            out.update(_label_counts(v, f"{at}{k}."))
     return out
 
 
@@ -551,6 +565,26 @@ def _companions(
     return trial, m
 
 
+def _linear_holds(
+    prober: _Prober,
+    base: Mapping[str, Any],
+    solved: dict[str, _Solved],
+    dims: Mapping[DimKey, tuple[int, int]],
+) -> dict[str, _Solved]:
+    """The linear fits that a build confirms: ``(image / patch)**2 + 1`` positions are not
+    linear in the image size, and a fit of 38 for 101 rows is no answer."""
+    out = {}
+    for f, sol in solved.items():
+        if not sol.dims:
+            out[f] = sol
+            continue
+        m = prober.build({**base, f: sol.value})
+        # one that does not build alone (width 1024 with 12 heads) gets companions later
+        if m is None or all(_dim_is(m, k, i, dims[(k, i)][0]) for k, i in sol.dims):
+            out[f] = sol
+    return out
+
+
 def heads_like(dotted: str) -> bool:
     """True for attention-head fields (``num_attention_heads``, ``vision_cfg.heads``,
     ``num_key_value_heads``, ``head_dim``): shapes show their product with the head dim at
@@ -658,6 +692,42 @@ def _joint_solve(
             if v != values[f]
         }
     return {}
+
+
+def _keep_head_dim(
+    prober: _Prober,
+    base: Mapping[str, Any],
+    fld: str,
+    value: Any,
+    values: Mapping[str, int | float],
+    ck: Manifest,
+    loads: AbstractSet[str],
+) -> dict[str, int] | None:
+    """A width that breaks key/value rows which load now (hidden 32 -> 64 with 2 key/value
+    heads of dim 8) fits once the attention heads grow with it, keeping the head dim: the
+    head counts that do so (never verified: shapes cannot tell them), or None."""
+    from ckptdiff.diff import compare
+
+    old = values.get(fld)
+    if not isinstance(old, int) or not isinstance(value, int) or old <= 0:
+        return None
+    sub = fld.rsplit(".", 1)[0] if "." in fld else ""
+    trial: dict[str, int] = {}
+    for h, hv in values.items():
+        leaf = h.rsplit(".", 1)[-1].lower()
+        if (h.rsplit(".", 1)[0] if "." in h else "") != sub or not isinstance(hv, int):
+            continue
+        if not heads_like(h) or "kv" in leaf or "key_value" in leaf or "head_dim" in leaf:
+            continue
+        if (hv * value) % old == 0:
+            trial[h] = hv * value // old
+    if not trial:
+        return None
+    m = prober.build({**base, fld: value, **trial})
+    if m is None:
+        return None
+    r = compare(ck, m)
+    return None if loads - set(r.matched) - set(r.tied) else trial
 
 
 def _drop_breaking(
@@ -784,6 +854,7 @@ def suggest_config(
             if k in checkpoint.tensors and checkpoint.tensors[k].shape == t.shape
         }
         solved, _ = _solve_fields(sens, dims, containers, values, now_loads, set(unset))
+        solved = _linear_holds(prober, base, solved, dims)
         if not solved:
             solved = _grid_solve(prober, base, checkpoint, cur, dims, sens, values)
         if not solved:
@@ -812,7 +883,16 @@ def suggest_config(
             prober, base, changed, sens, checkpoint, loads | now_loads
         )
         for f, keys in broke.items():
-            rejected[f] = (solved[f].value, keys)
+            kept = _keep_head_dim(
+                prober, {**base, **changed}, f, solved[f].value, values, checkpoint,
+                loads | now_loads,
+            )
+            if kept is None:
+                rejected[f] = (solved[f].value, keys)
+                continue
+            changed[f] = solved[f].value
+            companions.update(kept)
+            base = {**base, **kept}
         if not changed:
             break
         solved = {f: solved[f] for f in changed}
@@ -837,6 +917,8 @@ def suggest_config(
         ]
         out.overrides[f] = sol.value
         now = _current(config, defaults, f)
+        if now is None and f not in unset:
+            now = values.get(f)  # derived: num_labels is the size of id2label
         now_text = f"now {now}" if f in config or now is not None else "now unset"
         if f not in config and f.split(".")[0] not in config:
             now_text += ", the factory's default"
@@ -1008,6 +1090,8 @@ def _undetermined(
         if any(p in _LABEL_PARTS for p in dotted.split(".")):
             continue
         leaf = dotted.rsplit(".", 1)[-1].lower()
+        if "label" in leaf:
+            continue  # num_labels moves nothing in a model without a head
         (names if _HEADS_LIKE.search(leaf) else other).append(dotted)
     for dotted, v in dotted_leaves(config):
         leaf = dotted.rsplit(".", 1)[-1].lower()

@@ -9,6 +9,10 @@ import pytest
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
+# Every build is a real build in the tests (tests/target/test_cache.py turns the target cache on
+# where it is the subject), and nothing is written to the user's cache folder.
+os.environ["CKPTDIFF_NO_CACHE"] = "1"
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

@@ -335,3 +335,36 @@ for _ in range(2):
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--model", "open_clip.model.CLIP"], "Did you mean open_clip.model:CLIP?"),
+        (["--auto-class", "ChineseClipModel"], "Did you mean ChineseCLIPModel?"),
+    ],
+)
+def test_misspelled_targets_get_a_did_you_mean(runner, clip_file, tmp_path, args, hint):
+    pytest.importorskip("transformers")
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10,
+                                                    "hidden_size": 8, "num_attention_heads": 2,
+                                                    "num_hidden_layers": 1,
+                                                    "intermediate_size": 16}))
+    base = ["--model", str(folder)] if args[0] != "--model" else []
+    r = runner.invoke(check_cmd, [str(clip_file), *base, *args])
+    assert r.exit_code == 2
+    assert hint in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_float16_checkpoint_prints_one_dtype_line(tmp_path, runner):
+    model = build_clip(**TINY_CLIP)
+    save_file({k: v.half() for k, v in state(model).items()}, str(tmp_path / "h.safetensors"))
+    args = [str(tmp_path / "h.safetensors"), "--model", "fixtures.models:build_clip", *CLIP_ARGS]
+    r = runner.invoke(check_cmd, args)
+    n = len(state(model))
+    assert f"Dtype changes: {n} tensors float16 -> float32: cast on load" in r.stdout
+    assert "Dtype changes (" not in r.stdout
+    full = runner.invoke(check_cmd, [*args, "--full"])
+    assert f"Dtype changes ({n}): loading casts them" in full.stdout

@@ -213,6 +213,8 @@ def test_inspect_depth_0_is_one_total_row(files, runner):
 
 def test_coverage_follows_the_key_map_it_shows(files, runner):
     r = run(runner, "diff", "ddp.safetensors", "base.safetensors", "--coverage")
-    assert "with the suggested key map applied (without it: 0.0% of the model loads)" in r.stdout
+    assert "with the suggested key map applied, and as the files stand (as-is)" in r.stdout
     whole = next(ln for ln in r.stdout.splitlines() if ln.startswith("(whole model)"))
-    assert whole.split()[2] == "11/11" and whole.endswith("100.0%")
+    # the mapped share, then the as-is one: nothing loads without the key map
+    assert whole.split()[2] == "11/11" and whole.split()[4] == "100.0%"
+    assert whole.endswith("0.0%  <-- nothing loads")

@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from ckptdiff.cli.common import DEBUG_KEY, debug_option, emit, handle_errors, stats_option
+from ckptdiff.cli.common import (
+    DEBUG_KEY,
+    debug_option,
+    emit,
+    handle_errors,
+    no_cache_option,
+    stats_option,
+)
 from ckptdiff.errors import UsageError
 from ckptdiff.terminal import printable
 
@@ -45,6 +52,7 @@ def _sources(sources: tuple[str, ...], from_file: str | None) -> list[str]:
 @click.option("--full", is_flag=True, help="List every key instead of collapsing layer runs.")
 @click.option("--depth", type=click.IntRange(min=0), default=2, show_default=True,
               help="Module depth of the coverage rows (JSON).")
+@no_cache_option
 @stats_option
 @debug_option
 @handle_errors

@@ -15,6 +15,7 @@ from ckptdiff.cli.common import (
     handle_errors,
     key_map_file_options,
     keymap_options,
+    no_cache_option,
     stats_option,
 )
 
@@ -77,6 +78,7 @@ from ckptdiff.cli.common import (
 @coverage_depth_option
 @format_option
 @debug_option
+@no_cache_option
 @stats_option
 @handle_errors
 def check(
@@ -147,4 +149,16 @@ def _write_emitted(report: Any, key_map_path: str | None, config_path: str | Non
     if key_map_path and not write_key_map(report, key_map_path):
         click.echo(f"ckptdiff: no verified key map to write to {key_map_path}.", err=True)
     if config_path and not write_fixed_config(report, config_path):
-        click.echo(f"ckptdiff: no verified config fix to write to {config_path}.", err=True)
+        weak = [
+            f"{s.field} ({s.status})"
+            for s in report.suggestions
+            if s.kind == "config" and s.status not in ("verified", "undetermined")
+        ]
+        if weak:
+            click.echo(
+                f"ckptdiff: the config fixes are not all verified ({', '.join(weak)}); nothing "
+                f"written to {config_path}.",
+                err=True,
+            )
+        else:
+            click.echo(f"ckptdiff: no verified config fix to write to {config_path}.", err=True)

@@ -187,6 +187,8 @@ def stats_option(f: F) -> F:
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not click.get_current_context().meta.get(STATS_KEY):  # set first: --stats is eager
+            return f(*args, **kwargs)
         from ckptdiff.readers.remote import TOTAL
 
         requests, nbytes = TOTAL.snapshot()
@@ -194,10 +196,9 @@ def stats_option(f: F) -> F:
         try:
             return f(*args, **kwargs)
         finally:
-            if click.get_current_context().meta.get(STATS_KEY):
-                r, b = TOTAL.snapshot()
-                click.echo(stats_line(r - requests, b - nbytes, time.perf_counter() - start),
-                           err=True)
+            r, b = TOTAL.snapshot()
+            click.echo(stats_line(r - requests, b - nbytes, time.perf_counter() - start),
+                       err=True)
 
     return click.option(  # type: ignore[return-value]
         "--stats",
@@ -207,6 +208,27 @@ def stats_option(f: F) -> F:
         callback=_set_stats,
         help="Print the hub requests and bytes it took to stderr.",
     )(wrapper)
+
+
+def _no_cache(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        from ckptdiff.targets.cache import disabled
+
+        ctx.with_resource(disabled())
+    return value
+
+
+def no_cache_option(f: F) -> F:
+    """``--no-cache``: build the target for real, neither reading nor writing the target cache."""
+    return click.option(
+        "--no-cache",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_no_cache,
+        help="Build the target even when the target cache holds it, and do not store it "
+        "(the cache: $CKPTDIFF_CACHE_DIR, else ~/.cache/ckptdiff/targets; safe to delete).",
+    )(f)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -267,6 +289,7 @@ __all__ = [
     "handle_errors",
     "key_map_file_options",
     "keymap_options",
+    "no_cache_option",
     "stats_option",
     "target_options",
 ]

@@ -46,6 +46,10 @@ class ConfigFixes:
     target: Manifest | None = None
 
 
+def _only_under(keys: Collection[str], prefixes: tuple[str, ...]) -> bool:
+    return bool(prefixes) and bool(keys) and all(k.startswith(prefixes) for k in keys)
+
+
 def _all_explained(report: Report, explained: Collection[str]) -> bool:
     if report.mismatched or report.buffers_missing:
         return False
@@ -58,6 +62,7 @@ def config_fixes(
     target: Manifest,
     *,
     ignore: Collection[str] = (),
+    foreign: tuple[str, ...] = (),
     rebuild: Rebuild | None = None,
 ) -> ConfigFixes:
     """Infer config values, a resize call and a model class, and judge them together.
@@ -67,6 +72,8 @@ def config_fixes(
         checkpoint: the checkpoint with the key map applied.
         target: a target made by :func:`ckptdiff.targets.build_target`.
         ignore: keys explained otherwise (a new head).
+        foreign: prefixes of branches that are another architecture: a value that moves only
+            keys under them is no fix.
         rebuild: ``(target, overrides) -> Manifest`` for the probes (tests inject it).
 
     Returns:
@@ -84,8 +91,8 @@ def config_fixes(
     if not _all_explained(report, known):
         res = suggest_config(report, checkpoint, target, rebuild=builder, ignore=known)
         out.findings += res.findings
-        candidates += res.candidates
-        overrides.update(res.overrides)
+        candidates += [c for c in res.candidates if not _only_under(c.touched, foreign)]
+        overrides.update({c.suggestion.field: c.suggestion.suggested for c in candidates})
     judged, outcome = _judge_all(candidates, overrides, report, checkpoint, target)
     call = _vocab_call(judged, overrides, report, checkpoint, target)
     if call is not None:
@@ -107,6 +114,8 @@ def config_fixes(
         if v.status in ("partial", "unverified"):
             out.findings.append(_not_verified(s, v, outcome))
     out.suggestions = shown + out.suggestions
+    if not any(s.kind == "config" for s in out.suggestions):  # no head count was changed
+        out.findings = [f for f in out.findings if f.kind != "undetermined"]
     if any(s.kind == "config" for s in out.suggestions):
         out.config = dict(outcome.config or {}) or None
         out.writable = outcome.report is not None and all(
@@ -287,11 +296,12 @@ def _heads_alternatives(
         f = c.suggestion.field
         if v.status != "verified" or not _heads_field(f):
             continue
-        group = [g for g in overrides if _heads_field(g) and _same_sub(g, f)] or [f]
+        values = {**_int_leaves(target.config or {}), **overrides}
+        group = [g for g in values if _heads_field(g) and _same_sub(g, f)] or [f]
         trials = []
         for factor in (2.0, 0.5):
-            for fields in ([f], group):
-                alt = {g: overrides[g] * factor for g in fields}
+            for fields in ([f], group, *([g] for g in group if g != f)):
+                alt = {g: values[g] * factor for g in fields}
                 if all(float(x).is_integer() and x >= 1 for x in alt.values()):
                     trials.append({g: int(x) for g, x in alt.items()})
         for alt in trials:
@@ -310,6 +320,14 @@ def _heads_alternatives(
                 )
                 judged[i] = (c2, judged[i][1])
                 break
+
+
+def _int_leaves(config: Mapping[str, Any]) -> dict[str, int]:
+    from ckptdiff.targets.factory import dotted_leaves
+
+    return {
+        d: v for d, v in dotted_leaves(config) if isinstance(v, int) and not isinstance(v, bool)
+    }
 
 
 def _heads_field(dotted: str) -> bool:

@@ -197,7 +197,8 @@ class Builder:
         if hit is None:
             self.builds += 1
             try:
-                hit = self._rebuild(self.target, dict(overrides))
+                full = with_per_layer_lists(self.target.config or {}, overrides)
+                hit = self._rebuild(self.target, full)
             except CkptDiffError as e:
                 hit = str(e)
             except Exception as e:  # noqa: BLE001 - a build that fails is an answer
@@ -213,11 +214,73 @@ class Builder:
         return hit
 
 
-def emitted_config(target: Manifest, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The target's config with ``overrides`` (dotted keys): what ``--emit-config`` writes."""
-    from ckptdiff.targets.factory import deep_merge
+def with_per_layer_lists(
+    config: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``overrides`` plus the per-layer lists a changed layer count carries along: a config
+    whose ``layer_types`` lists 2 entries beside ``num_hidden_layers = 3`` does not build,
+    so the list is cycled to the new count (``[a, b]`` -> ``[a, b, a]``).
 
-    return deep_merge(dict(target.config or {}), dict(overrides))
+    Example:
+        >>> with_per_layer_lists({"n_layers": 2, "layer_types": ["a", "b"]}, {"n_layers": 3})
+        {'n_layers': 3, 'layer_types': ['a', 'b', 'a']}
+    """
+    out = dict(overrides)
+    for dotted, new in overrides.items():
+        parent, _, leaf = dotted.rpartition(".")
+        node: Any = config
+        for part in parent.split(".") if parent else ():
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if leaf == "num_labels" and isinstance(new, int) and isinstance(node, Mapping):
+            out.update(_label_maps(node, parent, new))
+            continue
+        if not isinstance(node, Mapping) or "layer" not in leaf or not isinstance(new, int):
+            continue
+        old = node.get(leaf)
+        if not isinstance(old, int) or old == new or new <= 0:
+            continue
+        for name, value in node.items():
+            key = f"{parent}.{name}" if parent else name
+            if (
+                "layer" in name
+                and isinstance(value, list)
+                and value
+                and len(value) == old
+                and key not in overrides
+            ):
+                out[key] = [value[i % len(value)] for i in range(new)]
+    return out
+
+
+def _label_maps(node: Mapping[str, Any], parent: str, n: int) -> dict[str, Any]:
+    """transformers' ``num_labels`` is the size of ``id2label``: a new count is written as
+    ``id2label`` / ``label2id`` of that size (names kept where they exist)."""
+    old = node.get("id2label")
+    names = dict(old) if isinstance(old, Mapping) else {}
+    id2label = {str(i): str(names.get(str(i), f"LABEL_{i}")) for i in range(n)}
+    at = f"{parent}." if parent else ""
+    return {
+        f"{at}id2label": id2label,
+        f"{at}label2id": {v: int(k) for k, v in id2label.items()},
+    }
+
+
+def emitted_config(target: Manifest, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The target's config with ``overrides`` (dotted keys) and the per-layer lists they
+    carry along: what ``--emit-config`` writes."""
+    from ckptdiff.targets.factory import deep_merge, set_dotted
+
+    config = dict(target.config or {})
+    full = with_per_layer_lists(config, overrides)
+    out = deep_merge(config, {k: v for k, v in full.items() if not _is_label_map(k)})
+    for k, v in full.items():  # label maps replace the old ones (a merge would keep extras)
+        if _is_label_map(k):
+            set_dotted(out, k, v)
+    return out
+
+
+def _is_label_map(dotted: str) -> bool:
+    return dotted.rsplit(".", 1)[-1] in ("id2label", "label2id")
 
 
 def _build_fixed(target: Manifest, fix: Fix) -> tuple[Manifest, Any]:

@@ -170,8 +170,8 @@ def default_inputs(model: nn.Module, target: str) -> list[InputSpec]:
     """Inputs for a transformers model named by its config: its main input, sized by config.
 
     ``input_ids`` are ``Bx<min(max positions, 128)>``; ``pixel_values`` are
-    ``Bx<channels>x<image size>x<image size>``; ``input_features`` / ``input_values`` have no
-    default.
+    ``Bx<channels>x<image size>x<image size>``; a model with a text and a vision config (CLIP,
+    SigLIP...) gets both; ``input_features`` / ``input_values`` have no default.
 
     Raises:
         UsageError: the model is not a transformers model, or its main input has no default.
@@ -185,16 +185,25 @@ def default_inputs(model: nn.Module, target: str) -> list[InputSpec]:
     )
     if config is None or main is None:
         raise UsageError(f"Cannot run '{target}' without inputs. {hint}")
-    if main == "input_ids":
-        length = _config_int(config, ("max_position_embeddings", "n_positions", "max_seq_len"))
-        return [InputSpec("input_ids", (2, min(length or DEFAULT_SEQUENCE, DEFAULT_SEQUENCE)),
-                          "int64", origin="default")]
-    if main == "pixel_values":
-        vision = getattr(config, "vision_config", None) or config
-        size = _config_int(vision, ("image_size",)) or 224
-        channels = _config_int(vision, ("num_channels",)) or 3
-        return [InputSpec("pixel_values", (2, channels, size, size), "float32", origin="default")]
-    raise UsageError(f"Cannot run '{target}' without inputs: no default for '{main}'. {hint}")
+    text = getattr(config, "text_config", None)
+    vision = getattr(config, "vision_config", None)
+    wanted = ["input_ids", "pixel_values"] if text is not None and vision is not None else [main]
+    specs = []
+    for name in wanted:
+        if name == "input_ids":
+            length = _config_int(text or config,
+                                 ("max_position_embeddings", "n_positions", "max_seq_len"))
+            seq = min(length or DEFAULT_SEQUENCE, DEFAULT_SEQUENCE)
+            specs.append(InputSpec("input_ids", (2, seq), "int64", origin="default"))
+        elif name == "pixel_values":
+            size = _config_int(vision or config, ("image_size",)) or 224
+            channels = _config_int(vision or config, ("num_channels",)) or 3
+            specs.append(InputSpec("pixel_values", (2, channels, size, size), "float32",
+                                   origin="default"))
+        else:
+            raise UsageError(f"Cannot run '{target}' without inputs: no default for '{main}'. "
+                             f"{hint}")
+    return specs
 
 
 def _config_int(config: Any, names: Sequence[str]) -> int | None:

@@ -20,10 +20,12 @@ from torch.utils import _pytree as pytree
 
 __all__ = ["DATA_DEPENDENT", "IndexUse", "OpFailure", "Tracer", "shape_of"]
 
-try:  # torch's exceptions for "the answer depends on values"
+try:  # torch's exceptions for "the answer depends on values" or "fake tensors cannot run it"
     from torch._subclasses.fake_tensor import (
         DataDependentOutputException,
         DynamicOutputShapeException,
+        UnsupportedFakeTensorException,
+        UnsupportedOperatorException,
     )
     from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
@@ -31,6 +33,8 @@ try:  # torch's exceptions for "the answer depends on values"
         DataDependentOutputException,
         DynamicOutputShapeException,
         GuardOnDataDependentSymNode,
+        UnsupportedFakeTensorException,
+        UnsupportedOperatorException,
     )
 except ImportError:  # pragma: no cover - torch moved them
     DATA_DEPENDENT = ()
@@ -254,7 +258,10 @@ def _operands(
     try:
         names = list(inspect.signature(func).parameters)
     except (TypeError, ValueError):  # builtins: the common ones' arguments by name
-        names = _BUILTIN_ARGS.get(_name(func).rsplit(".", 1)[-1], [])
+        name = _name(func)
+        names = _BUILTIN_ARGS.get(name.rsplit(".", 1)[-1], [])
+        if name.startswith("torch.Tensor.") and names[:1] != ["self"]:
+            names = ["self", *names[1:]] if names else ["self"]
     labelled: list[tuple[str, Any]] = [
         (names[i] if i < len(names) and names[i] not in ("self", "args") else f"arg{i}", a)
         for i, a in enumerate(args)

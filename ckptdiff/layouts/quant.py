@@ -115,17 +115,24 @@ def detect_quantization(m: Manifest, config: Mapping[str, Any] | None = None) ->
     """
     cfg = dict(config or {})
     t = m.tensors
-    if any(k.endswith(".qweight") for k in t):
+    # every key end looked for below, looked for first in all keys at once (one scan each)
+    joined = "\n".join(t) + "\n"
+
+    def ends(*suffixes: str) -> bool:
+        return any(s + "\n" in joined for s in suffixes) and any(k.endswith(suffixes) for k in t)
+
+    if ends(".qweight"):
         return _gptq_awq(t, cfg)
-    if any(".quant_state.bitsandbytes__" in k for k in t) or any(
+    if ".quant_state.bitsandbytes__" in joined and any(
+            ".quant_state.bitsandbytes__" in k for k in t) or ends(".absmax") and any(
             k.endswith(".absmax") and _parent(k, "absmax") in t for k in t):  # fmt: skip
         return _bnb4(t)
-    if any(k.endswith(".SCB") for k in t):
+    if ends(".SCB"):
         return _simple(t, "bnb-8bit", ("SCB", "weight_format"))
-    if any(k.endswith((".weight_scale_inv", ".weight_scale")) for k in t) and any(
+    if ends(".weight_scale_inv", ".weight_scale") and any(
             v.dtype.startswith("float8") for v in t.values()):  # fmt: skip
         return _simple(t, "fp8", _FP8_SIDE)
-    if any(k.endswith(".biases") for k in t) and any(k.endswith(".scales") for k in t):
+    if ends(".biases") and ends(".scales"):
         return _mlx(t, cfg)
     return QuantInfo()
 

@@ -31,6 +31,7 @@ or a server that ignores range requests, needs the whole file: that is refused u
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import posixpath
 import re
@@ -71,7 +72,7 @@ from ckptdiff.readers.remote import (
     percent,
 )
 from ckptdiff.readers.safetensors_file import aliases_from_metadata
-from ckptdiff.readers.safetensors_header import header_length, parse_header
+from ckptdiff.readers.safetensors_header import MAX_HEADER_SIZE, header_length, parse_header
 from ckptdiff.readers.sharded import (
     index_manifest,
     parse_index,
@@ -84,6 +85,7 @@ from ckptdiff.types import Finding, Manifest, TensorSpec
 
 __all__ = [
     "FIRST_READ_SIZE",
+    "first_read_size",
     "MAX_WORKERS",
     "HubAccessError",
     "HubError",
@@ -523,17 +525,22 @@ class HubRepo:
         return read_file(self.fetch(name, whole_weights=True), self.source.text, select=select)
 
     def _shard_specs(
-        self, name: str, shard: str
+        self, name: str, shard: str, keys: list[str] | None = None
     ) -> tuple[dict[str, TensorSpec], tuple[Finding, ...]]:
-        """One shard's tensors and its security findings, from the cache or by ranges."""
+        """One shard's tensors and its security findings, from the cache or by ranges.
+
+        ``keys``: the tensors the index puts in the shard, to size the first range request.
+        """
         local = self.cached(name)
         if local is not None:
             self.transfer.add(cached=1)
             return read_local_shard(local, shard, self.source.text)
         try:
+            reader = self.reader(name)
             manifest = read_remote_file(
-                self.reader(name), source=f"{self.source.text}: {shard}",
+                reader, source=f"{self.source.text}: {shard}",
                 file=posixpath.basename(shard), shard=shard,
+                first_read=None if keys is None else first_read_size(keys, reader.size),
             )
         except (_NeedsWholeFile, RangeNotSupportedError) as e:
             if not self.allow_download:
@@ -562,7 +569,13 @@ class HubRepo:
         unsafe: list[Finding] = []
         if present:
             with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(present))) as pool:
-                results = pool.map(lambda item: self._shard_specs(*item), present)
+                by_shard: dict[str, list[str]] = {}
+                for key, shard in weight_map.items():
+                    by_shard.setdefault(shard, []).append(key)
+                results = pool.map(
+                    lambda item: self._shard_specs(item[0], item[1], by_shard.get(item[1], [])),
+                    present,
+                )
                 for (_, shard), (tensors, findings) in zip(present, results, strict=True):
                     specs[shard] = tensors
                     unsafe.extend(findings)
@@ -797,6 +810,7 @@ def read_remote_file(
     file: str,
     select: str | None = None,
     shard: str | None = None,
+    first_read: int | None = None,
 ) -> Manifest:
     """Read one remote weights file by range requests, dispatching on its magic bytes.
 
@@ -807,6 +821,8 @@ def read_remote_file(
         select: the state dict inside a nested pickled container.
         shard: the shard name when the file is one shard of an index (safetensors specs then
             carry it as their ``file``, as the local sharded reader does).
+        first_read: bytes of the first range request of a safetensors file (default
+            :data:`FIRST_READ_SIZE`; see :func:`first_read_size`).
 
     Raises:
         ReadError, UnsupportedFormatError, SelectError: as the local readers.
@@ -817,7 +833,8 @@ def read_remote_file(
         tail_offset, tail = reader.tail(ZIP_TAIL_SIZE)
         if b"PK\x05\x06" in tail:
             return _read_zip(reader, (tail_offset, tail), source=source, file=file, select=select)
-    head = reader.read(0, FIRST_READ_SIZE if ext not in _PICKLE_EXTENSIONS else SNIFF_SIZE)
+    size = first_read or FIRST_READ_SIZE
+    head = reader.read(0, size if ext not in _PICKLE_EXTENSIONS else SNIFF_SIZE)
     kind = sniff_bytes(head[:512], reader.size)
     if kind == "safetensors":
         if select:
@@ -849,6 +866,33 @@ def read_remote_file(
         f"Cannot read '{source}' ({reader.name}): this is {FORMAT_NAMES[kind]}, not a "
         "checkpoint ckptdiff reads (safetensors, torch .pt/.pth/.bin/.ckpt, or a *.index.json)."
     )
+
+
+#: Per tensor entry of a safetensors header, beyond its key and offsets: the JSON around them,
+#: the longest dtype code (``F8_E4M3``) and a shape of two six-digit dimensions.
+_ENTRY_BYTES = len('"":{"dtype":"F8_E4M3","shape":[123456,123456],"data_offsets":[,]},')
+#: The 8-byte length, braces, ``__metadata__`` as transformers writes it, padding to 8 bytes.
+_HEADER_EXTRA_BYTES = 8 + 2 + len('"__metadata__":{"format":"pt"},') + 7
+
+
+def first_read_size(keys: Iterable[str], file_size: int | None) -> int:
+    """Bytes that hold a safetensors shard's whole header, from what the index says of it.
+
+    The index names every tensor of the shard; with the shard's size (from the repo listing)
+    bounding the digits of its data offsets, the header's length is known within a few bytes a
+    tensor. Asking for that much fetches the header in one request and little of the weights;
+    a header that is longer after all (long ``__metadata__``) costs a second request, as before.
+
+    Example:
+        >>> first_read_size(["model.norm.weight"], 10**9)
+        151
+    """
+    digits = len(str(file_size)) if file_size is not None else 20
+    entry = _ENTRY_BYTES + 2 * digits
+    size = _HEADER_EXTRA_BYTES + sum(len(json.dumps(k)) - 2 + entry for k in keys)
+    if file_size is not None:
+        size = min(size, file_size)
+    return min(size, MAX_HEADER_SIZE + 8)
 
 
 def read_remote_safetensors(

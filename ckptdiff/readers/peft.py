@@ -124,6 +124,9 @@ def looks_like_adapter(m: Manifest) -> bool:
     keys = list(m.tensors)
     if not keys:
         return False
+    joined = "\n".join(keys)
+    if not any(f".{p}" in joined for p in ADAPTER_PARAMS):  # no key can parse: one scan each
+        return False
     parsed = sum(1 for k in keys if parse_adapter_key(k) is not None)
     prefixed = all(k.startswith(ADAPTER_PREFIX) for k in keys)
     return parsed * 2 >= len(keys) or (parsed > 0 and prefixed)

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Mapping
 from itertools import chain
 from math import prod
-from operator import gt, itemgetter, sub
+from operator import gt, itemgetter, mul, sub
 from typing import Any
 
 from ckptdiff.errors import ReadError
@@ -164,7 +164,8 @@ def _has_no_duplicates(raw: bytes, header: dict[str, Any]) -> bool:
         kept = len(header) + sum(map(len, header.values()))
     except TypeError:  # a value without a length: not a header the bulk path takes
         return False
-    if any(ws in raw for ws in (b'" ', b'"\t', b'"\n', b'"\r')):
+    compact = raw.rstrip(b" ")  # writers pad the header with spaces
+    if len(compact.translate(None, b" \t\n\r")) != len(compact) and _SPACED.search(raw):
         written = len(_MEMBER.findall(raw))
     else:
         written = raw.count(b'":')
@@ -172,7 +173,9 @@ def _has_no_duplicates(raw: bytes, header: dict[str, Any]) -> bool:
 
 
 _MEMBER = re.compile(rb'"[ \t\n\r]*:')
+_SPACED = re.compile(rb'"[ \t\n\r]')
 _BITS = {code: bits for code, (_torch, bits) in SAFETENSORS_DTYPES.items()}
+_BYTES = {code: bits // 8 for code, bits in _BITS.items() if bits % 8 == 0}
 _TORCH_NAMES = {code: torch_name for code, (torch_name, _bits) in SAFETENSORS_DTYPES.items()}
 
 
@@ -198,7 +201,7 @@ def _parse_in_bulk(
     if not keys:
         return None
     try:
-        if {type(e) for e in entries} != {dict}:
+        if set(map(type, entries)) != {dict}:
             return None
         dtypes = list(map(itemgetter("dtype"), entries))
         shapes = list(map(itemgetter("shape"), entries))
@@ -207,22 +210,25 @@ def _parse_in_bulk(
         return None
     if not set(dtypes) <= _BITS.keys():
         return None
-    if {type(s) for s in shapes} != {list} or {type(o) for o in offsets} != {list}:
+    if set(map(type, shapes)) != {list} or set(map(type, offsets)) != {list}:
         return None
     if max(map(len, shapes)) > MAX_NDIM or set(map(len, offsets)) != {2}:
         return None
     dims = list(chain.from_iterable(shapes))
-    if dims and ({type(d) for d in dims} != {int} or min(dims) < 0 or max(dims) > MAX_DIM):
+    if dims and (set(map(type, dims)) != {int} or min(dims) < 0 or max(dims) > MAX_DIM):
         return None
     begins = list(map(itemgetter(0), offsets))
     ends = list(map(itemgetter(1), offsets))
-    if {type(o) for o in begins} | {type(o) for o in ends} != {int}:
+    if set(map(type, begins)) | set(map(type, ends)) != {int}:
         return None
     if min(begins) < 0 or max(ends) > MAX_DIM or any(map(gt, begins, ends)):
         return None
     numels = list(map(prod, shapes))
-    bits = map(_BITS.__getitem__, dtypes)
-    nbytes = [(n * b + 7) >> 3 for n, b in zip(numels, bits, strict=False)]
+    if set(dtypes) <= _BYTES.keys():  # whole bytes an element: no rounding
+        nbytes = list(map(mul, numels, map(_BYTES.__getitem__, dtypes)))
+    else:
+        bits = map(_BITS.__getitem__, dtypes)
+        nbytes = [(n * b + 7) >> 3 for n, b in zip(numels, bits, strict=False)]
     if nbytes != list(map(sub, ends, begins)):
         return None
     # the data region, tiled: sorted by begin, each tensor ends where the next begins
@@ -240,7 +246,8 @@ def _parse_in_bulk(
         nbytes,
         name,
     )
-    return {k: specs[k] for k in natural_order(specs)}, dict(metadata)
+    ordered = natural_order(specs)
+    return dict(zip(ordered, map(specs.__getitem__, ordered), strict=True)), dict(metadata)
 
 
 def _parse_one_by_one(

@@ -6,7 +6,6 @@ import os
 import stat
 
 from ckptdiff.readers.safetensors_header import looks_like_safetensors
-from ckptdiff.readers.unpickler import PickleDataError, scan_pickle
 
 __all__ = ["sniff_bytes", "sniff_file", "FORMAT_NAMES"]
 
@@ -95,6 +94,8 @@ def _opcodes_only(head: bytes) -> bool:
     """Whether ``head`` is a valid run of pickle opcodes (up to its end or a STOP)."""
     if len(head) < 2:
         return False
+    from ckptdiff.readers.unpickler import PickleDataError, scan_pickle  # only for non-archives
+
     try:
         scan_pickle(head)
     except PickleDataError:

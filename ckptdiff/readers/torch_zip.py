@@ -205,6 +205,10 @@ def zip_slip_findings(names: Iterable[str]) -> list[Finding]:
     torch never writes such names; an unzip tool (or a loader that extracts the archive) would
     write them outside the folder it extracts into (zip-slip).
     """
+    names = list(names)
+    joined = "\n" + "\n".join(names)
+    if not any(mark in joined for mark in ("..", "\\", "\n/", ":")):  # nothing can match below
+        return []
     out = []
     for member in names:
         parts = member.replace("\\", "/").split("/")

@@ -18,6 +18,7 @@ import it).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 import weakref
@@ -142,9 +143,13 @@ def target_spec(
         return TargetSpec("hf-config", spec, kwargs, auto_class, config_object)
     if ":" in spec and not spec.startswith(HF_PREFIX):
         return TargetSpec("factory", spec, kwargs, auto_class, config_object)
+    hint = ""
+    if "." in spec and ":" not in spec and all(p.isidentifier() for p in spec.split(".")):
+        module, _, name = spec.rpartition(".")
+        hint = f" Did you mean {module}:{name}? (a colon separates the module from the callable)"
     raise TargetError(
         f"Cannot build '{spec}': expected pkg.module:callable, path/to/file.py:callable, "
-        "hf-config:path/config.json, or a folder holding a config.json."
+        f"hf-config:path/config.json, or a folder holding a config.json.{hint}"
     )
 
 
@@ -213,6 +218,8 @@ def build_target(
         A ``meta-model`` :class:`Manifest`: state-dict keys with shapes and dtypes, buffers,
         tied groups, transformers' ignore rules, ``config`` (the resolved keyword arguments,
         or ``config.to_dict()``), and ``metadata["target"]`` (what :func:`rebuild` needs).
+        A transformers config built before comes from the target cache
+        (:mod:`ckptdiff.targets.cache`), without importing torch; :func:`rebuild` always builds.
 
     Raises:
         TargetError: the target cannot be resolved or built.
@@ -225,8 +232,34 @@ def build_target(
     target = target_spec(spec, args=args, config=config, auto_class=auto_class)
     if evidence is not None and target.kind == "hf-config" and not target.auto_class:
         return _build_from_evidence(target, evidence)
-    model = build_model(target)
-    return _manifest(target, model)
+    return _cached_build(target)
+
+
+def _cached_build(target: TargetSpec) -> Manifest:
+    from ckptdiff.targets import cache
+
+    cached = cache.load(target)  # a transformers config built before: no torch import
+    if cached is not None:
+        return cached
+    manifest = _manifest(target, build_model(target))
+    cache.store(target, manifest)
+    return manifest
+
+
+def _names_architectures(target: TargetSpec) -> bool:
+    """True when the config (with its overrides) names ``architectures``; read as JSON."""
+    from ckptdiff.targets import hf
+
+    if target.config_object is not None:
+        return bool(getattr(target.config_object, "architectures", None))
+    if target.args.get("architectures"):
+        return True
+    try:
+        with open(hf.resolve_config_path(target.spec), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, TargetError):
+        return False
+    return isinstance(data, dict) and bool(data.get("architectures"))
 
 
 def _build_from_evidence(target: TargetSpec, evidence: Manifest) -> Manifest:
@@ -234,10 +267,10 @@ def _build_from_evidence(target: TargetSpec, evidence: Manifest) -> Manifest:
     from ckptdiff.targets import hf
     from ckptdiff.targets.choose import choose_class, fit
 
-    config = hf.load_config(target.spec, target.args, base=target.config_object)
-    default = _manifest(target, build_model(target))
-    if getattr(config, "architectures", None):
+    default = _cached_build(target)
+    if _names_architectures(target):
         return default
+    config = hf.load_config(target.spec, target.args, base=target.config_object)
     placed, unplaced, _missing = fit(evidence.tensors, default)
     if evidence.metadata.get("peft") is None and unplaced == 0:
         return default  # the default class places every tensor

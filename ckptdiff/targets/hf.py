@@ -362,9 +362,15 @@ def build_model(spec: str, config: Any, auto_class: str | None = None) -> Any:
     cls = getattr(transformers, name, None) if name.isidentifier() else None
     if cls is None:
         origin = "--auto-class" if auto_class else "the config's architectures[0]"
+        close = _close_class_names(transformers, name)
+        hint = (
+            f"Did you mean {' or '.join(close)}?"
+            if close
+            else "Pass --auto-class AutoModel (or AutoModelForCausalLM, ...)."
+        )
         raise TargetError(
             f"Cannot build '{spec}': transformers {transformers.__version__} has no class "
-            f"{name!r} ({origin}). Pass --auto-class AutoModel (or AutoModelForCausalLM, ...)."
+            f"{name!r} ({origin}). {hint}"
         )
     config = _sub_config_for(cls, config)
     refuse_remote_code(spec, cls, name, config)
@@ -377,6 +383,18 @@ def build_model(spec: str, config: Any, auto_class: str | None = None) -> Any:
         raise TargetError(
             f"Cannot build '{spec}' ({name} from its config): {type(e).__name__}: {e}."
         ) from e
+
+
+def _close_class_names(transformers: Any, name: str) -> list[str]:
+    """transformers' class names that ``name`` is likely a misspelling of: the same name in
+    other case first (``ChineseClipModel`` -> ``ChineseCLIPModel``), else close matches."""
+    import difflib
+
+    names = [n for n in dir(transformers) if n[:1].isupper()]
+    same_case = [n for n in names if n.lower() == name.lower()]
+    if same_case:
+        return same_case[:1]
+    return difflib.get_close_matches(name, names, n=2, cutoff=0.85)
 
 
 def _sub_config_for(cls: Any, config: Any) -> Any:

@@ -6,6 +6,7 @@ import json
 
 from ckptdiff.diff import diff_manifests
 from ckptdiff.lint import lint, lint_config, read_tokenizer_size
+from ckptdiff.report import render_report_table
 
 from .conftest import manifest
 
@@ -42,7 +43,8 @@ def test_roberta_tower_vs_decoder_head_classes_in_a_report_that_loads():
     assert r.ok  # every key loads...
     found = [f for f in r.findings if f.kind == "inconsistent"]
     vocab = [f for f in found if f.data["what"] == "vocab"]
-    assert {f.data["side"] for f in vocab} == {"checkpoint", "target"}
+    # both sides share it: said once, for the checkpoint, with the target named
+    assert [f.data["side"] for f in vocab] == ["checkpoint"] and vocab[0].data["target_too"]
     assert vocab[0].data["values"] == {
         "text.transformer.embeddings.word_embeddings.weight": 50265,
         "text_decoder.text_projection": 49408,
@@ -93,3 +95,24 @@ def test_mllama_offset_is_by_design():
 def test_consistent_model_has_no_findings():
     ck = manifest("ck", {"model.embed_tokens.weight": (100, 8), "lm_head.weight": (100, 8)})
     assert lint(ck, {"vocab_size": 100, "text_config": {"vocab_size": 100}}) == []
+
+
+def _mllama_like(embed, head):
+    return manifest("m", {
+        "model.language_model.embed_tokens.weight": (embed, 8),
+        "model.language_model.layers.1.cross_attn_attn_gate": (1,),
+        "lm_head.weight": (head, 8),
+    })
+
+
+def test_vocab_warning_is_silent_on_a_by_design_offset_and_said_once_when_true():
+    """mllama's embedding has 8 rows more than its head by design: no warning when two
+    unchanged files are diffed; a real disagreement on both sides is told once."""
+    r = diff_manifests(_mllama_like(1008, 1000), _mllama_like(1008, 1000))
+    assert not [f for f in r.findings if f.kind == "inconsistent"]
+    shapes = {"embeddings.word_embeddings.weight": (1000, 8), "lm_head.weight": (990, 8)}
+    r = diff_manifests(manifest("a", shapes), manifest("b", shapes))
+    (f,) = [f for f in r.findings if f.kind == "inconsistent"]
+    assert f.data["side"] == "checkpoint" and f.message.endswith("same disagreement.")
+    rendered = render_report_table(r)
+    assert rendered.count("disagrees with itself") == 1

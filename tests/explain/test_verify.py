@@ -118,3 +118,44 @@ def test_judge_statuses_on_a_real_rebuild(tmp_path):
     assert judge(broken, before, {"model.norm.weight"}).status == "unverified"
     fails = apply_fix(ck, target, Fix({"hidden_act": "no-such-activation"}))
     assert fails.report is None and judge(fails, before, mlp).status == "unverified"
+
+
+def test_hf_vit_into_a_timm_vit_is_one_naming_convention_finding(tmp_path):
+    """Once: 30+ 'verified' key maps pairing attention.query with blocks.0.mlp.fc2 and
+    classifier with attn.proj, and a '384 classes' cause, over 256 lines."""
+    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                 intermediate_size=256, image_size=32, patch_size=8,
+                                 num_labels=10)
+    ck = write(on_meta(transformers.ViTForImageClassification, cfg), tmp_path / "hf.safetensors")
+    args = ["--arg", "img_size=32", "--arg", "patch_size=8", "--arg", "embed_dim=64",
+            "--arg", "depth=3", "--arg", "num_classes=10"]
+    model = "tests.explain.other_layouts:timm_vit"
+    r = CliRunner().invoke(main, ["check", ck, "--model", model, *args])
+    assert r.exit_code == 1, r.output
+    lines = r.stdout.splitlines()
+    assert len(lines) <= 40, r.stdout
+    assert "Different naming conventions" in r.stdout and "no safe key map" in r.stdout
+    assert "Suggestions" not in r.stdout and "classes" not in r.stdout
+    data = json.loads(CliRunner().invoke(
+        main, ["check", ck, "--model", model, *args, "--format", "json"]).stdout)
+    assert data["suggestions"] == [] and data["after_key_map"] is None
+    (f,) = [f for f in data["findings"] if f["kind"] == "naming_convention"]
+    assert f["checkpoint_family"] == "transformers ViT-like"
+    assert f["target_family"] == "timm ViT-like"
+
+
+def test_resnet_visual_tower_against_a_vit_config_gets_no_patch_size(tmp_path):
+    """OpenCLIP RN50 weights against a ViT config: vision_cfg.patch_size=3 was 'verified'."""
+    from tests.explain.other_layouts import resnet_clip
+
+    text = {"width": 32, "layers": 2, "heads": 2, "context_length": 16, "vocab_size": 100}
+    ck = write(resnet_clip(64, text), tmp_path / "rn.safetensors")
+    vit = {"embed_dim": 64, "text_cfg": text,
+           "vision_cfg": {"width": 32, "layers": 2, "heads": 2, "patch_size": 16,
+                          "image_size": 64}}
+    r = check("fixtures.models:build_clip", ck, config=vit)
+    assert [s for s in r.suggestions if s.kind == "config"] == []
+    (f,) = [f for f in r.findings if f.kind == "foreign_branch"]
+    assert f.keys == ("visual",) and "visual.layer1.*" in f.message
+    assert not [f for f in r.findings if f.kind == "cause"]
+    assert r.fixed_config is None

@@ -152,7 +152,8 @@ def test_gqa_checkpoint_against_a_factory_that_defaults_num_kv_heads_to_none(tmp
         build_llama(**args, num_kv_heads=2, tie_word_embeddings=False), tmp_path / "m.safetensors"
     )
     r = check(LLAMA, ck, args={**args, "tie_word_embeddings": False})
-    assert suggestions(r) == {"num_kv_heads": (None, 2, True)}
+    # heads 4 / kv 2 and heads 2 / kv 1 give the same shapes (head dim = hidden / heads)
+    assert suggestions(r) == {"num_kv_heads": (None, 2, "undetermined")}
     assert not kinds(r, "no_fix")
     fixed = fixed_config_of(r)
     assert fixed is not None and fixed["num_kv_heads"] == 2

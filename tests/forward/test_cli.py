@@ -82,3 +82,16 @@ def test_check_says_the_forward_was_not_run(runner, minilm_dir):
     assert result.exit_code == 0
     assert result.stdout.rstrip().endswith(
         "compatible. State dict only; forward not run: see `ckptdiff forward`.")
+
+
+def test_context_mismatch_output_golden(runner, golden):
+    result = runner.invoke(main, ["forward", *COCA_ARGS, "--input", "image=2x3x224x224",
+                                  "--input", "text=2x77", "--batch-sizes", "1,2,8"])
+    golden("forward_coca_context.txt", result.stdout.replace(str(COCA_CONFIG), "COCA_CONFIG"))
+
+
+def test_offsets_output_golden(runner, golden):
+    result = runner.invoke(main, ["forward", "--model", "fixtures.forward_models:build_owl",
+                                  "--input", "input_ids=2x128", "--input", "attention_mask=2x128"])
+    assert result.exit_code == 1
+    golden("forward_owl_offsets.txt", result.stdout)

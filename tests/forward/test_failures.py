@@ -130,3 +130,10 @@ def test_shape_only_mode_says_it_cannot_decide():
     (run,) = report.runs
     assert run.status == "not run" and "--mode data" in run.note
     assert report.exit_code == 2
+
+
+def test_code_fake_tensors_cannot_run_falls_back_to_data_mode():
+    report = forward("fixtures.forward_models:NumpyPositions", ["input_ids=2x8"], batch_sizes=[2])
+    (run,) = report.runs
+    assert (run.mode, run.status) == ("data", "ok"), str(report)
+    assert run.note.startswith("shape-only mode stopped at torch.Tensor.numpy in ")

@@ -73,3 +73,17 @@ def test_a_meta_instance_cannot_run_in_data_mode():
     assert run.status == "not run" and "on meta" in run.note
     assert report.exit_code == 2
     assert forward(model, {"input": (2, 4)}).ok  # shape-only needs no values
+
+
+def test_clip_gets_text_and_image_by_default(tmp_path):
+    target = write_config(tmp_path, "clip", {
+        "model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": 32,
+        "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "vocab_size": 1000,
+                        "max_position_embeddings": 77},
+        "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "image_size": 64, "patch_size": 16},
+    })
+    report = forward(target)
+    assert report.inputs == ("input_ids=Bx77:int64", "pixel_values=Bx3x64x64:float32")
+    assert report.ok, str(report)
