@@ -28,7 +28,17 @@ from typing import Any
 from ckptdiff.sorting import natural_key
 from ckptdiff.types import Finding, Manifest, Report, TensorSpec
 
-__all__ = ["converted_mismatch_findings", "transformers_view", "weight_conversions"]
+__all__ = [
+    "PATTERNS_KEY",
+    "converted_mismatch_findings",
+    "source_patterns",
+    "transformers_view",
+    "weight_conversions",
+]
+
+#: ``Manifest.metadata`` key of a transformers target: the source patterns of its conversion
+#: mapping, so that a checkpoint none of whose keys they match skips the model (and torch).
+PATTERNS_KEY = "loader_source_patterns"
 
 _MAX_LISTED = 4
 
@@ -38,6 +48,29 @@ def weight_conversions(model: Any) -> list[Any]:
     from transformers.conversion_mapping import get_model_conversion_mapping
 
     return list(get_model_conversion_mapping(model))
+
+
+def source_patterns(model: Any) -> list[str]:
+    """Regexes that match every key some transform of ``model`` could rename (a superset:
+    anchors dropped, as a transform scoped to a sub-model matches after its prefix)."""
+    out: set[str] = set()
+    for transform in weight_conversions(model):
+        for pattern in transform.source_patterns:
+            out.add(str(pattern).removeprefix("^").replace("*.", r".*\."))
+    return sorted(out)
+
+
+def _untouched(keys: list[str], patterns: Any) -> bool:
+    """True when no key is matched by any of a target's recorded source patterns."""
+    if not isinstance(patterns, list):
+        return False
+    import re
+
+    try:
+        compiled = [re.compile(p) for p in patterns]
+    except (re.error, TypeError):
+        return False
+    return not any(c.search(k) for k in keys for c in compiled)
 
 
 def transformers_view(checkpoint: Manifest, target: Manifest, model: Any = None) -> Manifest:
@@ -57,8 +90,9 @@ def transformers_view(checkpoint: Manifest, target: Manifest, model: Any = None)
     """
     tensors = _with_aliases(checkpoint)
     expected = target.tensors
-    if all(k in expected for k in tensors):
-        return checkpoint  # every key is loaded under its own name
+    leftover = [k for k in tensors if k not in expected]
+    if not leftover or _untouched(leftover, target.metadata.get(PATTERNS_KEY)):
+        return checkpoint  # every key is loaded under its own name, or no transform applies
     if model is None:
         from ckptdiff.targets import model_of
 

@@ -376,9 +376,15 @@ def _manifest(target: TargetSpec, model: nn.Module) -> Manifest:
         config = hf_config.to_dict() if hasattr(hf_config, "to_dict") else None
     else:
         config = None
-    manifest = manifest_from_module(
-        model, source=target.spec, config=config, metadata={"target": target.to_dict()}
-    )
+    metadata: dict[str, Any] = {"target": target.to_dict()}
+    if target.kind in ("hf-config", "hf-class"):
+        from ckptdiff.loading.hf import PATTERNS_KEY, source_patterns
+
+        try:
+            metadata[PATTERNS_KEY] = source_patterns(model)
+        except Exception:  # noqa: BLE001 - no patterns recorded: the view asks the model
+            pass
+    manifest = manifest_from_module(model, source=target.spec, config=config, metadata=metadata)
     if target.kind in ("hf-config", "hf-class"):
         _remember(manifest, model)
     if target.kind == "hf-config" and target.config_object is None:
