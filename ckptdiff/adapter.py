@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ckptdiff.align import find_prefix_matches
-from ckptdiff.diff import compare, module_coverage
+from ckptdiff.diagnosis.compare import compare, module_coverage
+from ckptdiff.diagnosis.prefixes import find_prefix_matches
 from ckptdiff.keymap import KeyMap
 from ckptdiff.readers.peft import ADAPTER_PREFIX, CHECK_ADVICE, ConfigRegex, parse_adapter_key
 from ckptdiff.types import Finding, Manifest, Report, Suggestion, TensorSpec

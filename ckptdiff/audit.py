@@ -330,7 +330,7 @@ def _load_json(path: str, name: str, source: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ReadError(f"Cannot read '{source}' ({name}): not valid JSON ({e}).") from e
 
 

@@ -144,7 +144,7 @@ def check(
 
 def _write_emitted(report: Any, key_map_path: str | None, config_path: str | None) -> None:
     """``--emit-key-map`` / ``--emit-config``: write what was verified, or say there is none."""
-    from ckptdiff.explain import write_fixed_config, write_key_map
+    from ckptdiff.diagnosis.emit import write_fixed_config, write_key_map
 
     if key_map_path and not write_key_map(report, key_map_path):
         click.echo(f"ckptdiff: no verified key map to write to {key_map_path}.", err=True)

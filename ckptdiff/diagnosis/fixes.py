@@ -14,6 +14,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ckptdiff.diagnosis.heads import head_fixes
+from ckptdiff.diagnosis.keys import sampled
+from ckptdiff.diagnosis.lint import VOCAB_HEAD_ROWS, vocab_tensors
+from ckptdiff.diagnosis.solve import heads_like
+from ckptdiff.diagnosis.suggest import suggest_config
 from ckptdiff.diagnosis.verify import Builder, Fix, Outcome, Rebuild, Verdict, apply_fix, judge
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
 
@@ -79,7 +84,6 @@ def config_fixes(
     Returns:
         :class:`ConfigFixes`.
     """
-    from ckptdiff.suggest import head_fixes, suggest_config
 
     out = ConfigFixes()
     builder = Builder(target, rebuild)
@@ -178,7 +182,6 @@ def _not_verified(s: Suggestion, v: Verdict, outcome: Outcome) -> Finding:
 
 
 def _vocab_keys(f: Finding) -> bool:
-    from ckptdiff.lint import VOCAB_HEAD_ROWS
 
     return bool(f.keys) and all(
         any(p in VOCAB_HEAD_ROWS or "embed" in p for p in k.split(".")) for k in f.keys
@@ -200,7 +203,6 @@ def _vocab_call(
     has N rows and the target's do not; proven by making the call on the rebuilt model.
 
     Returns the call and the vocab fields it replaces (those not verified themselves)."""
-    from ckptdiff.lint import vocab_tensors
 
     embeds, heads = vocab_tensors(ck)
     rows = set(embeds.values()) | set(heads.values())
@@ -254,7 +256,6 @@ def _vocab_call(
 
 def _vocab_offset(out: ConfigFixes, judged: Sequence[tuple[Any, Verdict]], ck: Manifest) -> None:
     """Embedding and head rows that differ by design, reproduced by a verified vocab field."""
-    from ckptdiff.lint import vocab_tensors
 
     embeds, heads = vocab_tensors(ck)
     e_rows, h_rows = set(embeds.values()), set(heads.values())
@@ -331,7 +332,6 @@ def _int_leaves(config: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _heads_field(dotted: str) -> bool:
-    from ckptdiff.suggest import heads_like
 
     return heads_like(dotted)
 
@@ -347,7 +347,6 @@ def _auto_class(
 ) -> None:
     """``--auto-class XForCausalLM`` for a checkpoint with a causal-LM head, proven by building
     that class with the rest of the fix."""
-    from ckptdiff.explain import sampled
 
     outcome = apply_fix(ck, target, Fix(dict(overrides), auto_class=wanted))
     if outcome.report is None:

@@ -243,20 +243,24 @@ class _Session:
     def _data_model(self) -> _DataModel | str:
         if self._data is None:
             try:
-                self._data = self._build_data_model()
+                import torch
+
+                with torch.random.fork_rng():  # the caller's random state is left alone
+                    torch.manual_seed(0)  # and the random weights are the same every run
+                    self._data = self._build_data_model()
             except Exception as e:  # noqa: BLE001 - reported as the reason data mode did not run
                 self._data = f"data mode could not build the model on CPU: {e}"
         return self._data
 
     def _build_data_model(self) -> _DataModel | str:
-        import torch
 
         target, size = self.target, param_bytes(self.meta_model)
-        if target.kind == "module":
-            if any(t.device.type == "meta" for t in self.meta_model.parameters()):
-                return ("data mode needs values: this nn.Module is on meta; pass it built on CPU, "
-                        "or name its factory or config so it can be built small")
+        on_meta = any(t.device.type == "meta" for t in self.meta_model.parameters())
+        if target.module is not None and not on_meta:  # an instance with values: run it as it is
             return self._ready(self.meta_model)
+        if target.kind == "module":
+            return ("data mode needs values: this nn.Module is on meta; pass it built on CPU, "
+                    "or name its factory or config so it can be built small")
         if size <= FULL_SIZE_BUDGET:
             return self._ready(build_on_cpu(target, {}))
         keep_vocab = any(s.values is not None and s.is_integer for s in self.specs)
@@ -269,9 +273,7 @@ class _Session:
                 if over is None or (not over and size > 4 * FULL_SIZE_BUDGET):
                     continue
                 try:
-                    with torch.random.fork_rng():
-                        torch.manual_seed(0)
-                        model = build_on_cpu(target, over)
+                    model = build_on_cpu(target, over)
                 except Exception as e:  # noqa: BLE001 - try the next, milder shrink
                     last = e
                     continue
@@ -287,7 +289,6 @@ class _Session:
                 "--config")
 
     def _ready(self, model: Any) -> _DataModel:
-        model.eval()
         return _DataModel(model, embedding_limits(model, self.specs), pad_token_id(model))
 
 

@@ -7,6 +7,7 @@ import textwrap
 from collections.abc import Sequence
 
 from ckptdiff.forward_check.report import Failure, ForwardReport, Run
+from ckptdiff.terminal import printable
 
 __all__ = ["render_forward", "render_text"]
 
@@ -129,7 +130,8 @@ def render_text(report: ForwardReport) -> str:
         lines.append("")
         lines += [f"Note: {n}." for n in report.notes]
     lines += ["", _summary(report)]
-    return "\n".join(lines) + "\n"
+    # error messages and names come from the model's code and its config files: shown, not run
+    return printable("\n".join(lines), keep_newlines=True) + "\n"
 
 
 def render_forward(report: ForwardReport, fmt: str = "table") -> str:

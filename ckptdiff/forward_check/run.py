@@ -20,6 +20,7 @@ from torch.func import functional_call
 from torch.utils import _pytree as pytree
 
 from ckptdiff.errors import TargetError
+from ckptdiff.forward_check.bounds import Bounds
 from ckptdiff.forward_check.inputs import InputSpec, synthesize
 from ckptdiff.forward_check.trace import DATA_DEPENDENT, IndexUse, OpFailure, Tracer, shape_of
 
@@ -97,6 +98,7 @@ def run_shape_only(model: nn.Module, specs: Sequence[InputSpec], batch_size: int
     """One forward pass under ``FakeTensorMode``: shapes and dtypes only."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    known = {s.name: r for s in specs if (r := _known_range(s)) is not None}  # real values: here
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with mode, _fake_logs_off():
         state = _fake_state(model, mode)
@@ -105,7 +107,19 @@ def run_shape_only(model: nn.Module, specs: Sequence[InputSpec], batch_size: int
         def call() -> Any:
             return functional_call(model, state, (), inputs, tie_weights=True, strict=False)
 
-        return _traced(model, call, inputs, batch_size)
+        bounds = Bounds()
+        for name, r in known.items():
+            bounds.set(inputs[name], r)
+        return _traced(model, call, inputs, batch_size, bounds)
+
+
+def _known_range(spec: InputSpec) -> tuple[int, int] | None:
+    """What shape-only mode knows of an input's values: a batch's own, or a mask of ones."""
+    if spec.values is not None and spec.is_integer and spec.values.numel():
+        return int(spec.values.min()), int(spec.values.max())
+    if spec.values is None and "mask" in spec.name and (spec.is_integer or spec.dtype == "bool"):
+        return (1, 1)  # an unpadded sample: the positions a mask counts reach their highest
+    return None
 
 
 @contextlib.contextmanager
@@ -130,11 +144,11 @@ def run_data(
 
 
 def _traced(model: nn.Module, call: Any, inputs: Mapping[str, torch.Tensor],
-            batch_size: int | None) -> Outcome:
+            batch_size: int | None, bounds: Bounds | None = None) -> Outcome:
     origins = {id(t): name for name, t in inputs.items() if not t.is_floating_point()}
     was_training = model.training
     model.eval()
-    tracer = Tracer(model, origins)
+    tracer = Tracer(model, origins, bounds=bounds)
     try:
         with torch.no_grad(), _quiet(), tracer:
             output = call()

@@ -18,6 +18,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils import _pytree as pytree
 
+from ckptdiff.forward_check.bounds import Bounds
+
 __all__ = ["DATA_DEPENDENT", "IndexUse", "OpFailure", "Tracer", "shape_of"]
 
 try:  # torch's exceptions for "the answer depends on values" or "fake tensors cannot run it"
@@ -114,6 +116,7 @@ class Tracer(TorchFunctionMode):
     failure: OpFailure | None = None
     uses: list[IndexUse] = field(default_factory=list)
     producers: dict[int, str] = field(default_factory=dict)
+    bounds: Bounds | None = None
     _keep: list[Any] = field(default_factory=list)
     _handles: list[Any] = field(default_factory=list)
 
@@ -175,6 +178,8 @@ class Tracer(TorchFunctionMode):
         name = _name(func)
         self._uses(name, args, kwargs)
         try:
+            if self.bounds is not None and (name == _EMBEDDING or name in _LOSSES):
+                self._judge_range(self.bounds, name, args, kwargs)
             out = func(*args, **kwargs)
         except Exception:
             if self.failure is None:
@@ -182,7 +187,34 @@ class Tracer(TorchFunctionMode):
             raise
         if name.rsplit(".", 1)[-1] in _VALUE_PRESERVING:
             self._follow(args, kwargs, out)
+        if self.bounds is not None:
+            self.bounds.update(name, args, kwargs, out)
         return out
+
+    def _judge_range(
+        self, bounds: Bounds, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Shape-only mode: raise as torch would when known index values pass the table."""
+        if name == _EMBEDDING:
+            indices, table = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
+            what = "index out of range in self"
+        else:
+            table, indices = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "target")
+            what = "target out of bounds"
+        r = bounds.get(indices) if isinstance(indices, torch.Tensor) else None
+        if r is None or not isinstance(table, torch.Tensor) or table.dim() < 1:
+            return
+        if name == _EMBEDDING:
+            rows, unit = int(table.shape[0]), "rows"
+            bad = r[1] >= rows or r[0] < 0
+        else:
+            rows, unit = int(table.shape[1] if table.dim() >= 2 else table.shape[0]), "classes"
+            bad = r[1] >= rows
+        if bad:
+            raise IndexError(
+                f"{what}: the values reach {r[1]} (from {r[0]}) against {rows} {unit} (values "
+                "known without data: arange, the attention mask, constants, or the batch given)"
+            )
 
     def _uses(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """An input reaching an embedding or a loss (recorded before the call, which may fail)."""

@@ -77,7 +77,7 @@ def looks_like_hf_config(spec: str) -> bool:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return False
         return isinstance(data, dict) and ("model_type" in data or "architectures" in data)
     return False
@@ -139,7 +139,7 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None, base: Any
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise TargetError(f"Cannot read '{path}' (target config): not valid JSON ({e}).") from e
         if not isinstance(data, dict):
             raise TargetError(f"Cannot read '{path}' (target config): not a JSON object.")

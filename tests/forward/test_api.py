@@ -40,3 +40,16 @@ def test_importing_ckptdiff_does_not_import_torch():
     code = "import sys, ckptdiff; ckptdiff.ForwardReport; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_instance_with_weights_runs_as_it_is_in_data_mode():
+    model = TwoTowers()
+    with torch.no_grad():
+        model.head.bias.fill_(7.0)
+    seen = []
+    model.head.register_forward_hook(lambda _m, _a, out: seen.append(out.clone()))
+    report = ckptdiff.forward(model, {"input_ids": (2, 76)}, mode="data", batch_sizes=[2])
+    assert report.ok and len(seen) == 1
+    assert seen[0].shape == (2, 3)
+    assert model.head.bias[0].item() == 7.0  # the user's weights, untouched
+    assert model.training  # the train/eval state is restored

@@ -39,8 +39,10 @@ def test_labels_json(runner, coca_batch):
     assert result.exit_code == 1, result.output
     data = json.loads(result.stdout)
     assert data["schema"] == "ckptdiff.forward/1" and data["ok"] is False
-    assert data["runs"] == [{"batch_size": None, "mode": "shape-only", "status": "ok",
-                             "failure": None, "note": None}]
+    (run,) = data["runs"]
+    assert (run["batch_size"], run["mode"], run["status"]) == (None, "shape-only", "failed")
+    assert run["failure"]["op"] == "torch.nn.functional.cross_entropy"
+    assert run["failure"]["dims"][0]["dim"] == 49408
     (finding,) = data["ranges"]
     assert (finding["input"], finding["limit"], finding["max_value"]) == ("labels", 49408, 50264)
 

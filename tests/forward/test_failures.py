@@ -77,7 +77,12 @@ def test_labels_past_the_decoder_vocabulary_from_a_saved_batch(coca_batch):
     report = forward(COCA, batch=coca_batch, config=str(COCA_CONFIG),
                      args={**COCA_SHALLOW, "multimodal_cfg.context_length": 77})
     assert report.exit_code == 1
-    assert [r.status for r in report.runs] == ["ok"]  # shapes fit: only the values do not
+    (run,) = report.runs  # shapes fit; the batch's values do not, and shape-only mode knows them
+    assert (run.mode, run.status) == ("shape-only", "failed")
+    assert run.failure.op == "torch.nn.functional.cross_entropy"
+    assert run.failure.error.startswith(
+        "IndexError: target out of bounds: the values reach 50264 (from 0) against 49408 classes")
+    assert {m.name: m.confirmed for m in run.failure.dims[0].fields}["text_cfg.vocab_size"]
     (finding,) = report.ranges
     assert (finding.input, finding.kind, finding.limit, finding.max_value) == (
         "labels", "loss", 49408, 50264)

@@ -87,3 +87,16 @@ def test_clip_gets_text_and_image_by_default(tmp_path):
     report = forward(target)
     assert report.inputs == ("input_ids=Bx77:int64", "pixel_values=Bx3x64x64:float32")
     assert report.ok, str(report)
+
+
+def test_positions_past_the_table_fail_in_shape_only_mode(tiny_gpt2):
+    """Position ids are torch.arange(length): known without data, judged without weights."""
+    report = forward(tiny_gpt2, ["input_ids=2x100"], batch_sizes=[2])
+    (run,) = report.runs
+    assert (run.mode, run.status) == ("shape-only", "failed")
+    assert (run.failure.module, run.failure.op) == ("transformer.wpe",
+                                                    "torch.nn.functional.embedding")
+    assert run.failure.error.startswith(
+        "IndexError: index out of range in self: the values reach 99 (from 0) against 64 rows")
+    assert {m.name: m.confirmed for m in run.failure.dims[0].fields}["n_positions"] is True
+    assert forward(tiny_gpt2, ["input_ids=2x64"], batch_sizes=[2]).ok
