@@ -287,7 +287,8 @@ def _heads_alternatives(
     target: Manifest,
 ) -> None:
     """A verified head count stays verified only when no other count fits as well: twice or
-    half of it, alone and with the other head fields of its sub-config (the head dim)."""
+    half of it, alone and with the other head fields of its sub-config (the head dim); a
+    patch or image size only when the other one scaled to the same grid does not fit."""
     from ckptdiff.diagnosis.verify import bad_keys
 
     if outcome.report is None:
@@ -295,16 +296,17 @@ def _heads_alternatives(
     bad = bad_keys(outcome.report)
     for i, (c, v) in enumerate(judged):
         f = c.suggestion.field
-        if v.status != "verified" or not _heads_field(f):
+        if v.status != "verified":
             continue
         values = {**_int_leaves(target.config or {}), **overrides}
-        group = [g for g in values if _heads_field(g) and _same_sub(g, f)] or [f]
-        trials = []
-        for factor in (2.0, 0.5):
-            for fields in ([f], group, *([g] for g in group if g != f)):
-                alt = {g: values[g] * factor for g in fields}
-                if all(float(x).is_integer() and x >= 1 for x in alt.values()):
-                    trials.append({g: int(x) for g, x in alt.items()})
+        trials = _grid_trials(f, values, _int_leaves(target.config or {}))
+        if _heads_field(f):
+            group = [g for g in values if _heads_field(g) and _same_sub(g, f)] or [f]
+            for factor in (2.0, 0.5):
+                for fields in ([f], group, *([g] for g in group if g != f)):
+                    alt = {g: values[g] * factor for g in fields}
+                    if all(float(x).is_integer() and x >= 1 for x in alt.values()):
+                        trials.append({g: int(x) for g, x in alt.items()})
         for alt in trials:
             other = apply_fix(ck, target, Fix({**overrides, **alt}))
             if other.report is not None and bad_keys(other.report) <= bad:
@@ -321,6 +323,30 @@ def _heads_alternatives(
                 )
                 judged[i] = (c2, judged[i][1])
                 break
+
+
+def _grid_trials(
+    f: str, values: Mapping[str, int], before: Mapping[str, int]
+) -> list[dict[str, int]]:
+    """A patch size whose kernel no weight shows (LeViT's conv stem) is told only by the grid
+    ``image / patch``: the old patch with the image scaled to the same grid is the other
+    answer to try (and the old image with the patch scaled, for an image size)."""
+    leaf = f.rsplit(".", 1)[-1].lower()
+    kinds = {"patch": ("image", "img", "resol"), "image": ("patch",), "img": ("patch",)}
+    mine = next((k for k in kinds if k in leaf), None)
+    if mine is None or f not in before:
+        return []
+    out = []
+    for g, gv in values.items():
+        g_leaf = g.rsplit(".", 1)[-1].lower()
+        if g == f or not _same_sub(g, f) or not any(w in g_leaf for w in kinds[mine]):
+            continue
+        old, new = before[f], values[f]
+        if mine == "patch" and old and new and gv // new > 0:
+            out.append({f: old, g: (gv // new) * old})  # the grid is image // patch
+        elif mine != "patch" and old and new and gv and new // gv > 0:
+            out.append({f: old, g: max(1, old // (new // gv))})
+    return out
 
 
 def _int_leaves(config: Mapping[str, Any]) -> dict[str, int]:

@@ -36,26 +36,12 @@ from ckptdiff.diagnosis.probe import (
     _probe_worthy,
     _Prober,
     _Sensitivity,
-    _sensitivity,
     _unset_fields,
     factory_defaults,
     numeric_fields,
 )
-from ckptdiff.diagnosis.solve import (
-    _companions,
-    _drop_breaking,
-    _free,
-    _grid_solve,
-    _joint_solve,
-    _keep_head_dim,
-    _linear_holds,
-    _observations,
-    _search,
-    _shape_text,
-    _solve_fields,
-    _Solved,
-    _touched_keys,
-)
+from ckptdiff.diagnosis.rounds import solve_rounds
+from ckptdiff.diagnosis.solve import _shape_text, _Solved
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
 
@@ -105,104 +91,11 @@ def suggest_config(
     unset = _unset_fields(config, defaults)
     values.update(unset)
     prober = _Prober(target, rebuild)
-    overrides: dict[str, Any] = {}
-    evidence: dict[str, _Solved] = {}
-    companions: dict[str, Any] = {}
-    cur = target
-    quiet: list[str] = []
-    first_sens: dict[str, _Sensitivity] = {}
-    failure = ""
-    loads = set(report.matched)
-    rejected: dict[str, tuple[Any, list[str]]] = {}
-    touched: dict[str, set[str]] = {}
-    for rnd in range(max_rounds):
-        dims, containers = _observations(checkpoint, cur)
-        if not dims and not containers:
-            break
-        pool = [f for f in values if f not in overrides]
-        if rnd:  # later rounds: only the fields the first probes saw moving something left
-            pool = [
-                f
-                for f in pool
-                if f in first_sens
-                and (
-                    any(d in first_sens[f].dims for d in dims)
-                    or any(c in first_sens[f].containers for c in containers)
-                )
-            ]
-        base = {**overrides, **companions}
-        sens: dict[str, _Sensitivity] = {}
-        for f in pool:
-            s = _sensitivity(prober, base, cur, f, values[f], f in unset)
-            if s is not None:
-                sens[f] = s
-                if f in unset:
-                    values[f] = int(s.v0)
-        if not rnd:
-            first_sens = dict(sens)
-            quiet = [f for f, s in sens.items() if s.moves_nothing]
-        now_loads = {
-            k
-            for k, t in cur.tensors.items()
-            if k in checkpoint.tensors and checkpoint.tensors[k].shape == t.shape
-        }
-        solved, _ = _solve_fields(sens, dims, containers, values, now_loads, set(unset))
-        solved = _linear_holds(prober, base, solved, dims)
-        if not solved:
-            solved = _grid_solve(prober, base, checkpoint, cur, dims, sens, values)
-        if not solved:
-            solved = _joint_solve(
-                prober, base, checkpoint, dims, sens, values, now_loads, overrides
-            )
-        if not solved:
-            # a search only over fields that break nothing that loads: any other value it
-            # found would be dropped, and is no answer worth reporting
-            for f, s in sorted(sens.items(), key=lambda kv: -len(kv[1].dims)):
-                if (
-                    any(d in s.dims for d in dims)
-                    and isinstance(values[f], int)
-                    and _free(s, now_loads)
-                ):
-                    hit = _search(prober, base, f, int(values[f]), dims, s)
-                    if hit is not None:
-                        solved = {f: hit}
-                        break
-        if not solved:
-            break
-        for f in solved:
-            touched.setdefault(f, set()).update(_touched_keys(sens[f], checkpoint, cur))
-        changed = {f: s.value for f, s in solved.items()}
-        changed, broke = _drop_breaking(
-            prober, base, changed, sens, checkpoint, loads | now_loads
-        )
-        for f, keys in broke.items():
-            kept = _keep_head_dim(
-                prober, {**base, **changed}, f, solved[f].value, values, checkpoint,
-                loads | now_loads,
-            )
-            if kept is None:
-                rejected[f] = (solved[f].value, keys)
-                continue
-            changed[f] = solved[f].value
-            companions.update(kept)
-            base = {**base, **kept}
-        if not changed:
-            break
-        solved = {f: solved[f] for f in changed}
-        m = prober.build({**base, **changed})
-        if m is None:
-            moved = {f: len(s.dims) for f, s in first_sens.items()}
-            fix = _companions(prober, base, changed, values, quiet, moved)
-            if fix is None:
-                shown = ", ".join(f"{f}={v}" for f, v in changed.items())
-                err = next(reversed(prober.errors.values()), "")
-                failure = f"the target does not build with {shown} ({err})"
-                break
-            trial, m = fix
-            companions.update(trial)
-        overrides.update(changed)
-        evidence.update(solved)
-        cur = m
+    rounds = solve_rounds(prober, checkpoint, target, values, unset, set(report.matched),
+                          max_rounds)
+    evidence, companions, cur = rounds.evidence, rounds.companions, rounds.cur
+    quiet, first_sens, failure = rounds.quiet, rounds.first_sens, rounds.failure
+    rejected, touched = rounds.rejected, rounds.touched
 
     for f, sol in evidence.items():
         keys = list(dict.fromkeys(k for k, _ in sol.dims)) + [
