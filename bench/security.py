@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     memory = int(args.memory_gib * (1 << 30))
     rows = []
+    groups: dict[str, list[tuple[Run, Run | None]]] = {}
     totals: dict[str, Counter[str]] = {"ckptdiff": Counter(), "torch": Counter()}
     payloads: dict[str, Counter[str]] = {"ckptdiff": Counter(), "torch": Counter()}
     with tempfile.TemporaryDirectory(prefix="ckptdiff-hostile-") as tmp:
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 else None
             )
             rows.append(_row(case, ours, theirs))
+            groups.setdefault(case.group, []).append((ours, theirs))
             totals["ckptdiff"][ours.outcome] += 1
             if theirs is not None:
                 totals["torch"][theirs.outcome] += 1
@@ -138,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             print(".", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     print(tabulate(rows, headers=["file", "what", "ckptdiff", "torch weights_only"]))
+    print()
+    print(tabulate(_group_rows(groups),
+                   headers=["group", "files", "ckptdiff", "torch weights_only"]))
     print()
     outcomes = ["flagged", "read", "error", "executed", "crashed", "hung"]
     print(tabulate(
@@ -152,6 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if totals["ckptdiff"]["executed"] or totals["ckptdiff"]["crashed"] else 0
 
 
+def _group_rows(groups: dict[str, list[tuple[Run, Run | None]]]) -> list[list[object]]:
+    """Per corpus group: how each tool answered (``3 flagged, 1 error``)."""
+
+    def summary(runs: list[Run]) -> str:
+        counts = Counter(r.outcome for r in runs)
+        return ", ".join(f"{n} {o}" for o, n in counts.most_common()) or "n/a (folders)"
+
+    return [
+        [group, len(pairs), summary([o for o, _ in pairs]),
+         summary([t for _, t in pairs if t is not None])]
+        for group, pairs in groups.items()
+    ]  # fmt: skip
+
+
 def _cell(run: Run | None) -> str:
     if run is None:
         return "n/a (a folder)"
@@ -160,7 +179,9 @@ def _cell(run: Run | None) -> str:
 
 
 def _row(case: Case, ours: Run, theirs: Run | None) -> list[object]:
-    return [case.name, case.what[:58], _cell(ours), _cell(theirs)]
+    from ckptdiff.terminal import printable
+
+    return [printable(case.name), printable(case.what[:58]), _cell(ours), _cell(theirs)]
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ckptdiff.align import find_prefix_matches
-from ckptdiff.diff import compare, module_coverage
+from ckptdiff.diagnosis.compare import compare, module_coverage
+from ckptdiff.diagnosis.prefixes import find_prefix_matches
 from ckptdiff.keymap import KeyMap
 from ckptdiff.readers.peft import ADAPTER_PREFIX, CHECK_ADVICE, ConfigRegex, parse_adapter_key
 from ckptdiff.types import Finding, Manifest, Report, Suggestion, TensorSpec
@@ -344,7 +344,7 @@ def _compare(tensors: Mapping[str, TensorSpec], base: Manifest, cfg: Mapping[str
     modules = _modules(list(tensors))
     expected = expected_adapter(base, cfg, modules, default_rank)
     exp_manifest = Manifest(f"{target.source} (adapter expected by the base)", "adapter-expected",
-                            expected)
+                            expected, findings=target.findings)
     ck = replace(adapter, tensors=dict(tensors), aliases={})
     report = compare(ck, exp_manifest, depth=depth)
     # coverage of the adapter as a whole: every tensor it holds or the base expects of it, and

@@ -66,7 +66,7 @@ def _is_hf_config(path: str) -> bool:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(data, dict) and "model_type" in data
 
@@ -123,7 +123,7 @@ def identify(
         >>> ranked[0].name  # doctest: +SKIP
         'ViT-L-14-336.json'
     """
-    from ckptdiff.explain import align
+    from ckptdiff.diagnosis.alignment import align
     from ckptdiff.targets import build_target
 
     if isinstance(checkpoint, Manifest):

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from itertools import accumulate, compress, repeat
+from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any
 
@@ -266,7 +267,12 @@ def _finding_rank(f: Finding) -> tuple[int, int]:
 
 
 def render_report_table(
-    report: Report, *, fmt: str = "table", full: bool = False, coverage: bool = False
+    report: Report,
+    *,
+    fmt: str = "table",
+    full: bool = False,
+    coverage: bool = False,
+    emit_via: str | None = None,
 ) -> str:
     """The report as text (``fmt="table"``) or markdown.
 
@@ -275,6 +281,8 @@ def render_report_table(
         fmt: ``table`` or ``markdown``.
         full: list every key instead of collapsing layer-indexed runs.
         coverage: include the per-module coverage table.
+        emit_via: the command that has ``--emit-config`` / ``--emit-key-map``, when the
+            command rendering this has not (``audit`` names ``ckptdiff check ...``).
     """
     parts: list[str] = []
     head = (
@@ -326,6 +334,8 @@ def render_report_table(
             emit.append("the config with --emit-config FILE")
         if any(s.kind == "key_map" and s.verified for s in report.suggestions):
             emit.append("the key map with --emit-key-map FILE")
+        if emit and emit_via:
+            emit = [e.replace("--emit-", f"{emit_via} --emit-") for e in emit]
         if emit:
             legend.append("Write " + ", ".join(emit) + ".")
         parts.append("\n".join(legend) + "\n")
@@ -549,6 +559,21 @@ def _manifest_envelope(
 _ONE_LINE = json.JSONEncoder(separators=(", ", ": ")).encode
 
 
+#: One tensor's JSON line, as ``_ONE_LINE`` writes ``{"key", "shape", "dtype", "nbytes"}``.
+_TENSOR_LINE = '{{"key": {}, "shape": {}, "dtype": {}, "nbytes": {}}}'.format
+
+
+def _tensor_lines(specs: Sequence[TensorSpec]) -> list[str]:
+    """Each tensor as the C encoder writes its ``{"key", "shape", "dtype", "nbytes"}`` object,
+    field by field over the whole list (strings by the encoder's own C escaping; numbers and
+    lists of numbers in the encoder's form)."""
+    keys = map(encode_basestring_ascii, map(attrgetter("key"), specs))
+    shapes = map(shape_str, map(attrgetter("shape"), specs))  # "[4, 4]": the encoder's form
+    dtypes = map(encode_basestring_ascii, map(attrgetter("dtype"), specs))
+    sizes = _ONE_LINE(list(map(attrgetter("nbytes"), specs)))[1:-1].split(", ")
+    return list(map(_TENSOR_LINE, keys, shapes, dtypes, sizes))
+
+
 def _manifest_json(m: Manifest, specs: Sequence[TensorSpec], numels: Sequence[int]) -> str:
     """The manifest's JSON text: indented, one tensor (and one finding) a line.
 
@@ -559,20 +584,7 @@ def _manifest_json(m: Manifest, specs: Sequence[TensorSpec], numels: Sequence[in
     findings = envelope.pop("findings")
     envelope["findings"] = None
     text = json.dumps(envelope, indent=2)
-    tensors = list(
-        map(
-            _ONE_LINE,
-            map(
-                dict,
-                zip(
-                    zip(repeat("key"), map(attrgetter("key"), specs)),
-                    zip(repeat("shape"), map(list, map(attrgetter("shape"), specs))),
-                    zip(repeat("dtype"), map(attrgetter("dtype"), specs)),
-                    zip(repeat("nbytes"), map(attrgetter("nbytes"), specs)), strict=False,
-                ),
-            ),
-        )
-    )
+    tensors = _tensor_lines(specs)
     for name, items in (("tensors", tensors), ("findings", list(map(_ONE_LINE, findings)))):
         block = "[\n    " + ",\n    ".join(items) + "\n  ]" if items else "[]"
         text = text.replace(f'\n  "{name}": null', f'\n  "{name}": {block}', 1)

@@ -40,3 +40,17 @@ def test_runs_collapse_with_ranges():
         ("layers.{0-3,5,7-8}.w", 7),
         ("head.w", 1),
     ]
+
+
+def test_manifest_json_lines_are_the_encoders():
+    import json
+
+    from ckptdiff.report import _ONE_LINE, _tensor_lines
+    from ckptdiff.types import TensorSpec
+
+    specs = [TensorSpec('a"\\b\u00e9\n', (2, 3), "float32", 24), TensorSpec("s", (), "int64", None),
+             TensorSpec("z", (0,), "bfloat16", 0)]
+    expected = [_ONE_LINE({"key": s.key, "shape": list(s.shape), "dtype": s.dtype,
+                           "nbytes": s.nbytes}) for s in specs]
+    assert _tensor_lines(specs) == expected
+    assert [json.loads(line)["key"] for line in expected] == [s.key for s in specs]

@@ -90,7 +90,7 @@ def diff(
     else:
         emit(render_report(report, fmt, full=full, coverage=coverage))
     if emit_key_map:
-        from ckptdiff.explain import write_key_map
+        from ckptdiff.diagnosis.emit import write_key_map
 
         if not write_key_map(report, emit_key_map):
             click.echo(f"ckptdiff: no verified key map to write to {emit_key_map}.", err=True)

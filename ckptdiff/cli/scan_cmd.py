@@ -173,9 +173,10 @@ def _scan_index(path: str, shown: str) -> ScanResult:
     findings = []
     problems = []
     folder = os.path.dirname(os.path.abspath(path))
+    real_root = os.path.realpath(folder)
     for name in dict.fromkeys(weight_map.values()):
         try:
-            shard = confined_path(folder, name, shown)
+            shard = confined_path(folder, name, shown, real_root=real_root)
         except UnsafeCheckpointError as e:
             findings.append(_finding("path_escape", str(e), (name,)))
             continue

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ckptdiff.align import find_prefix_matches
+from ckptdiff.diagnosis.prefixes import find_prefix_matches
 from ckptdiff.types import Finding, Manifest, Report
 
 __all__ = [

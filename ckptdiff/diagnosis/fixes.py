@@ -14,6 +14,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ckptdiff.diagnosis.heads import head_fixes
+from ckptdiff.diagnosis.keys import sampled
+from ckptdiff.diagnosis.lint import VOCAB_HEAD_ROWS, vocab_tensors
+from ckptdiff.diagnosis.solve import heads_like
+from ckptdiff.diagnosis.suggest import suggest_config
 from ckptdiff.diagnosis.verify import Builder, Fix, Outcome, Rebuild, Verdict, apply_fix, judge
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
 
@@ -79,7 +84,6 @@ def config_fixes(
     Returns:
         :class:`ConfigFixes`.
     """
-    from ckptdiff.suggest import head_fixes, suggest_config
 
     out = ConfigFixes()
     builder = Builder(target, rebuild)
@@ -178,7 +182,6 @@ def _not_verified(s: Suggestion, v: Verdict, outcome: Outcome) -> Finding:
 
 
 def _vocab_keys(f: Finding) -> bool:
-    from ckptdiff.lint import VOCAB_HEAD_ROWS
 
     return bool(f.keys) and all(
         any(p in VOCAB_HEAD_ROWS or "embed" in p for p in k.split(".")) for k in f.keys
@@ -200,7 +203,6 @@ def _vocab_call(
     has N rows and the target's do not; proven by making the call on the rebuilt model.
 
     Returns the call and the vocab fields it replaces (those not verified themselves)."""
-    from ckptdiff.lint import vocab_tensors
 
     embeds, heads = vocab_tensors(ck)
     rows = set(embeds.values()) | set(heads.values())
@@ -254,7 +256,6 @@ def _vocab_call(
 
 def _vocab_offset(out: ConfigFixes, judged: Sequence[tuple[Any, Verdict]], ck: Manifest) -> None:
     """Embedding and head rows that differ by design, reproduced by a verified vocab field."""
-    from ckptdiff.lint import vocab_tensors
 
     embeds, heads = vocab_tensors(ck)
     e_rows, h_rows = set(embeds.values()), set(heads.values())
@@ -286,7 +287,8 @@ def _heads_alternatives(
     target: Manifest,
 ) -> None:
     """A verified head count stays verified only when no other count fits as well: twice or
-    half of it, alone and with the other head fields of its sub-config (the head dim)."""
+    half of it, alone and with the other head fields of its sub-config (the head dim); a
+    patch or image size only when the other one scaled to the same grid does not fit."""
     from ckptdiff.diagnosis.verify import bad_keys
 
     if outcome.report is None:
@@ -294,16 +296,17 @@ def _heads_alternatives(
     bad = bad_keys(outcome.report)
     for i, (c, v) in enumerate(judged):
         f = c.suggestion.field
-        if v.status != "verified" or not _heads_field(f):
+        if v.status != "verified":
             continue
         values = {**_int_leaves(target.config or {}), **overrides}
-        group = [g for g in values if _heads_field(g) and _same_sub(g, f)] or [f]
-        trials = []
-        for factor in (2.0, 0.5):
-            for fields in ([f], group, *([g] for g in group if g != f)):
-                alt = {g: values[g] * factor for g in fields}
-                if all(float(x).is_integer() and x >= 1 for x in alt.values()):
-                    trials.append({g: int(x) for g, x in alt.items()})
+        trials = _grid_trials(f, values, _int_leaves(target.config or {}))
+        if _heads_field(f):
+            group = [g for g in values if _heads_field(g) and _same_sub(g, f)] or [f]
+            for factor in (2.0, 0.5):
+                for fields in ([f], group, *([g] for g in group if g != f)):
+                    alt = {g: values[g] * factor for g in fields}
+                    if all(float(x).is_integer() and x >= 1 for x in alt.values()):
+                        trials.append({g: int(x) for g, x in alt.items()})
         for alt in trials:
             other = apply_fix(ck, target, Fix({**overrides, **alt}))
             if other.report is not None and bad_keys(other.report) <= bad:
@@ -322,6 +325,30 @@ def _heads_alternatives(
                 break
 
 
+def _grid_trials(
+    f: str, values: Mapping[str, int], before: Mapping[str, int]
+) -> list[dict[str, int]]:
+    """A patch size whose kernel no weight shows (LeViT's conv stem) is told only by the grid
+    ``image / patch``: the old patch with the image scaled to the same grid is the other
+    answer to try (and the old image with the patch scaled, for an image size)."""
+    leaf = f.rsplit(".", 1)[-1].lower()
+    kinds = {"patch": ("image", "img", "resol"), "image": ("patch",), "img": ("patch",)}
+    mine = next((k for k in kinds if k in leaf), None)
+    if mine is None or f not in before:
+        return []
+    out = []
+    for g, gv in values.items():
+        g_leaf = g.rsplit(".", 1)[-1].lower()
+        if g == f or not _same_sub(g, f) or not any(w in g_leaf for w in kinds[mine]):
+            continue
+        old, new = before[f], values[f]
+        if mine == "patch" and old and new and gv // new > 0:
+            out.append({f: old, g: (gv // new) * old})  # the grid is image // patch
+        elif mine != "patch" and old and new and gv and new // gv > 0:
+            out.append({f: old, g: max(1, old // (new // gv))})
+    return out
+
+
 def _int_leaves(config: Mapping[str, Any]) -> dict[str, int]:
     from ckptdiff.targets.factory import dotted_leaves
 
@@ -331,7 +358,6 @@ def _int_leaves(config: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _heads_field(dotted: str) -> bool:
-    from ckptdiff.suggest import heads_like
 
     return heads_like(dotted)
 
@@ -347,7 +373,6 @@ def _auto_class(
 ) -> None:
     """``--auto-class XForCausalLM`` for a checkpoint with a causal-LM head, proven by building
     that class with the rest of the fix."""
-    from ckptdiff.explain import sampled
 
     outcome = apply_fix(ck, target, Fix(dict(overrides), auto_class=wanted))
     if outcome.report is None:

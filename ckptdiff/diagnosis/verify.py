@@ -24,8 +24,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ckptdiff.align import base_model_prefix_keymap
 from ckptdiff.diagnosis.compare import compare
+from ckptdiff.diagnosis.prefixes import base_model_prefix_keymap
 from ckptdiff.errors import CkptDiffError
 from ckptdiff.keymap import KeyMap
 from ckptdiff.types import Manifest, Report, Status, Suggestion

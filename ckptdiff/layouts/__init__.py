@@ -90,7 +90,7 @@ def _small_json(path: str) -> dict | None:
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

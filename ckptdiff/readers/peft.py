@@ -95,7 +95,7 @@ def read_adapter_config(folder: str, source: str) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ReadError(f"Cannot read '{source}' ({ADAPTER_CONFIG}): not valid JSON ({e}).") from e
     if not isinstance(data, dict):
         raise ReadError(f"Cannot read '{source}' ({ADAPTER_CONFIG}): not a JSON object.")

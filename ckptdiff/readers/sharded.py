@@ -30,7 +30,7 @@ __all__ = [
 MAX_INDEX_FILE_SIZE = 100 * 1024 * 1024
 
 
-def confined_path(folder: str, name: str, source: str) -> str:
+def confined_path(folder: str, name: str, source: str, *, real_root: str | None = None) -> str:
     """The path of ``name`` inside ``folder``, refusing names or links that leave it.
 
     In a Hugging Face cache snapshot (``<repo>/snapshots/<commit>/``), where every file is a
@@ -41,9 +41,9 @@ def confined_path(folder: str, name: str, source: str) -> str:
             target lies outside the folder.
     """
     parts = shard_name_parts(name, source)
-    root = os.path.realpath(folder)
+    root = real_root if real_root is not None else os.path.realpath(folder)
     path = os.path.join(root, *parts)
-    real = os.path.realpath(path)
+    real = path if len(parts) == 1 and not os.path.islink(path) else os.path.realpath(path)
     if not any(os.path.commonpath([r, real]) == r for r in (root, *_cache_blobs(root))):
         raise UnsafeCheckpointError(
             f"Cannot read '{source}' (index): shard {name!r} is a link to {real}, outside the "
@@ -183,8 +183,9 @@ def read_sharded(index_path: str, source: str, *, select: str | None = None) -> 
     shard_specs: dict[str, dict[str, TensorSpec]] = {}
     files: list[str] = [index_path]
     unsafe: list[Finding] = []
+    real_root = os.path.realpath(folder)  # once: an index may name 60,000 shards
     for name in dict.fromkeys(weight_map.values()):
-        path = confined_path(folder, name, source)
+        path = confined_path(folder, name, source, real_root=real_root)
         if not os.path.isfile(path):
             continue
         files.append(path)
@@ -243,14 +244,16 @@ def index_manifest(
             where.setdefault(key, []).append(name)
             found.setdefault(key, spec)
 
+    missing_set = set(missing_files)  # a set: an index may name 60,000 absent shards
     if missing_files:
-        lost = [k for k, v in weight_map.items() if v in missing_files]
+        lost = [k for k, v in weight_map.items() if v in missing_set]
+        shown = ", ".join(missing_files[:5]) + (", ..." if len(missing_files) > 5 else "")
         findings.append(Finding(
             "shard_missing",
             f"{len(missing_files)} shard file(s) named by the index are not in the folder: "
-            f"{', '.join(missing_files)} ({len(lost)} tensors cannot be read).",
+            f"{shown} ({len(lost)} tensors cannot be read).",
             tuple(missing_files), "error", {"tensors": len(lost)}))
-    absent = [k for k, v in weight_map.items() if v not in missing_files and k not in where]
+    absent = [k for k, v in weight_map.items() if v not in missing_set and k not in where]
     if absent:
         findings.append(Finding(
             "index_key_absent",

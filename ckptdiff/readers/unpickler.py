@@ -712,6 +712,11 @@ _FRAME = 0x95
 #: file using them is read with :class:`_PyRestrictedUnpickler` (see :func:`unpickle`).
 _EXT_OPS = frozenset((0x82, 0x83, 0x84))
 _SLOW_OPS = frozenset((_STOP, _LONG_BINPUT, _FRAME, *_EXT_OPS))
+#: LONG1, LONG4, LONG, INT: the only opcodes that push integers beyond 32 bits.
+_BIG_INT_OPS = frozenset(b"\x8a\x8bLI")
+#: Integers beyond 32 bits accepted in one pickle: ints equal modulo 2**61 - 1 hash alike, so
+#: a dict of many of them costs quadratic time inside the C unpickler, where no deadline runs.
+MAX_BIG_INTS = 5_000
 #: One or more opcodes whose arguments have fixed sizes and cannot be harmful, matched at C speed;
 #: ``LONG_BINPUT`` is included when its index is below 2**20 (16 MB of memo at worst), and
 #: ``BINUNICODE`` when its text is shorter than :data:`_SHORT_TEXT` bytes and all there. Runs of
@@ -814,6 +819,7 @@ def _scan(data: bytes, start: int = 0) -> tuple[int | None, bool]:
     match = _SAFE_RUN.match
     from_bytes = int.from_bytes
     uses_ext = False
+    big_ints = 0
     next_tick = pos + _SCAN_CHUNK
     while True:
         pos = match(data, pos, min(n, next_tick)).end()  # type: ignore[union-attr]
@@ -833,6 +839,15 @@ def _scan(data: bytes, start: int = 0) -> tuple[int | None, bool]:
         size = arg_size[op]
         if size is None:
             raise PickleDataError(f"unknown pickle opcode 0x{op:02x} at byte {pos - 1}")
+        if op in _BIG_INT_OPS:
+            big_ints += 1
+            if big_ints > MAX_BIG_INTS:
+                raise PickleDataError(
+                    f"it holds more than {MAX_BIG_INTS:,} integers beyond 32 bits, the makings "
+                    "of a dict whose keys all hash alike (minutes of work inside the unpickler); "
+                    "torch never writes that. Raise ckptdiff.readers.unpickler.MAX_BIG_INTS if "
+                    "you trust the file"
+                )
         if size >= 0:
             if op == _STOP:
                 return pos, uses_ext

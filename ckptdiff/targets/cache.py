@@ -8,7 +8,8 @@ user's cache folder, keyed by a hash of:
 - the target as named (``hf-config:path``), the config file's bytes, the overrides
   (``--arg``/``--config``) and the class asked for (``--auto-class``);
 - the installed torch and transformers (their package files' paths, sizes and times, which
-  change with every install) and ckptdiff's own target-building code.
+  change with every install), ckptdiff's own target-building code, and the ``CKPTDIFF_MAX_*``
+  limits a config is held to before it is built.
 
 A later build of the same target reads the manifest back without importing torch or
 transformers. Only local transformers configs are cached (a factory's result depends on code
@@ -155,6 +156,9 @@ def cache_key(target: TargetSpec) -> str | None:
         "auto_class": target.auto_class,
         "libraries": libraries,
         "code": _code_stamp(),
+        # limits a config must pass before it is built (CKPTDIFF_MAX_LAYERS...): an entry
+        # built under raised limits is not read back under the defaults
+        "limits": sorted((k, v) for k, v in os.environ.items() if k.startswith("CKPTDIFF_MAX_")),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

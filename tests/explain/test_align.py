@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from ckptdiff.align import find_fused_qkv, find_renames, find_transposed
+from ckptdiff.diagnosis.alignment import align, key_map_to_emit
+from ckptdiff.diagnosis.tensor_ops import find_fused_qkv, find_transposed
+from ckptdiff.diagnosis.transforms import find_renames
 from ckptdiff.diff import compare, diff_manifests
-from ckptdiff.explain import align, key_map_to_emit
 from ckptdiff.keymap import KeyMap
 
 from .conftest import manifest

@@ -159,3 +159,19 @@ def test_resnet_visual_tower_against_a_vit_config_gets_no_patch_size(tmp_path):
     assert f.keys == ("visual",) and "visual.layer1.*" in f.message
     assert not [f for f in r.findings if f.kind == "cause"]
     assert r.fixed_config is None
+
+
+def test_a_patch_size_no_kernel_shows_is_undetermined(tmp_path):
+    """LeViT's conv stem has no patch-sized kernel: patch 3 at image 32 and patch 4 at image
+    40 give the same 10 x 10 grid, so neither value is verified (patch 3 once was)."""
+    def levit(image):
+        return transformers.LevitConfig(
+            image_size=image, patch_size=4, hidden_sizes=[32, 48, 64],
+            num_attention_heads=[2, 2, 2], depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=3,
+            architectures=["LevitForImageClassification"])
+    ck = write(on_meta(transformers.LevitForImageClassification, levit(40)),
+               tmp_path / "ck.safetensors")
+    levit(32).save_pretrained(tmp_path / "t")
+    r = check(str(tmp_path / "t"), ck)
+    statuses = {s.field: s.status for s in r.suggestions if s.kind == "config"}
+    assert statuses and "verified" not in statuses.values(), statuses

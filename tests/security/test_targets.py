@@ -105,3 +105,14 @@ def test_real_configs_stay_within_the_limits(minilm_dir):
     check_sizes("minilm", json.loads((minilm_dir / "config.json").read_text()))
     check_sizes("llama", {"num_hidden_layers": 126, "max_position_embeddings": 10_485_760,
                           "vocab_size": 202_048, "depths": [2, 2, 18, 2]})
+
+
+@pytest.mark.parametrize("command", ["check", "audit"])
+def test_a_config_nested_300k_deep_is_one_line_exit_2(runner, tmp_path, command):
+    (tmp_path / "config.json").write_text('{"a":' * 300_000 + "1" + "}" * 300_000)
+    weights = _weights(tmp_path)
+    args = (["check", str(weights), "--model", f"hf-config:{tmp_path}/config.json"]
+            if command == "check" else ["audit", str(tmp_path)])  # fmt: skip
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "not valid JSON" in result.stderr and "internal error" not in result.stderr

@@ -62,6 +62,15 @@ def test_a_changed_config_or_override_is_built_again(cached: Path, tmp_path: Pat
     assert len(list(cached.glob("*.json"))) == 3
 
 
+def test_raised_limits_are_part_of_the_key(
+    cached: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = cache_target(_config(tmp_path))
+    default = cache.cache_key(target)
+    monkeypatch.setenv("CKPTDIFF_MAX_LAYERS", "4096")
+    assert cache.cache_key(target) not in (None, default)
+
+
 def test_rebuild_always_builds(cached: Path, tmp_path: Path) -> None:
     spec = f"hf-config:{_config(tmp_path)}"
     base = build_target(spec)

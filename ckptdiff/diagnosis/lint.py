@@ -182,7 +182,7 @@ def read_tokenizer_size(folder: str) -> int | None:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     ids: list[int] = []
     vocab = (data.get("model") or {}).get("vocab")
