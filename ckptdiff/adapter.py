@@ -344,7 +344,7 @@ def _compare(tensors: Mapping[str, TensorSpec], base: Manifest, cfg: Mapping[str
     modules = _modules(list(tensors))
     expected = expected_adapter(base, cfg, modules, default_rank)
     exp_manifest = Manifest(f"{target.source} (adapter expected by the base)", "adapter-expected",
-                            expected)
+                            expected, findings=target.findings)
     ck = replace(adapter, tensors=dict(tensors), aliases={})
     report = compare(ck, exp_manifest, depth=depth)
     # coverage of the adapter as a whole: every tensor it holds or the base expects of it, and

@@ -356,7 +356,8 @@ def _check_config(
 
     try:
         with _BUILD_LOCK:
-            target = build_target(f"hf-config:{config_path}", auto_class=auto_class)
+            target = build_target(
+                f"hf-config:{config_path}", auto_class=auto_class, evidence=weights)
             report = check(target, weights, depth=depth)
     except TargetError as e:
         message = str(e).replace(f"hf-config:{config_path}", "config.json")
@@ -738,16 +739,35 @@ def _render_one(result: AuditResult, fmt: str, full: bool) -> str:
     parts = ["\n".join(lines) + "\n"]
     repo_findings = [f for f in result.findings if f.kind != "hub_transfer"]
     if result.report is not None:
+        via = check_command(result.source)
         parts.append(render_report_table(
             dataclasses.replace(result.report, findings=tuple(
-                f for f in result.report.findings if f.kind != "hub_transfer")),
-            fmt=fmt, full=full, coverage=False))
+                _via(f, via) for f in result.report.findings if f.kind != "hub_transfer")),
+            fmt=fmt, full=full, coverage=False, emit_via=via))
     bullet = "- " if md else "  "
     if repo_findings:
         parts.append("Repo findings\n" + "\n".join(
             f"{bullet}[{f.severity}] {f.message}" for f in repo_findings) + "\n")
     parts.append(f"Verdict: {_verdict(result)}.\n")
     return "\n".join(parts)
+
+
+def check_command(source: str) -> str:
+    """The ``ckptdiff check`` command that has the options audit lacks (``--emit-config``...)."""
+    import shlex
+
+    return f"ckptdiff check {shlex.quote(source)} --model {shlex.quote(source)}"
+
+
+def _via(finding: Finding, via: str) -> Finding:
+    """A finding that names an option of ``check`` names the whole check command instead."""
+    if "--emit-" not in finding.message:
+        return finding
+    import re
+
+    message = re.sub(r"--emit-(config|key-map)(?: FILE)?", lambda m: f"`{via} {m.group(0)}`",
+                     finding.message)
+    return dataclasses.replace(finding, message=message)
 
 
 def render_audit(results: Sequence[AuditResult], fmt: str = "table", *, full: bool = False) -> str:

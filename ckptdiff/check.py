@@ -39,6 +39,7 @@ def check(
     args: Mapping[str, Any] | Sequence[str] | None = None,
     config: str | os.PathLike[str] | Mapping[str, Any] | Any = None,
     auto_class: str | None = None,
+    raw: bool = False,
 ) -> Report:
     """Check a checkpoint against a model without loading the checkpoint's data.
 
@@ -54,6 +55,8 @@ def check(
         args: factory keyword arguments or config overrides (dotted keys, or ``"k=v"`` items).
         config: a JSON file or dict of keyword arguments, or a config object.
         auto_class: the transformers class to build (``AutoModel``, ...).
+        raw: compare the checkpoint as ``load_state_dict`` sees it, without the target
+            loader's own renames and conversions (transformers' conversion mapping).
 
     Returns:
         The :class:`Report`: ``.ok``, ``.missing``, ``.unexpected``, ``.mismatched``,
@@ -83,7 +86,9 @@ def check(
     else:
         from ckptdiff.targets import build_target
 
-        target = build_target(model_or_target, args=args, config=config, auto_class=auto_class)
+        target = build_target(
+            model_or_target, args=args, config=config, auto_class=auto_class, evidence=checkpoint
+        )
 
     user_map = _as_keymap(key_map)
     from ckptdiff.layouts import layout_findings, prepare_checkpoint
@@ -94,11 +99,19 @@ def check(
 
         return check_adapter(target, checkpoint, key_map=user_map, depth=depth)
     checkpoint = prepare_checkpoint(checkpoint, target)  # quantized weights at logical shapes
+    if not raw:  # as the target's own loader hands it over (transformers' conversion mapping)
+        from ckptdiff.loading import loader_view
+
+        checkpoint = loader_view(checkpoint, target)
     prefix_map, prefix_finding = base_model_prefix_keymap(checkpoint, target, user_map)
     combined = (user_map or KeyMap()) + (prefix_map or KeyMap())
     report = diff_manifests(checkpoint, target, key_map=combined or None, depth=depth)
     extra = ([prefix_finding] if prefix_finding else []) + _coverage_findings(report)
     extra = layout_findings(report, checkpoint, target) + extra
+    if not raw:
+        from ckptdiff.loading import loader_findings
+
+        extra += loader_findings(report, checkpoint)
     return replace(report, findings=tuple(extra) + report.findings) if extra else report
 
 

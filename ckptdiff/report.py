@@ -267,7 +267,12 @@ def _finding_rank(f: Finding) -> tuple[int, int]:
 
 
 def render_report_table(
-    report: Report, *, fmt: str = "table", full: bool = False, coverage: bool = False
+    report: Report,
+    *,
+    fmt: str = "table",
+    full: bool = False,
+    coverage: bool = False,
+    emit_via: str | None = None,
 ) -> str:
     """The report as text (``fmt="table"``) or markdown.
 
@@ -276,6 +281,8 @@ def render_report_table(
         fmt: ``table`` or ``markdown``.
         full: list every key instead of collapsing layer-indexed runs.
         coverage: include the per-module coverage table.
+        emit_via: the command that has ``--emit-config`` / ``--emit-key-map``, when the
+            command rendering this has not (``audit`` names ``ckptdiff check ...``).
     """
     parts: list[str] = []
     head = (
@@ -327,6 +334,8 @@ def render_report_table(
             emit.append("the config with --emit-config FILE")
         if any(s.kind == "key_map" and s.verified for s in report.suggestions):
             emit.append("the key map with --emit-key-map FILE")
+        if emit and emit_via:
+            emit = [e.replace("--emit-", f"{emit_via} --emit-") for e in emit]
         if emit:
             legend.append("Write " + ", ".join(emit) + ".")
         parts.append("\n".join(legend) + "\n")

@@ -164,15 +164,19 @@ def test_json_report(vision_only_file):
     assert {"key": "logit_scale", "shape": [], "dtype": "float32"} in data["missing"]
 
 
-def test_non_persistent_buffer_in_checkpoint_is_ignored(tmp_path):
+def test_non_persistent_buffer_in_checkpoint_is_what_strict_loading_says(tmp_path):
+    """A plain module is judged by load_state_dict(strict=True), which rejects the key."""
+    from safetensors.torch import load_file
+
     model = build_clip(**TINY_CLIP)
     sd = state(model)
     sd["attn_mask"] = model.attn_mask.clone()  # saved by an older version, now non-persistent
     path = tmp_path / "old.safetensors"
     save_file(sd, path)
     report = check(model, path)
-    assert report.ok
-    assert [t.key for t in report.ignored] == ["attn_mask"]
+    assert [t.key for t in report.unexpected] == ["attn_mask"]
+    result = model.load_state_dict(load_file(path), strict=False)  # the oracle
+    assert result.unexpected_keys == ["attn_mask"] and not result.missing_keys
 
 
 def test_persistent_buffer_missing_is_its_own_class(tmp_path):

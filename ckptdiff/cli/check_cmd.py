@@ -65,6 +65,12 @@ from ckptdiff.cli.common import (
     help="Write the target's config with every verified fix to OUT.json, for --config.",
 )
 @click.option(
+    "--raw",
+    is_flag=True,
+    help="Compare as plain load_state_dict sees CKPT, without the target loader's own renames "
+    "and conversions (transformers' conversion mapping: MoE experts, VLM prefixes, gamma/beta).",
+)
+@click.option(
     "--full",
     is_flag=True,
     help="List every key instead of collapsing layer-indexed runs into one row.",
@@ -88,6 +94,7 @@ def check(
     key_map_file: str | None,
     emit_key_map: str | None,
     emit_config: str | None,
+    raw: bool,
     full: bool,
     depth: int,
     fmt: str,
@@ -98,8 +105,10 @@ def check(
     keys, shapes and dtypes without its data, and reports what load_state_dict would hit:
     missing, unexpected and mis-shaped tensors, dtype casts, what loading ignores or ties, and
     how much of each module the checkpoint supplies (a module at 0% would stay at random
-    init). For a transformers config it applies what from_pretrained does: tied weights,
-    ignore patterns, the base-model prefix.
+    init). For a transformers config it applies what from_pretrained does: the model's own
+    conversion mapping (renamed prefixes, per-expert MoE tensors merged, legacy names; --raw
+    turns it off), tied weights, ignore patterns, the base-model prefix. A config without
+    "architectures" is built as the class the checkpoint fits (--auto-class wins).
 
     \b
     Examples:
@@ -123,6 +132,7 @@ def check(
         args=list(args),
         config=config,
         auto_class=auto_class,
+        raw=raw,
     )
     if fmt == "json":
         emit(render_report(report, "json"))

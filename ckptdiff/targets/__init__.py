@@ -18,7 +18,10 @@ import it).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +42,7 @@ __all__ = [
     "TargetSpec",
     "build_model",
     "build_target",
+    "model_of",
     "parse_arg_assignments",
     "rebuild",
     "target_spec",
@@ -196,6 +200,7 @@ def build_target(
     args: Mapping[str, Any] | Sequence[str] | None = None,
     config: str | os.PathLike[str] | Mapping[str, Any] | Any = None,
     auto_class: str | None = None,
+    evidence: Manifest | None = None,
 ) -> Manifest:
     """Build a target on meta and describe what loading into it expects.
 
@@ -204,6 +209,10 @@ def build_target(
         args: factory keyword arguments / config overrides (dotted keys reach into dicts).
         config: a JSON file or dict of keyword arguments (under ``args``), or a config object.
         auto_class: the transformers class (``AutoModel``, ``AutoModelForCausalLM``...).
+        evidence: the checkpoint the target is for: when a transformers config names no
+            ``architectures`` and no ``auto_class`` is given, the class is chosen from it (a
+            PEFT adapter's base class or task, else the head class its keys fit best), and a
+            ``target_class`` finding says which and why.
 
     Returns:
         A ``meta-model`` :class:`Manifest`: state-dict keys with shapes and dtypes, buffers,
@@ -220,15 +229,70 @@ def build_target(
         >>> m.tied
         (('model.embed_tokens.weight', 'lm_head.weight'),)
     """
+    target = target_spec(spec, args=args, config=config, auto_class=auto_class)
+    if evidence is not None and target.kind == "hf-config" and not target.auto_class:
+        return _build_from_evidence(target, evidence)
+    return _cached_build(target)
+
+
+def _cached_build(target: TargetSpec) -> Manifest:
     from ckptdiff.targets import cache
 
-    target = target_spec(spec, args=args, config=config, auto_class=auto_class)
     cached = cache.load(target)  # a transformers config built before: no torch import
     if cached is not None:
         return cached
     manifest = _manifest(target, build_model(target))
     cache.store(target, manifest)
     return manifest
+
+
+def _names_architectures(target: TargetSpec) -> bool:
+    """True when the config (with its overrides) names ``architectures``; read as JSON."""
+    from ckptdiff.targets import hf
+
+    if target.config_object is not None:
+        return bool(getattr(target.config_object, "architectures", None))
+    if target.args.get("architectures"):
+        return True
+    try:
+        with open(hf.resolve_config_path(target.spec), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, TargetError):
+        return False
+    return isinstance(data, dict) and bool(data.get("architectures"))
+
+
+def _build_from_evidence(target: TargetSpec, evidence: Manifest) -> Manifest:
+    """A transformers target whose class, when its config names none, comes from evidence."""
+    from ckptdiff.targets import hf
+    from ckptdiff.targets.choose import choose_class, fit
+
+    default = _cached_build(target)
+    if _names_architectures(target):
+        return default
+    config = hf.load_config(target.spec, target.args, base=target.config_object)
+    placed, unplaced, _missing = fit(evidence.tensors, default)
+    if evidence.metadata.get("peft") is None and unplaced == 0:
+        return default  # the default class places every tensor
+    built: dict[str, tuple[TargetSpec, nn.Module]] = {}
+
+    def build(name: str) -> Manifest:
+        spec = dataclasses.replace(target, auto_class=name)
+        model = build_model(spec)
+        built[name] = (spec, model)
+        return _manifest(spec, model)
+
+    choice = choose_class(str(getattr(config, "model_type", "")), evidence, build, placed)
+    if choice is None or choice.name == "AutoModel":
+        return default
+    spec, model = built.get(choice.name) or (
+        dataclasses.replace(target, auto_class=choice.name), None)
+    if model is None:
+        model = build_model(spec)
+    manifest = _manifest(spec, model)
+    chosen = dataclasses.replace(manifest, findings=(*manifest.findings, choice.finding()))
+    _remember(chosen, model)
+    return chosen
 
 
 def rebuild(target: TargetSpec | Manifest, overrides: Mapping[str, Any]) -> Manifest:
@@ -269,6 +333,38 @@ def _spec_from_manifest(manifest: Manifest) -> TargetSpec:
     )
 
 
+#: The meta model behind each transformers target manifest still alive (``id`` -> model):
+#: its loader (the conversion mapping) is read from the model, without building it again.
+_MODELS: dict[int, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _remember(manifest: Manifest, model: nn.Module) -> None:
+    with _MODELS_LOCK:
+        _MODELS[id(manifest)] = model
+    weakref.finalize(manifest, _forget, id(manifest))
+
+
+def _forget(key: int) -> None:
+    with _MODELS_LOCK:
+        _MODELS.pop(key, None)
+
+
+def model_of(manifest: Manifest) -> nn.Module:
+    """The model a target manifest describes, on meta: the one built for it, else rebuilt.
+
+    Raises:
+        TargetError: the manifest was not made by :func:`build_target`, or rebuilding failed.
+    """
+    with _MODELS_LOCK:
+        model = _MODELS.get(id(manifest))
+    if model is not None:
+        return model  # type: ignore[no-any-return]
+    model = build_model(_spec_from_manifest(manifest))
+    _remember(manifest, model)
+    return model
+
+
 def _manifest(target: TargetSpec, model: nn.Module) -> Manifest:
     from ckptdiff.targets.module import manifest_from_module
 
@@ -280,9 +376,25 @@ def _manifest(target: TargetSpec, model: nn.Module) -> Manifest:
         config = hf_config.to_dict() if hasattr(hf_config, "to_dict") else None
     else:
         config = None
-    return manifest_from_module(
-        model, source=target.spec, config=config, metadata={"target": target.to_dict()}
-    )
+    metadata: dict[str, Any] = {"target": target.to_dict()}
+    if target.kind in ("hf-config", "hf-class"):
+        from ckptdiff.loading.hf import PATTERNS_KEY, source_patterns
+
+        try:
+            metadata[PATTERNS_KEY] = source_patterns(model)
+        except Exception:  # noqa: BLE001 - no patterns recorded: the view asks the model
+            pass
+    manifest = manifest_from_module(model, source=target.spec, config=config, metadata=metadata)
+    if target.kind in ("hf-config", "hf-class"):
+        _remember(manifest, model)
+    if target.kind == "hf-config" and target.config_object is None:
+        from ckptdiff.targets.hf import config_typos
+
+        typos = config_typos(target.spec)
+        if typos:
+            manifest = dataclasses.replace(manifest, findings=(*manifest.findings, *typos))
+            _remember(manifest, model)
+    return manifest
 
 
 def _kwargs(

@@ -25,6 +25,7 @@ from ckptdiff.terminal import printable
 __all__ = [
     "HF_PREFIX",
     "build_model",
+    "config_typos",
     "import_transformers",
     "load_config",
     "looks_like_hf_config",
@@ -274,6 +275,69 @@ def _default_sub_config(config_class: Any, name: str) -> Any:
     except Exception:
         return None
     return type(value) if isinstance(value, PretrainedConfig) else None
+
+
+def config_typos(spec: str) -> list[Any]:
+    """Findings for ``config.json`` keys that look like a misspelt field (``hiden_size``).
+
+    transformers accepts unknown keys silently (they become attributes nobody reads), so a
+    typo leaves the field at its default. A key is reported when it names no field of the
+    config class (or of the sub-config it sits in) while a field of that spelling, give or take
+    a few letters, is absent from the file.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from ckptdiff.types import Finding
+
+    if spec.startswith(HUB_PREFIXES) or spec.removeprefix(HF_PREFIX).startswith(HUB_PREFIXES):
+        path = resolve_config_path(spec)  # already fetched: served from the cache
+    else:
+        try:
+            path = resolve_config_path(spec)
+        except TargetError:
+            return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return []
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        return []
+    out = []
+    for path_, cls_name, close in _typos(CONFIG_MAPPING[model_type], data):
+        out.append(
+            Finding(
+                "config_unknown_field",
+                f"config.json sets '{path_}', which {cls_name} has no field for (did you mean "
+                f"'{close}'?): transformers keeps it as an unused attribute, so '{close}' "
+                "stays at its default.",
+                (path_,),
+                "warning",
+                {"field": path_, "did_you_mean": close, "config_class": cls_name},
+            )
+        )
+    return out
+
+
+def _typos(
+    config_class: Any, data: Mapping[str, Any], prefix: str = ""
+) -> list[tuple[str, str, str]]:
+    known = _field_names(config_class)
+    subs = _sub_config_classes(config_class, data)
+    out: list[tuple[str, str, str]] = []
+    for key, value in data.items():
+        if not isinstance(key, str) or key.startswith("_"):
+            continue
+        if key in known:
+            if isinstance(value, Mapping) and key in subs:
+                out += _typos(subs[key], value, f"{prefix}{key}.")
+            continue
+        absent = sorted(n for n in known if n not in data)
+        close = difflib.get_close_matches(key, absent, n=1, cutoff=0.85)
+        if close:
+            out.append((prefix + key, config_class.__name__, prefix + close[0]))
+    return out
 
 
 def model_class_name(config: Any, auto_class: str | None) -> str:

@@ -17,7 +17,8 @@ of the build only:
 - ``nn.Module.register_parameter`` / ``register_buffer`` that move real tensors to meta (one
   meta tensor per real one, so tied weights stay tied);
 - the in-place ``torch.nn.init`` functions replaced by no-ops;
-- ``torch.get_default_device()`` answering ``meta``.
+- ``torch.get_default_device()`` answering ``meta``;
+- ``torch.load`` mapping every tensor to meta, for constructors that load their own weights.
 
 Everything is restored on exit, also when the build raises.
 """
@@ -187,6 +188,27 @@ def _writes_first(func: Callable[..., Any]) -> bool:
     return name.endswith("_")
 
 
+def _load_on_meta(load: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.load`` for constructors that load their own weights (LPIPS ``pretrained=True``,
+    resemblyzer's ``VoiceEncoder()``): the tensors come back on meta (shapes only), so
+    ``load_state_dict`` into the meta model works; a load that still fails says which call."""
+
+    @functools.wraps(load)
+    def load_on_meta(f: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["map_location"] = META
+        try:
+            return load(f, *args, **kwargs)
+        except Exception as e:
+            path_like = isinstance(f, (str, bytes)) or hasattr(f, "__fspath__")
+            name = f if path_like else type(f).__name__
+            raise RuntimeError(
+                f"torch.load({str(name)!r}) inside the model's constructor failed on the meta "
+                f"device: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
+
+    return load_on_meta
+
+
 def _noop_init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     return tensor
 
@@ -253,6 +275,7 @@ def on_meta() -> Iterator[None]:
             if hasattr(nn.init, name):
                 stack.enter_context(_patched(nn.init, name, _noop_init))
         _registration_patches(stack)
+        stack.enter_context(_patched(torch, "load", _load_on_meta(torch.load)))
         # torch answers from `torch.tensor([]).device`, a value tensor kept on CPU here
         stack.enter_context(_patched(torch, "get_default_device", lambda: META))
         stack.enter_context(torch.device(META))

@@ -51,7 +51,9 @@ def manifest_from_module(
 
     Returns:
         A ``meta-model`` manifest with ``buffers``, ``non_persistent``, ``tied`` and
-        ``aliases`` filled, and ``metadata`` holding ``ignore_unexpected``,
+        ``aliases`` filled (for transformers models; a plain module is judged as
+        ``load_state_dict(strict=True)`` judges it, its shared tensors and non-persistent
+        buffers kept in ``metadata`` only), and ``metadata`` holding ``ignore_unexpected``,
         ``ignore_missing`` and ``base_model_prefix`` where the model declares them.
     """
     state = model.state_dict(keep_vars=True)
@@ -73,6 +75,14 @@ def manifest_from_module(
     meta: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
     meta.update(_transformers_rules(model, buffers | non_persistent))
     meta.update(metadata or {})
+    if not is_transformers_model(model):
+        # judged by load_state_dict(strict=True): a non-persistent buffer in the file is an
+        # unexpected key, and every name of a shared tensor must be in the file. What the
+        # model shares is kept as information only.
+        meta["loader"] = "load_state_dict"
+        meta["non_persistent_buffers"] = sorted(non_persistent)
+        meta["shared_tensors"] = [list(g) for g in tied]
+        non_persistent, tied, aliases = set(), (), {}
     return Manifest(
         source=source,
         format="meta-model",
@@ -84,6 +94,11 @@ def manifest_from_module(
         tied=tied,
         config=dict(config) if config is not None else None,
     )
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """True for a transformers ``PreTrainedModel`` (its loader forgives ties and buffers)."""
+    return isinstance(getattr(model, "base_model_prefix", None), str) and hasattr(model, "config")
 
 
 def _buffer_keys(model: nn.Module) -> tuple[set[str], set[str]]:

@@ -204,3 +204,26 @@ def synthetic_llama(shards: int = 8, *, hidden: int = 4096, layers: int = 36,
     files["generation_config.json"] = b'{"bos_token_id": 1, "eos_token_id": 2}'
     files["README.md"] = b"# synthetic llama\n"
     return files, total
+
+
+def moe_per_expert(folder: Path) -> Path:
+    """A tiny Mixtral saved by ``save_pretrained`` in shards: one tensor per expert
+    (``block_sparse_moe.experts.N.w1.weight``), the layout most MoE repos on the hub have."""
+    import torch
+    from transformers import MixtralForCausalLM
+
+    from tests.target.tiny_hf import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config("MixtralForCausalLM")
+    MixtralForCausalLM(config).save_pretrained(folder, max_shard_size="20KB")
+    return folder
+
+
+def llava_original(folder: Path) -> Path:
+    """A tiny LLaVA saved by ``save_pretrained``: ``language_model.model.*``,
+    ``language_model.lm_head.*``, ``vision_tower.*`` (the original layout of LLaVA repos)."""
+    from tests.target.tiny_hf import save_tiny
+
+    save_tiny("LlavaForConditionalGeneration", folder)
+    return folder

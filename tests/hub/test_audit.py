@@ -324,3 +324,23 @@ def test_stats_on_reading_commands(hub: HubServer, minilm: str, runner, command)
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith("hub transfer: ") and " requests, " in result.stderr
+
+
+def test_audit_names_only_options_it_has(tmp_path: Path) -> None:
+    """A fix audit cannot write is named with the check command that writes it."""
+    import re
+
+    from ckptdiff.cli.audit_cmd import audit as audit_cmd
+
+    folder = repos.bert(tmp_path / "b")
+    data = json.loads((folder / "config.json").read_text())
+    data["hidden_size"] = 64  # the weights are 32 wide: a verified config fix exists
+    (folder / "config.json").write_text(json.dumps(data))
+    result = audit(str(folder))
+    text = render_audit([result])
+    assert not result.ok
+    own = {o for p in audit_cmd.params for o in p.opts}
+    for line in text.splitlines():
+        for option in re.findall(r"(?<![\w-])--[a-z][a-z-]+", line):
+            assert option in own or "ckptdiff check" in line.split(option)[0], line
+    assert f"ckptdiff check {folder} --model {folder} --emit-config FILE" in text

@@ -168,7 +168,9 @@ def run_check(ckpt: str, model_args: list[str], emit_path: str
     from ckptdiff.cli import main
 
     args = ["check", ckpt, *model_args, "--emit-config", emit_path, "--format", "json"]
-    result = CliRunner().invoke(main, args, catch_exceptions=True)
+    # every case's config is new: ckptdiff's target cache would only fill up with them
+    env = {"CKPTDIFF_NO_CACHE": "1"}
+    result = CliRunner(env=env).invoke(main, args, catch_exceptions=True)
     stderr = result.stderr if result.stderr_bytes is not None else ""
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         return 2, None, f"{type(result.exception).__name__}: {result.exception}"
@@ -364,6 +366,19 @@ def _judge_values(case: Case, suggestions: list[dict[str, Any]], out: Outcome) -
             )
 
 
+# the largest model a call is made on (in real, zeroed CPU memory)
+CALL_BYTES = 256 * 2**20
+
+
+def _nbytes(shapes: Shapes) -> int:
+    import math
+
+    from tests.sweep.ckpt import SAFETENSORS_DTYPES
+
+    return sum(math.prod(shape) * SAFETENSORS_DTYPES.get(dtype, ("", 8))[1]
+               for shape, dtype in shapes.values())
+
+
 _RESIZE = re.compile(r"resize_token_embeddings\((\d+)\)")
 
 
@@ -380,6 +395,8 @@ def _judge_call(case: Case, s: dict[str, Any], others: list[dict[str, Any]], out
         why = f"{text}: the factory's model has no such method"
         out.problems.append(Problem("wrong_call", why))
         return
+    if _nbytes(case.original_shapes) > CALL_BYTES:
+        return  # the call needs the model in memory: not judged on a model this large
     import torch
 
     base = deep_merge(case.original, {})
@@ -393,7 +410,9 @@ def _judge_call(case: Case, s: dict[str, Any], others: list[dict[str, Any]], out
         # the call reads the old table (mean and covariance of its rows): real, zeroed memory,
         # tiny for these configs
         model.to_empty(device="cpu")
-        with quiet(), torch.no_grad():
+        # an explicit CPU device: a device mode left behind in this process (a case stopped by
+        # its time limit inside a ``with torch.device("meta")``) must not move the call
+        with quiet(), torch.no_grad(), torch.device("cpu"):
             for tensor in (*model.parameters(), *model.buffers()):
                 tensor.zero_()
             model.resize_token_embeddings(int(match.group(1)))

@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,28 +120,85 @@ class Figures:
         }
 
 
+def limit_memory(gib: float) -> None:
+    """Cap this process's address space: a case that would take the machine's memory fails
+    with MemoryError (a harness error, reported) instead of waking the OOM killer."""
+    import resource
+
+    if gib > 0:
+        limit = int(gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def sweep_one(task: tuple[Arch, int, int, int, bool]) -> tuple[list[Outcome], list[Any], list[Any]]:
+    """Every case of one architecture: ``(outcomes, invalid mutations, harness errors)``."""
+    arch, index, kinds, combos, every = task
+    outcomes: list[Outcome] = []
+    invalid: list[tuple[str, str, str]] = []
+    errors: list[tuple[str, str, str]] = []
+    for mutation in cases_for(arch, index, kinds, combos, every):
+        try:
+            outcomes.append(run_case(arch, mutation))
+        except BuildError as e:
+            invalid.append((arch.name, mutation.label, str(e)))
+        except Exception as e:  # the harness itself: reported, never hidden
+            errors.append((arch.name, mutation.label, f"{type(e).__name__}: {e}"))
+        import torch
+
+        if torch.empty(0).device.type != "cpu":
+            errors.append((arch.name, mutation.label, "the default device is left on meta"))
+    return outcomes, invalid, errors
+
+
+ARCH_SECONDS = 1800.0
+
+
+def _each(iterator: Any, n: int) -> Iterator[Any]:
+    """The pool's results in order; a worker that died (its architecture's result never comes)
+    ends the sweep with what it has instead of waiting forever."""
+    for _ in range(n):
+        try:
+            yield iterator.next(timeout=ARCH_SECONDS)
+        except TimeoutError:
+            _log(f"no result in {ARCH_SECONDS:g} s (a worker died?): the sweep stops here")
+            return
+
+
 def sweep(archs: Iterable[Arch], kinds: int = 0, combos: int = 0, every: bool = False,
           log: Callable[[str], None] | None = None,
-          progress: Callable[[Figures], None] | None = None) -> Figures:
+          progress: Callable[[Figures], None] | None = None, jobs: int = 1,
+          memory_gib: float = 8.0) -> Figures:
+    """Run every case of ``archs`` (in ``jobs`` processes), logging every 25 architectures."""
     figures = Figures()
     archs = list(archs)
+    tasks = [(arch, i, kinds, combos, every) for i, arch in enumerate(archs)]
     start = time.perf_counter()
-    for i, arch in enumerate(archs):
-        for mutation in cases_for(arch, i, kinds, combos, every):
-            try:
-                figures.add(run_case(arch, mutation))
-            except BuildError as e:
-                figures.invalid.append((arch.name, mutation.label, str(e)))
-            except Exception as e:  # the harness itself: reported, never hidden
-                why = f"{type(e).__name__}: {e}"
-                figures.harness_errors.append((arch.name, mutation.label, why))
-        if log and ((i + 1) % 25 == 0 or i + 1 == len(archs)):
-            s = figures.summary()
-            log(f"[{time.perf_counter() - start:6.0f}s] {i + 1}/{len(archs)} architectures, "
-                f"{s['cases']} cases, {s['wrong_verified']} wrong verified, "
-                f"{s['emitted_misfit']} misfit, {s['missed_fix']} missed")
-            if progress:
-                progress(figures)
+    pool = None
+    if jobs > 1:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn").Pool(
+            jobs, initializer=limit_memory, initargs=(memory_gib,)
+        )
+        results: Iterable[Any] = _each(pool.imap(sweep_one, tasks), len(tasks))
+    else:
+        limit_memory(memory_gib)
+        results = map(sweep_one, tasks)
+    try:
+        for i, (outcomes, invalid, errors) in enumerate(results):
+            figures.outcomes += outcomes
+            figures.invalid += invalid
+            figures.harness_errors += errors
+            if log and ((i + 1) % 25 == 0 or i + 1 == len(archs)):
+                s = figures.summary()
+                log(f"[{time.perf_counter() - start:6.0f}s] {i + 1}/{len(archs)} architectures, "
+                    f"{s['cases']} cases, {s['wrong_verified']} wrong verified, "
+                    f"{s['emitted_misfit']} misfit, {s['missed_fix']} missed")
+                if progress:
+                    progress(figures)
+    finally:
+        if pool is not None:
+            pool.terminate()
     return figures
 
 
@@ -246,10 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mutation", action="append", default=[], help="path=value (with --arch)")
     p.add_argument("--keep", help="with --arch: the folder to keep the case's files in")
     p.add_argument("--combos", type=int, default=0, help="drawn combinations per architecture")
-    p.add_argument("--kinds", type=int, default=2,
+    p.add_argument("--kinds", type=int, default=1,
                    help="mutation kinds per architecture, turning from one to the next, plus "
                    "the shape-invisible one (0: every kind)")
     p.add_argument("--every", action="store_true", help="every mutation, not one per kind")
+    p.add_argument("--jobs", type=int, default=1, help="processes (the machine is shared)")
+    p.add_argument("--memory-gib", type=float, default=8.0,
+                   help="address-space cap of each sweeping process (0: none)")
     p.add_argument("--stride", type=int, default=1, help="every Nth architecture only")
     p.add_argument("--all-classes", action="store_true",
                    help="the base and the task class of each model type (default: one class "
@@ -259,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", help="write every outcome as JSON to this file")
     p.add_argument("--notes", help="markdown put at the end of the findings file")
     args = p.parse_args(argv)
+    # a terminated sweep takes its worker processes with it (the pool's finally)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     enumeration = buildable(refresh=args.refresh, log=_log)
     archs = enumeration.archs
@@ -303,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     start = time.perf_counter()
-    figures = sweep(archs, args.kinds, args.combos, args.every, log=_log, progress=save)
+    figures = sweep(archs, args.kinds, args.combos, args.every, log=_log, progress=save,
+                    jobs=args.jobs, memory_gib=args.memory_gib)
     seconds = time.perf_counter() - start
     print_figures(figures, enumeration.skipped, seconds)
     save(figures, done=True)

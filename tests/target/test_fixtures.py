@@ -82,7 +82,7 @@ def test_clip_keys_follow_open_clip():
     assert shapes["ln_final.weight"] == (16,)
     assert shapes["text_projection"] == (16, 8)
     assert shapes["logit_scale"] == ()
-    assert m.non_persistent == {"attn_mask"}
+    assert m.metadata["non_persistent_buffers"] == ["attn_mask"]
     assert "attn_mask" not in m.tensors
 
 
@@ -99,15 +99,14 @@ def test_llama_keys_follow_hugging_face():
     assert shapes["model.layers.1.post_attention_layernorm.weight"] == (16,)
     assert shapes["model.norm.weight"] == (16,)
     assert shapes["lm_head.weight"] == (64, 16)
-    assert m.tied == (("model.embed_tokens.weight", "lm_head.weight"),)
-    assert m.aliases == {"lm_head.weight": "model.embed_tokens.weight"}
-    assert m.non_persistent == {"model.rotary_emb.inv_freq"}
+    assert m.metadata["shared_tensors"] == [["model.embed_tokens.weight", "lm_head.weight"]]
+    assert m.metadata["non_persistent_buffers"] == ["model.rotary_emb.inv_freq"]
 
 
 def test_cpu_init_factory_records_both_buffer_kinds():
     m = build_target("fixtures.models:build_with_init_on_cpu", args={"device": "cuda"})
     assert m.buffers == {"running_scale"}
-    assert m.non_persistent == {"causal_mask"}
+    assert m.metadata["non_persistent_buffers"] == ["causal_mask"]
     assert "running_scale" in m.tensors and "causal_mask" not in m.tensors
     assert {t.dtype for t in m.tensors.values()} == {"float16"}
 
