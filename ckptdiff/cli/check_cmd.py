@@ -121,7 +121,7 @@ def check(
     build, 3 a file names code outside the pickle allow-list.
     """
     from ckptdiff._check import check as check_checkpoint
-    from ckptdiff.report import render_report
+    from ckptdiff.render.report import render_report
 
     report = check_checkpoint(
         model,

@@ -74,7 +74,7 @@ def diff(
     3 a file names code outside the pickle allow-list.
     """
     from ckptdiff._diff import diff_sources
-    from ckptdiff.report import render_report
+    from ckptdiff.render.report import render_report
 
     report = diff_sources(
         a,
