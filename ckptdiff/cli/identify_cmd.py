@@ -59,7 +59,7 @@ def identify(ckpt: str, candidates: str, model: str | None, select: str | None,
 
     Exit codes: 0 the best candidate fits exactly, 1 none does, 2 bad input.
     """
-    from ckptdiff.identify import identify as rank
+    from ckptdiff._identify import identify as rank
 
     ranked = rank(ckpt, candidates, model=model, select=select)
     emit(render_candidates(ranked, fmt))

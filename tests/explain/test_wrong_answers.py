@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from ckptdiff import check
+from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.diagnosis.emit import fixed_config_of
-from ckptdiff.diff import diff_manifests
 from ckptdiff.keymap import KeyMap
 from ckptdiff.readers import read
 from ckptdiff.report import render_report_table

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptdiff.audit import (
+from ckptdiff._audit import (
     audit,
     audit_many,
     dtype_findings,

@@ -351,7 +351,7 @@ def _no_config(names: Sequence[str]) -> Finding:
 def _check_config(
     config_path: str, weights: Manifest, source: str, auto_class: str | None, depth: int
 ) -> tuple[Report | None, Manifest | None, Finding | None]:
-    from ckptdiff.check import check
+    from ckptdiff._check import check
     from ckptdiff.targets import build_target
 
     try:
