@@ -137,7 +137,8 @@ def _scan_dcp_metadata(path: str, shown: str) -> ScanResult:
     """A torch.distributed.checkpoint ``.metadata`` pickle, judged by DCP's own allow-list (its
     record types), as ``inspect`` of the folder reads it."""
     from ckptdiff.readers.dcp import DCP_GLOBALS
-    from ckptdiff.readers.unpickler import MAX_PICKLE_SIZE, unpickle
+    from ckptdiff.readers.unpickler import MAX_PICKLE_SIZE
+    from ckptdiff.readers.unpickler.restricted import unpickle
 
     with open(path, "rb") as f:
         data = f.read(MAX_PICKLE_SIZE + 1)
