@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ckptdiff.errors import CkptDiffError, TargetError, UsageError
-from ckptdiff.readers.remote import human_bytes, percent
+from ckptdiff.readers.hub.transport import human_bytes, percent
 from ckptdiff.types import REPORT_SCHEMA, Finding, Manifest, Report, TensorSpec
 
 __all__ = [
@@ -196,7 +196,7 @@ class _LocalRepo:
         return sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n)))
 
     def weights_name(self) -> str:
-        from ckptdiff.readers.hub import choose_weights
+        from ckptdiff.readers.folder import choose_weights
 
         return choose_weights(self.names(), self.source)
 

@@ -172,7 +172,7 @@ def _set_stats(ctx: click.Context, _param: click.Parameter, value: bool) -> bool
 
 def stats_line(requests: int, nbytes: int, seconds: float) -> str:
     """``hub transfer: 4 requests, 67.1 kB in 0.31 s``."""
-    from ckptdiff.readers.remote import human_bytes
+    from ckptdiff.readers.hub.transport import human_bytes
 
     return (f"hub transfer: {requests} request{'' if requests == 1 else 's'}, "
             f"{human_bytes(nbytes)} in {seconds:.2f} s")
@@ -189,7 +189,7 @@ def stats_option(f: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not click.get_current_context().meta.get(STATS_KEY):  # set first: --stats is eager
             return f(*args, **kwargs)
-        from ckptdiff.readers.remote import TOTAL
+        from ckptdiff.readers.hub.transport import TOTAL
 
         requests, nbytes = TOTAL.snapshot()
         start = time.perf_counter()

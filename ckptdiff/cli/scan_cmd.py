@@ -167,9 +167,9 @@ def _scan_distcp(path: str, shown: str) -> ScanResult:
 
 def _scan_index(path: str, shown: str) -> ScanResult:
     from ckptdiff.errors import UnsafeCheckpointError
-    from ckptdiff.readers.sharded import _load_index, confined_path
+    from ckptdiff.readers.sharded import confined_path, load_index
 
-    weight_map, _ = _load_index(path, shown)
+    weight_map, _ = load_index(path, shown)
     findings = []
     problems = []
     folder = os.path.dirname(os.path.abspath(path))
