@@ -66,7 +66,7 @@ def read_witnessed(source: str, fn: Callable[[], Manifest]) -> Manifest:
         UnsafeUnreadableError: a pickle named a forbidden global, then reading failed.
     """
     from ckptdiff.errors import UnsafeCheckpointError, UnsafeUnreadableError
-    from ckptdiff.readers.unpickler import witness
+    from ckptdiff.readers.unpickler.witness import witness
     from ckptdiff.terminal import printable
 
     with witness() as seen:

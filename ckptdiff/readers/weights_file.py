@@ -121,7 +121,7 @@ def _scan_embedded_pickles(path: str, kind: str, source: str) -> None:
     """
     import tarfile
 
-    from ckptdiff.readers.unpickler import unpickle
+    from ckptdiff.readers.unpickler.restricted import unpickle
 
     blobs: list[tuple[str, bytes]] = []
     if kind == "tar":

@@ -15,11 +15,11 @@ from ckptdiff.readers.hub.errors import HubError, RangeNotSupportedError
 from ckptdiff.readers.hub.transport import (
     Transfer,
     call_with_retries,
-    human_bytes,
     read_body,
     request_deadline,
     timeout_seconds,
 )
+from ckptdiff.wording import human_bytes
 
 __all__ = ["HttpRangeSource"]
 

@@ -39,8 +39,6 @@ from ckptdiff.readers.hub.transport import (
     Transfer,
     call_with_retries,
     describe_for,
-    human_bytes,
-    percent,
 )
 from ckptdiff.readers.safetensors_file import first_read_size
 from ckptdiff.readers.sharded import (
@@ -53,6 +51,7 @@ from ckptdiff.readers.sharded import (
 from ckptdiff.readers.sniff import sniff_bytes
 from ckptdiff.readers.weights_file import WholeFileNeeded, read_file, read_source
 from ckptdiff.types import Finding, Manifest, TensorSpec
+from ckptdiff.wording import human_bytes, percent
 
 __all__ = [
     "FIRST_READ_SIZE",

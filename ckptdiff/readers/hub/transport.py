@@ -26,6 +26,7 @@ from ckptdiff.readers.hub.errors import (
     HubOfflineError,
     HubUnavailableError,
 )
+from ckptdiff.wording import human_bytes
 
 __all__ = [
     "BACKOFF_SECONDS",
@@ -36,8 +37,6 @@ __all__ = [
     "call_with_retries",
     "describe_for",
     "http_client",
-    "human_bytes",
-    "percent",
     "read_body",
     "request_deadline",
     "status_of",
@@ -111,24 +110,6 @@ class Transfer:
 
 #: Every hub request this process made (what ``--stats`` prints).
 TOTAL = Transfer()
-
-
-def percent(part: float, whole: float) -> str:
-    """``part`` as a share of ``whole``: ``0.072%``, ``1.1%``, ``250%``."""
-    share = 100 * part / whole if whole else 0.0
-    if share >= 10:
-        return f"{share:.0f}%"
-    if share >= 0.0001:
-        return f"{share:.2g}%"
-    return "<0.0001%" if share else "0%"
-
-
-def human_bytes(n: float) -> str:
-    """``90.9 MB``, ``11.4 kB``: decimal units, as the hub shows file sizes."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 # --- errors from huggingface_hub and httpx -----------------------------------------------------
