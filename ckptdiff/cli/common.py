@@ -190,7 +190,7 @@ def stats_option(f: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not click.get_current_context().meta.get(STATS_KEY):  # set first: --stats is eager
             return f(*args, **kwargs)
-        from ckptdiff.readers.remote import TOTAL
+        from ckptdiff.readers.hub.transport import TOTAL
 
         requests, nbytes = TOTAL.snapshot()
         start = time.perf_counter()
