@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ckptdiff.check import check
-    from ckptdiff.diff import diff_sources as diff
+    from ckptdiff._check import check
+    from ckptdiff._diff import diff_sources as diff
     from ckptdiff.errors import (
         CkptDiffError,
         IncompatibleCheckpointError,
@@ -38,8 +37,8 @@ __version__ = "0.1.0"
 
 #: public name -> (module, attribute)
 _LAZY = {
-    "check": ("ckptdiff.check", "check"),
-    "diff": ("ckptdiff.diff", "diff_sources"),
+    "check": ("ckptdiff._check", "check"),
+    "diff": ("ckptdiff._diff", "diff_sources"),
     "read": ("ckptdiff.readers", "read"),
     "forward": ("ckptdiff.forward_check.api", "forward"),  # imports torch when first used
     "ForwardReport": ("ckptdiff.forward_check.report", "ForwardReport"),
@@ -93,26 +92,9 @@ def __getattr__(name: str) -> Any:
     except KeyError:
         raise AttributeError(f"module 'ckptdiff' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(module), attribute)
-    # bound as the function, over any submodule of the same name the import just bound
-    object.__setattr__(sys.modules[__name__], name, value)
+    setattr(sys.modules[__name__], name, value)
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY} - {"_ModuleType"})
-
-
-class _Package(_ModuleType):
-    """``ckptdiff.check`` and ``ckptdiff.diff`` stay functions when their submodules load.
-
-    Importing ``ckptdiff.check`` (the module) binds it as the package's ``check`` attribute;
-    the function of that name is what users call, so that binding is refused here.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("check", "diff") and isinstance(value, _ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+    return sorted({*globals(), *_LAZY})

@@ -466,7 +466,7 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent)
 
     def __str__(self) -> str:
-        from ckptdiff.report import render_report_table
+        from ckptdiff.render.report import render_report_table
 
         return render_report_table(self)
 

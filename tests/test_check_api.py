@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
+import pkgutil
 import re
 import subprocess
 import sys
@@ -12,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file, save_model
 
-from ckptdiff.check import check
+from ckptdiff import check
 from ckptdiff.cli.check_cmd import check as check_cmd
 from ckptdiff.errors import IncompatibleCheckpointError, UsageError
 from ckptdiff.readers import read
@@ -313,7 +316,7 @@ def test_cli_needs_a_model(runner, clip_file):
 def test_importing_the_check_api_does_not_import_torch(minilm_dir):
     code = f"""
 import sys
-import ckptdiff, ckptdiff.check, ckptdiff.targets, ckptdiff.cli.check_cmd
+import ckptdiff, ckptdiff._check, ckptdiff.targets, ckptdiff.cli.check_cmd
 from ckptdiff.readers import read
 read({str(minilm_dir)!r})
 assert "torch" not in sys.modules, "torch imported before a target was built"
@@ -326,15 +329,18 @@ print("ok")
     assert out.stdout.strip() == "ok"
 
 
-def test_package_level_check_and_diff_can_be_called_twice(clip_file):
-    code = f"""
-import ckptdiff
-for _ in range(2):
-    assert ckptdiff.check("fixtures.models:build_clip", {str(clip_file)!r}, args={TINY_CLIP!r}).ok
-    assert ckptdiff.diff({str(clip_file)!r}, {str(clip_file)!r}).ok
-"""
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+def test_package_level_check_and_diff_stay_functions_after_every_submodule_loads(clip_file):
+    import ckptdiff
+
+    for module in pkgutil.walk_packages(ckptdiff.__path__, "ckptdiff."):
+        importlib.import_module(module.name)
+    assert importlib.util.find_spec("ckptdiff.check") is None  # no module of the same name
+    assert importlib.util.find_spec("ckptdiff.diff") is None
+    assert ckptdiff.check is sys.modules["ckptdiff._check"].check
+    assert ckptdiff.diff is sys.modules["ckptdiff._diff"].diff_sources
+    for _ in range(2):
+        assert ckptdiff.check("fixtures.models:build_clip", clip_file, args=TINY_CLIP).ok
+        assert ckptdiff.diff(str(clip_file), str(clip_file)).ok
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
-from ckptdiff.diff import compare, diff_manifests, natural_key
+from ckptdiff.diagnosis.compare import compare
+from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.keymap import KeyMap
+from ckptdiff.sorting import natural_key
 from ckptdiff.types import Manifest, TensorSpec
 
 

@@ -31,9 +31,7 @@ def test_importing_the_package_imports_nothing_of_it():
 def test_public_names_load_on_first_use_and_stay_functions():
     import ckptdiff
 
-    importlib.import_module("ckptdiff.check")  # the module of the same name as the function
-    importlib.import_module("ckptdiff.diff")
-    assert callable(ckptdiff.check) and ckptdiff.check.__module__ == "ckptdiff.check"
+    assert callable(ckptdiff.check) and ckptdiff.check.__module__ == "ckptdiff._check"
     assert callable(ckptdiff.diff) and ckptdiff.diff.__name__ == "diff_sources"
     assert ckptdiff.Report.__name__ == "Report" and ckptdiff.read.__module__ == "ckptdiff.readers"
     assert set(ckptdiff.__all__) <= set(dir(ckptdiff))
@@ -51,7 +49,7 @@ def test_help_and_inspect_import_only_what_they_use(tmp_path):
     inspect = _modules_after(run.format(["ckptdiff", "inspect", str(path)]))
     commands = {m for m in inspect if m.startswith("ckptdiff.cli.") and m.endswith("_cmd")}
     assert commands == {"ckptdiff.cli.inspect_cmd"}
-    assert not {"torch", "numpy", "ckptdiff.check", "ckptdiff.diff", "ckptdiff.targets",
+    assert not {"torch", "numpy", "ckptdiff._check", "ckptdiff._diff", "ckptdiff.targets",
                 "ckptdiff.readers.remote"} & inspect
 
 

@@ -81,8 +81,9 @@ def audit(sources: tuple[str, ...], from_file: str | None, fmt: str, auto_class:
     could not be audited (not found, gated, offline...), 3 a file names code outside the
     pickle allow-list. With several repos, the highest.
     """
-    from ckptdiff.audit import audit as audit_repo
-    from ckptdiff.audit import audit_many, render_audit, render_audit_jsonl
+    from ckptdiff._audit import audit as audit_repo
+    from ckptdiff._audit import audit_many
+    from ckptdiff.render.audit import render_audit, render_audit_jsonl
 
     todo = _sources(sources, from_file)
     if not todo:

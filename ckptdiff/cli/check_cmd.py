@@ -120,8 +120,8 @@ def check(
     Exit codes: 0 compatible, 1 differences found, 2 bad input or a target that does not
     build, 3 a file names code outside the pickle allow-list.
     """
-    from ckptdiff.check import check as check_checkpoint
-    from ckptdiff.report import render_report
+    from ckptdiff._check import check as check_checkpoint
+    from ckptdiff.render.report import render_report
 
     report = check_checkpoint(
         model,

@@ -172,7 +172,7 @@ def _set_stats(ctx: click.Context, _param: click.Parameter, value: bool) -> bool
 
 def stats_line(requests: int, nbytes: int, seconds: float) -> str:
     """``hub transfer: 4 requests, 67.1 kB in 0.31 s``."""
-    from ckptdiff.readers.remote import human_bytes
+    from ckptdiff.wording import human_bytes
 
     return (f"hub transfer: {requests} request{'' if requests == 1 else 's'}, "
             f"{human_bytes(nbytes)} in {seconds:.2f} s")

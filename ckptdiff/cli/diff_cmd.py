@@ -73,8 +73,8 @@ def diff(
     Exit codes, like diff(1): 0 compatible, 1 differences found, 2 bad input,
     3 a file names code outside the pickle allow-list.
     """
-    from ckptdiff.diff import diff_sources
-    from ckptdiff.report import render_report
+    from ckptdiff._diff import diff_sources
+    from ckptdiff.render.report import render_report
 
     report = diff_sources(
         a,

@@ -19,6 +19,6 @@ One way down; a module imports only modules above it in this list:
 - :mod:`~ckptdiff.diagnosis.diagnose` and :mod:`~ckptdiff.diagnosis.emit`: the whole
   diagnosis of a comparison, and what ``--emit-config`` / ``--emit-key-map`` write.
 
-The use cases (:mod:`ckptdiff.diff`, :mod:`ckptdiff.check`, :mod:`ckptdiff.identify`,
-:mod:`ckptdiff.audit`) call it; the CLI calls them.
+The use cases (:mod:`ckptdiff._diff`, :mod:`ckptdiff._check`, :mod:`ckptdiff._identify`,
+:mod:`ckptdiff._audit`) call it; the CLI calls them.
 """

@@ -1,6 +1,6 @@
 """The diagnosis of a comparison, one way down: align (key maps), explain (causes), then
 verify (config values, calls, key maps, each with its status). The use cases
-(:mod:`ckptdiff.diff`, :mod:`ckptdiff.check`) call it.
+(:mod:`ckptdiff._diff`, :mod:`ckptdiff._check`) call it.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def explain(
     report: Report, checkpoint: Manifest, target: Manifest, *, depth: int = 2, suggest: bool = True
 ) -> Explanation:
     """Align keys, name causes, verify config fixes and lint: the findings and suggestions a
-    report gets on top of the prefix rules :func:`ckptdiff.diff.diff_manifests` finds.
+    report gets on top of the prefix rules :func:`diff_manifests` finds.
 
     Config fixes are inferred only when the target was built by
     :func:`ckptdiff.targets.build_target` (it has a config and can be rebuilt); that step

@@ -94,7 +94,7 @@ def _read_torch_zip(path: str) -> list[InputSpec]:
 
     from ckptdiff.readers import torch_zip
     from ckptdiff.readers.containers import select_state_dict
-    from ckptdiff.readers.unpickler import TensorRef
+    from ckptdiff.readers.unpickler.records import TensorRef
 
     unpickled = torch_zip.unpickle_torch_zip(path, path)
     unsafe = [f for f in unpickled.findings if f.severity == "security"]

@@ -77,7 +77,7 @@ def read_witnessed(source: str, fn: Callable[[], Manifest]) -> Manifest:
         UnsafeUnreadableError: a pickle named a forbidden global, then reading failed.
     """
     from ckptdiff.errors import UnsafeCheckpointError, UnsafeUnreadableError
-    from ckptdiff.readers.unpickler import witness
+    from ckptdiff.readers.unpickler.witness import witness
     from ckptdiff.terminal import printable
 
     with witness() as seen:
@@ -180,7 +180,7 @@ def _scan_embedded_pickles(path: str, kind: str, source: str) -> None:
     import tarfile
 
     from ckptdiff.errors import ReadError
-    from ckptdiff.readers.unpickler import unpickle
+    from ckptdiff.readers.unpickler.restricted import unpickle
 
     blobs: list[tuple[str, bytes]] = []
     if kind == "tar":

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import SelectError
-from ckptdiff.readers.unpickler import (
+from ckptdiff.readers.unpickler.placeholders import Opaque
+from ckptdiff.readers.unpickler.records import (
     DType,
-    Opaque,
     TensorRef,
     UnsizedTensor,
     is_tensor,
@@ -272,7 +272,7 @@ def select_state_dict(root: Any, name: str, *, select: str | None = None) -> Sel
             a usual name.
 
     Example:
-        >>> from ckptdiff.readers.unpickler import DTYPES, TensorRef
+        >>> from ckptdiff.readers.unpickler.records import DTYPES, TensorRef
         >>> t = TensorRef((2,), (1,), 0, DTYPES["float32"], None)
         >>> select_state_dict({"state_dict": {"w": t}, "epoch": 3}, "x.ckpt").selected
         'state_dict'

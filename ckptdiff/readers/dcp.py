@@ -24,7 +24,9 @@ from typing import Any
 
 from ckptdiff.errors import ReadError, SelectError, UnsafeCheckpointError
 from ckptdiff.readers import unpickler as _unpickler
-from ckptdiff.readers.unpickler import DType, Opaque, unpickle
+from ckptdiff.readers.unpickler.placeholders import Opaque
+from ckptdiff.readers.unpickler.records import DTYPES, DType, short_repr
+from ckptdiff.readers.unpickler.restricted import unpickle
 from ckptdiff.types import Finding, Manifest, TensorSpec
 
 __all__ = [
@@ -112,7 +114,7 @@ def is_dcp_folder(path: str) -> bool:
 
 def _state(obj: Any, what: str, name: str) -> Any:
     if not isinstance(obj, Opaque):
-        raise _bad(name, f"{what} is {_unpickler.short_repr(obj)}, not a DCP record")
+        raise _bad(name, f"{what} is {short_repr(obj)}, not a DCP record")
     return obj.state
 
 
@@ -125,7 +127,7 @@ def _bad(name: str, problem: str) -> ReadError:
 
 def _shape(value: Any, what: str, name: str) -> tuple[int, ...]:
     if not isinstance(value, tuple) or not all(type(v) is int and v >= 0 for v in value):
-        raise _bad(name, f"{what} is {_unpickler.short_repr(value)}, not a shape")
+        raise _bad(name, f"{what} is {short_repr(value)}, not a shape")
     return value
 
 
@@ -160,13 +162,13 @@ def parse_dcp_metadata(data: bytes, name: str) -> DcpMetadata:
     out.files = sorted({f for fs in files_by_fqn.values() for f in fs})
     for fqn, record in state["state_dict_metadata"].items():
         if type(fqn) is not str:
-            raise _bad(name, f"a key is {_unpickler.short_repr(fqn)}, not a string")
+            raise _bad(name, f"a key is {short_repr(fqn)}, not a string")
         kind = type(record).pickle_name if isinstance(record, Opaque) else ""
         if kind == "BytesStorageMetadata":
             out.objects.append(fqn)
             continue
         if kind != "TensorStorageMetadata":
-            raise _bad(name, f"'{fqn}' is described by {_unpickler.short_repr(record)}")
+            raise _bad(name, f"'{fqn}' is described by {short_repr(record)}")
         rec = _state(record, f"'{fqn}'", name)
         if not isinstance(rec, dict):
             raise _bad(name, f"'{fqn}' has no fields")
@@ -299,7 +301,7 @@ def read_dcp(folder: str, source: str, *, select: str | None = None) -> Manifest
         if e is None:
             continue
         key = k[len(prefix) :] if prefix and k.startswith(prefix) else k
-        itemsize = _unpickler.DTYPES[e.dtype].itemsize if e.dtype in _unpickler.DTYPES else 0
+        itemsize = DTYPES[e.dtype].itemsize if e.dtype in DTYPES else 0
         tensors[key] = TensorSpec(
             key, e.shape, e.dtype, math.prod(e.shape) * itemsize or None, e.file
         )

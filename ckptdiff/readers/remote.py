@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from ckptdiff.errors import CkptDiffError, ReadError, SourceNotFoundError
+from ckptdiff.wording import human_bytes, percent
 
 __all__ = [
     "BACKOFF_SECONDS",
@@ -140,24 +141,6 @@ class Transfer:
 
 #: Every hub request this process made (what ``--stats`` prints).
 TOTAL = Transfer()
-
-
-def percent(part: float, whole: float) -> str:
-    """``part`` as a share of ``whole``: ``0.072%``, ``1.1%``, ``250%``."""
-    share = 100 * part / whole if whole else 0.0
-    if share >= 10:
-        return f"{share:.0f}%"
-    if share >= 0.0001:
-        return f"{share:.2g}%"
-    return "<0.0001%" if share else "0%"
-
-
-def human_bytes(n: float) -> str:
-    """``90.9 MB``, ``11.4 kB``: decimal units, as the hub shows file sizes."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 # --- errors from huggingface_hub and httpx -----------------------------------------------------

@@ -76,6 +76,9 @@ def _load_index(path: str, source: str) -> tuple[dict[str, str], dict[str, Any]]
         return parse_index(f.read(), source)
 
 
+load_index = _load_index  # the public name: the index file at path, read and checked
+
+
 def parse_index(raw: bytes, source: str) -> tuple[dict[str, str], dict[str, Any]]:
     """Decode an index file: ``(weight_map, metadata)``.
 

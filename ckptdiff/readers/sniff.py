@@ -94,7 +94,8 @@ def _opcodes_only(head: bytes) -> bool:
     """Whether ``head`` is a valid run of pickle opcodes (up to its end or a STOP)."""
     if len(head) < 2:
         return False
-    from ckptdiff.readers.unpickler import PickleDataError, scan_pickle  # only for non-archives
+    from ckptdiff.readers.unpickler.opcodes import scan_pickle  # only for non-archives
+    from ckptdiff.readers.unpickler.records import PickleDataError
 
     try:
         scan_pickle(head)

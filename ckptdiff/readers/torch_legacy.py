@@ -20,16 +20,10 @@ from ckptdiff.errors import ReadError, UnsafeCheckpointError
 from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
 from ckptdiff.readers.torch_zip import display_name
-from ckptdiff.readers.unpickler import (
-    MAX_PICKLE_SIZE,
-    PickleDataError,
-    StorageRef,
-    Unpickled,
-    globals_in,
-    scan_pickle,
-    short_repr,
-    unpickle,
-)
+from ckptdiff.readers.unpickler import MAX_PICKLE_SIZE
+from ckptdiff.readers.unpickler.opcodes import globals_in, scan_pickle
+from ckptdiff.readers.unpickler.records import PickleDataError, StorageRef, short_repr
+from ckptdiff.readers.unpickler.restricted import Unpickled, unpickle
 from ckptdiff.types import Finding, Manifest
 
 __all__ = ["MAGIC_NUMBER", "PROTOCOL_VERSION", "read_pickle_file"]

@@ -31,7 +31,8 @@ from ckptdiff.errors import (
 )
 from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
-from ckptdiff.readers.unpickler import StorageRef, Unpickled, unpickle
+from ckptdiff.readers.unpickler.records import StorageRef
+from ckptdiff.readers.unpickler.restricted import Unpickled, unpickle
 from ckptdiff.types import Finding, Manifest
 
 __all__ = [

@@ -7,9 +7,10 @@ import re
 import pytest
 
 from ckptdiff.diagnosis.alignment import align, key_map_to_emit
+from ckptdiff.diagnosis.compare import compare
+from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.diagnosis.tensor_ops import find_fused_qkv, find_transposed
 from ckptdiff.diagnosis.transforms import find_renames
-from ckptdiff.diff import compare, diff_manifests
 from ckptdiff.keymap import KeyMap
 
 from .conftest import manifest

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ckptdiff._identify import identify
 from ckptdiff.cli import main
-from ckptdiff.identify import identify
 from ckptdiff.targets import build_target
 from fixtures.models import VIT_L_14_336, build_clip
 

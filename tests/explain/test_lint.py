@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.diagnosis.lint import lint, lint_config, read_tokenizer_size
-from ckptdiff.diff import diff_manifests
-from ckptdiff.report import render_report_table
+from ckptdiff.render.report import render_report_table
 
 from .conftest import manifest
 

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ckptdiff.diagnosis.alignment import key_map_to_emit
-from ckptdiff.diff import diff_manifests
+from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.keymap import KeyMap
 from ckptdiff.readers import read
 from ckptdiff.targets import build_target

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.diagnosis.emit import fixed_config_of
-from ckptdiff.diff import diff_manifests
 from ckptdiff.targets import build_target, rebuild
 from fixtures.models import VIT_B_16, VIT_L_14, VIT_L_14_336
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ckptdiff import read
-from ckptdiff.audit import audit
+from ckptdiff._audit import audit
 from tests.hub import repos
 from tests.hub.server import HubServer, SyntheticFile
 

@@ -14,7 +14,8 @@ from ckptdiff.readers.containers import (
     select_state_dict,
     specs_from_tensors,
 )
-from ckptdiff.readers.unpickler import DTYPES, TensorRef, UnsizedTensor, _placeholder
+from ckptdiff.readers.unpickler.placeholders import placeholder
+from ckptdiff.readers.unpickler.records import DTYPES, TensorRef, UnsizedTensor
 
 
 def t(*shape: int, dtype: str = "float32") -> TensorRef:
@@ -187,8 +188,8 @@ def test_metadata_is_json_safe_and_truncated() -> None:
 
 
 def test_pickled_module_is_rebuilt_into_a_state_dict() -> None:
-    module_cls = _placeholder("mypkg.nets", "Net")
-    linear_cls = _placeholder("torch.nn.modules.linear", "Linear")
+    module_cls = placeholder("mypkg.nets", "Net")
+    linear_cls = placeholder("torch.nn.modules.linear", "Linear")
     linear = linear_cls()
     linear.__setstate__(
         {

@@ -14,17 +14,11 @@ import pytest
 from ckptdiff.errors import ReadError
 from ckptdiff.readers import unpickler as unpickler_module
 from ckptdiff.readers.containers import select_state_dict
-from ckptdiff.readers.unpickler import (
-    ALLOWED_GLOBALS,
-    DTYPES,
-    DType,
-    Opaque,
-    PickleDataError,
-    StorageRef,
-    TensorRef,
-    scan_pickle,
-    unpickle,
-)
+from ckptdiff.readers.unpickler.allowlist import ALLOWED_GLOBALS
+from ckptdiff.readers.unpickler.opcodes import scan_pickle
+from ckptdiff.readers.unpickler.placeholders import Opaque
+from ckptdiff.readers.unpickler.records import DTYPES, DType, PickleDataError, StorageRef, TensorRef
+from ckptdiff.readers.unpickler.restricted import unpickle
 
 
 class G:
@@ -88,7 +82,7 @@ def load(body: bytes, form: str = "zip"):
 def test_allowed_globals_are_fakes_not_the_real_objects() -> None:
     fake = load(enc(G("torch._utils", "_rebuild_tensor_v2"))).root
     assert fake is ALLOWED_GLOBALS[("torch._utils", "_rebuild_tensor_v2")]
-    assert type(fake).__module__ == "ckptdiff.readers.unpickler"
+    assert type(fake).__module__ == "ckptdiff.readers.unpickler.allowlist"
     dtype = load(enc(G("torch", "bfloat16"))).root
     assert isinstance(dtype, DType) and dtype.name == "bfloat16"
     assert load(call(G("collections", "OrderedDict"))).root == OrderedDict()

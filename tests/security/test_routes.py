@@ -14,7 +14,8 @@ import pytest
 from ckptdiff.errors import ReadError, UnsafeCheckpointError, UnsafeUnreadableError
 from ckptdiff.readers import read
 from ckptdiff.readers import unpickler as unpickler_module
-from ckptdiff.readers.unpickler import scan_pickle, unpickle
+from ckptdiff.readers.unpickler.opcodes import scan_pickle
+from ckptdiff.readers.unpickler.restricted import unpickle
 from fixtures.hostile import _STATE_PKL, ROUTES, _with_payload
 
 

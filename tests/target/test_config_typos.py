@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ckptdiff.audit import audit
+from ckptdiff._audit import audit
 from ckptdiff.targets import build_target
 from tests.target.tiny_hf import save_tiny
 

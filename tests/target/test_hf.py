@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ckptdiff.check import check
+from ckptdiff import check
 from ckptdiff.errors import TargetError
 from ckptdiff.targets import build_target, rebuild, target_spec
 from ckptdiff.targets.module import manifest_from_module

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.diagnosis.prefixes import base_model_prefix_keymap
-from ckptdiff.diff import diff_manifests
 from ckptdiff.errors import UsageError
 from ckptdiff.keymap import KeyMap
 from ckptdiff.readers import read

@@ -6,13 +6,11 @@ out. Reading is torch-free; the diagnosis is :func:`ckptdiff.diagnosis.diagnose.
 
 from __future__ import annotations
 
-from ckptdiff.diagnosis.compare import compare, module_coverage
 from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.keymap import KeyMap
-from ckptdiff.sorting import natural_key
 from ckptdiff.types import Manifest, Report
 
-__all__ = ["compare", "diff_manifests", "diff_sources", "natural_key", "module_coverage"]
+__all__ = ["diff_sources"]
 
 
 def diff_sources(
