@@ -49,7 +49,7 @@ class LocalRepo:
         return sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n)))
 
     def weights_name(self) -> str:
-        from ckptdiff.readers.hub import choose_weights
+        from ckptdiff.readers.folder import choose_weights
 
         return choose_weights(self.names(), self.source)
 
