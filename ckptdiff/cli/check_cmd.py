@@ -17,42 +17,14 @@ from ckptdiff.cli.common import (
     keymap_options,
     no_cache_option,
     stats_option,
+    target_options,
     write_json,
 )
 
 
 @click.command("check")
 @click.argument("ckpt")
-@click.option(
-    "--model",
-    "-m",
-    "model",
-    required=True,
-    metavar="TARGET",
-    help="The model to load into: pkg.module:callable, path/to/file.py:callable, "
-    "hf-config:path/config.json, or a folder with a config.json.",
-)
-@click.option(
-    "--arg",
-    "args",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A keyword argument of the factory (or a transformers config field); VALUE is JSON "
-    "where it parses, dotted keys reach into dicts (vision_cfg.width=1024). Repeatable.",
-)
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False),
-    metavar="FILE",
-    help="A JSON object of keyword arguments (config fields for transformers); --arg wins.",
-)
-@click.option(
-    "--auto-class",
-    metavar="NAME",
-    help="transformers class to build (AutoModel, AutoModelForCausalLM, "
-    "BertForSequenceClassification...); default: the config's architectures[0].",
-)
+@target_options("The model to load into")
 @click.option(
     "--select", metavar="PATH", help="The state dict inside CKPT (state_dict, model_ema...)."
 )

@@ -61,8 +61,17 @@ def format_option(f: F) -> F:
     )(f)
 
 
-def target_options(f: F) -> F:
-    """``--model TARGET``, ``--arg KEY=VALUE``, ``--config FILE`` and ``--auto-class NAME``."""
+def target_options(model_help: str = "The model") -> Callable[[F], F]:
+    """``--model TARGET``, ``--arg KEY=VALUE``, ``--config FILE`` and ``--auto-class NAME``;
+    ``model_help`` starts the help of ``--model``."""
+
+    def deco(f: F) -> F:
+        return _target_options(f, model_help)
+
+    return deco
+
+
+def _target_options(f: F, model_help: str) -> F:
     f = click.option(
         "--auto-class",
         metavar="NAME",
@@ -90,7 +99,7 @@ def target_options(f: F) -> F:
         "model",
         required=True,
         metavar="TARGET",
-        help="The model: pkg.module:callable, path/to/file.py:callable, "
+        help=f"{model_help}: pkg.module:callable, path/to/file.py:callable, "
         "hf-config:path/config.json, or a folder with a config.json.",
     )(f)
 

@@ -14,7 +14,7 @@ from ckptdiff.cli.common import (
 
 
 @click.command("forward")
-@target_options
+@target_options()
 @click.option(
     "--input",
     "inputs",
