@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import ReadError, SelectError, UnsafeCheckpointError
+from ckptdiff.readers import torch_zip as z
 from ckptdiff.readers import unpickler as _unpickler
-from ckptdiff.readers.unpickler.placeholders import Opaque
+from ckptdiff.readers.unpickler.placeholders import Opaque, placeholder
 from ckptdiff.readers.unpickler.records import DTYPES, DType, short_repr
 from ckptdiff.readers.unpickler.restricted import unpickle
 from ckptdiff.types import Finding, Manifest, TensorSpec
@@ -45,18 +46,10 @@ _META = "torch.distributed.checkpoint.metadata"
 _OLD_META = "torch.distributed._shard.sharded_tensor.metadata"
 
 
-def _record_type(module: str, name: str) -> type[Opaque]:
-    """A read-only placeholder class that records what the pickle gives it, and nothing else."""
-    meta: Any = type(Opaque)
-    cls: type[Opaque] = meta(
-        name, (Opaque,), {"__slots__": (), "pickle_module": module, "pickle_name": name}
-    )
-    return cls
-
-
-#: DCP's record types, allowed for ``.metadata`` only (as placeholders, never imported).
+#: DCP's record types, allowed for ``.metadata`` only (as placeholders that record what the
+#: pickle gives them, never imported).
 DCP_GLOBALS: Mapping[tuple[str, str], type[Opaque]] = {
-    (module, name): _record_type(module, name)
+    (module, name): placeholder(module, name)
     for module, name in (
         *((_META, n) for n in ("Metadata", "TensorStorageMetadata", "ChunkStorageMetadata",
                                "BytesStorageMetadata", "TensorProperties", "MetadataIndex",
@@ -467,8 +460,6 @@ def blob_findings(f: Any, offset: int, length: int, name: str) -> list[Finding]:
     Raises:
         ReadError: the blob is not a torch archive.
     """
-    from ckptdiff.readers import torch_zip as z
-
     def read(start: int, size: int) -> bytes:
         f.seek(offset + start)
         return bytes(f.read(max(0, min(size, length - start))))
