@@ -242,9 +242,9 @@ else:
 #: Reading inside one process, after the imports: what "the reading itself" costs.
 READ_IN_PROCESS = """
 import sys, time
-import ckptdiff.cli.inspect_cmd, ckptdiff.report  # noqa: F401,E401
+import ckptdiff.cli.inspect_cmd, ckptdiff.render.manifest  # noqa: F401,E401
 from ckptdiff.readers import read
-from ckptdiff.report import render_manifest
+from ckptdiff.render.manifest import render_manifest
 t = time.perf_counter()
 render_manifest(read(sys.argv[1]))
 print(time.perf_counter() - t)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ckptdiff.report import _group_keys_one_by_one, group_keys
+from ckptdiff.render.keys import group_keys, group_keys_one_by_one
 
 PARTS = ["layers", "blocks", "h", "mlp", "attn", "0", "1", "2", "10", "31", "weight", "bias",
          "ln_1", "sub3", "007", "{}", "a\nb", ""]
@@ -27,7 +27,7 @@ def test_whole_list_grouping_is_the_one_by_one_grouping(seed):
     keys = _keys(rng, rng.randint(0, 60), odd=seed % 4 == 0)
     items = [(k, rng.choice([(1,), (2, 2)]), rng.choice(["float32", "int64"])) for k in keys]
     sig = lambda t: t[1:]  # noqa: E731
-    assert group_keys(items, lambda t: t[0], sig) == _group_keys_one_by_one(
+    assert group_keys(items, lambda t: t[0], sig) == group_keys_one_by_one(
         items, keys, sig
     )
 
@@ -45,12 +45,12 @@ def test_runs_collapse_with_ranges():
 def test_manifest_json_lines_are_the_encoders():
     import json
 
-    from ckptdiff.report import _ONE_LINE, _tensor_lines
+    from ckptdiff.render.manifest import ONE_LINE, tensor_lines
     from ckptdiff.types import TensorSpec
 
     specs = [TensorSpec('a"\\b\u00e9\n', (2, 3), "float32", 24), TensorSpec("s", (), "int64", None),
              TensorSpec("z", (0,), "bfloat16", 0)]
-    expected = [_ONE_LINE({"key": s.key, "shape": list(s.shape), "dtype": s.dtype,
+    expected = [ONE_LINE({"key": s.key, "shape": list(s.shape), "dtype": s.dtype,
                            "nbytes": s.nbytes}) for s in specs]
-    assert _tensor_lines(specs) == expected
+    assert tensor_lines(specs) == expected
     assert [json.loads(line)["key"] for line in expected] == [s.key for s in specs]

@@ -50,7 +50,7 @@ def test_help_and_inspect_import_only_what_they_use(tmp_path):
     commands = {m for m in inspect if m.startswith("ckptdiff.cli.") and m.endswith("_cmd")}
     assert commands == {"ckptdiff.cli.inspect_cmd"}
     assert not {"torch", "numpy", "ckptdiff._check", "ckptdiff._diff", "ckptdiff.targets",
-                "ckptdiff.readers.remote"} & inspect
+                "ckptdiff.readers.hub.transport"} & inspect
 
 
 @pytest.mark.parametrize("name", sorted(LAZY_COMMANDS))

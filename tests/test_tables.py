@@ -9,7 +9,7 @@ import string
 import pytest
 from tabulate import tabulate
 
-from ckptdiff.report import FAST_TABLE_ROWS, _plain_table, _table
+from ckptdiff.render.tables import FAST_TABLE_ROWS, plain_table, table
 
 CHARS = string.ascii_letters + "[], ._0123456789"
 
@@ -28,7 +28,7 @@ def test_plain_table_is_tabulates_layout(fmt, seed):
         for _ in range(rng.randint(1, 8))
     ]
     expected = tabulate(rows, headers, tablefmt=fmt, disable_numparse=True, colalign=colalign)
-    assert _plain_table(rows, headers, fmt, colalign) == expected
+    assert plain_table(rows, headers, fmt, colalign) == expected
 
 
 def test_big_tables_take_the_fast_path_with_the_same_text():
@@ -37,4 +37,4 @@ def test_big_tables_take_the_fast_path_with_the_same_text():
     align = ("left", "left", "left", "right")
     assert len(rows) > FAST_TABLE_ROWS
     slow = tabulate(rows, headers, tablefmt="simple", disable_numparse=True, colalign=align)
-    assert _table(rows, headers, "simple", align) == slow + "\n"
+    assert table(rows, headers, "simple", align) == slow + "\n"

@@ -82,7 +82,8 @@ def audit(sources: tuple[str, ...], from_file: str | None, fmt: str, auto_class:
     pickle allow-list. With several repos, the highest.
     """
     from ckptdiff._audit import audit as audit_repo
-    from ckptdiff._audit import audit_many, render_audit, render_audit_jsonl
+    from ckptdiff._audit import audit_many
+    from ckptdiff.render.audit import render_audit, render_audit_jsonl
 
     todo = _sources(sources, from_file)
     if not todo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import time
 import traceback
@@ -172,7 +173,7 @@ def _set_stats(ctx: click.Context, _param: click.Parameter, value: bool) -> bool
 
 def stats_line(requests: int, nbytes: int, seconds: float) -> str:
     """``hub transfer: 4 requests, 67.1 kB in 0.31 s``."""
-    from ckptdiff.readers.remote import human_bytes
+    from ckptdiff.wording import human_bytes
 
     return (f"hub transfer: {requests} request{'' if requests == 1 else 's'}, "
             f"{human_bytes(nbytes)} in {seconds:.2f} s")
@@ -189,7 +190,7 @@ def stats_option(f: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not click.get_current_context().meta.get(STATS_KEY):  # set first: --stats is eager
             return f(*args, **kwargs)
-        from ckptdiff.readers.remote import TOTAL
+        from ckptdiff.readers.hub.transport import TOTAL
 
         requests, nbytes = TOTAL.snapshot()
         start = time.perf_counter()
@@ -269,6 +270,13 @@ def handle_errors(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def write_json(path: str, data: Any) -> None:
+    """Write ``data`` as indented JSON and a newline (``--emit-config``, ``--emit-key-map``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+
+
 def emit(text: str) -> None:
     """Write a rendered report to stdout.
 
@@ -284,6 +292,7 @@ __all__ = [
     "coverage_depth_option",
     "debug_option",
     "emit",
+    "write_json",
     "fail",
     "format_option",
     "handle_errors",

@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from ckptdiff.cli.common import debug_option, emit, format_option, handle_errors, stats_option
-
-
-def render_candidates(ranked: list, fmt: str) -> str:
-    """The ranking as a table (or markdown, or JSON)."""
-    if fmt == "json":
-        return json.dumps({"schema": "ckptdiff.identify/1",
-                           "candidates": [c.to_dict() for c in ranked]}, indent=2) + "\n"
-    from tabulate import tabulate
-
-    rows = []
-    for i, c in enumerate(ranked, 1):
-        if c.report is None:
-            rows.append([i, c.name, "-", "-", "-", "-", "-", "-", f"does not build: {c.error}"])
-            continue
-        n = c.counts
-        rows.append([i, c.name, n["matched"], n["mismatched"], n["missing"], n["unexpected"],
-                     f"{100 * c.coverage:.1f}%", f"{c.fit:.3f}",
-                     "fits exactly" if c.report.ok else ""])
-    headers = ["rank", "candidate", "matched", "mismatched", "missing", "unexpected",
-               "coverage", "fit", "verdict"]
-    return tabulate(rows, headers, tablefmt="github" if fmt == "markdown" else "simple",
-                    disable_numparse=True) + "\n"
 
 
 @click.command("identify")
@@ -60,6 +36,7 @@ def identify(ckpt: str, candidates: str, model: str | None, select: str | None,
     Exit codes: 0 the best candidate fits exactly, 1 none does, 2 bad input.
     """
     from ckptdiff._identify import identify as rank
+    from ckptdiff.render.identify import render_candidates
 
     ranked = rank(ckpt, candidates, model=model, select=select)
     emit(render_candidates(ranked, fmt))

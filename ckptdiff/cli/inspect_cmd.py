@@ -64,7 +64,7 @@ def inspect(
     shards...), 2 bad input, 3 the file names code outside the pickle allow-list.
     """
     from ckptdiff.readers import read
-    from ckptdiff.report import render_manifest
+    from ckptdiff.render.manifest import render_manifest
 
     manifest = read(source, select=select)
     tensors = list(manifest.tensors.values())

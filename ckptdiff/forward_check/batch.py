@@ -93,6 +93,7 @@ def _read_torch_zip(path: str) -> list[InputSpec]:
     import torch
 
     from ckptdiff.readers import torch_zip
+    from ckptdiff.readers.byte_source import LocalFile
     from ckptdiff.readers.containers import select_state_dict
     from ckptdiff.readers.unpickler.records import TensorRef
 
@@ -111,9 +112,8 @@ def _read_torch_zip(path: str) -> list[InputSpec]:
         )
     budget = MAX_VALUE_BYTES
     out: list[InputSpec] = []
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        entries = torch_zip._read_directory(f, size, path)
+    with LocalFile.open(path) as f:
+        entries, _ = torch_zip.read_directory(f, path)
         prefix = torch_zip.archive_prefix(entries, path)
         for key, ref in selection.tensors.items():
             _top_level(key, path)
@@ -125,7 +125,7 @@ def _read_torch_zip(path: str) -> list[InputSpec]:
             if ref.storage is not None and _wanted(dtype, ref.numel, nbytes, budget):
                 budget -= nbytes
                 entry = entries[f"{prefix}data/{ref.storage.key}"]
-                raw = bytearray(torch_zip._read_entry(f, entry, size, path))
+                raw = bytearray(torch_zip.read_entry(f, entry, path))
                 storage = torch.frombuffer(raw, dtype=getattr(torch, dtype)) if raw else \
                     torch.zeros(0, dtype=getattr(torch, dtype))
                 _check_view(ref, storage.numel(), key, path)

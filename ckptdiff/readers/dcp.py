@@ -469,7 +469,7 @@ def blob_findings(f: Any, offset: int, length: int, name: str) -> list[Finding]:
         read(length - tail_len, tail_len), length - tail_len, name
     )
     if record is not None:
-        entries, cd_offset, cd_size = z.parse_zip64_end_record(read(record, z._END64.size), name)
+        entries, cd_offset, cd_size = z.parse_zip64_end_record(read(record, z.ZIP64_END_SIZE), name)
     if entries > z.MAX_ZIP_ENTRIES or cd_offset + cd_size > length:
         raise ReadError(f"Cannot read '{name}': a blob's zip directory is corrupt.")
     directory = z.parse_central_directory(read(cd_offset, cd_size), entries, name)

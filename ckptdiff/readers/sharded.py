@@ -14,16 +14,20 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ckptdiff.errors import ReadError, UnsafeCheckpointError
+from ckptdiff.errors import ReadError, SelectError, UnsafeCheckpointError
+from ckptdiff.readers.weights_file import read_file
 from ckptdiff.types import Finding, Manifest, TensorSpec
 
 __all__ = [
     "MAX_INDEX_FILE_SIZE",
     "confined_path",
     "index_manifest",
+    "load_index",
     "parse_index",
+    "read_local_shard",
     "read_sharded",
     "shard_name_parts",
+    "shard_security_findings",
 ]
 
 #: Largest index file accepted (the one of a 1T-parameter model is ~10 MB).
@@ -65,7 +69,12 @@ def _cache_blobs(root: str) -> tuple[str, ...]:
     return (blobs,) if os.path.isdir(blobs) else ()
 
 
-def _load_index(path: str, source: str) -> tuple[dict[str, str], dict[str, Any]]:
+def load_index(path: str, source: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """Read a local index file: ``(weight_map, metadata)`` (see :func:`parse_index`).
+
+    Raises:
+        ReadError: over :data:`MAX_INDEX_FILE_SIZE`, not JSON, or no weight map.
+    """
     size = os.path.getsize(path)
     if size > MAX_INDEX_FILE_SIZE:
         raise ReadError(
@@ -145,13 +154,7 @@ def read_local_shard(
     path: str, name: str, source: str
 ) -> tuple[dict[str, TensorSpec], tuple[Finding, ...]]:
     """One shard's tensors, and its security findings (a pickle shard's forbidden globals)."""
-    from ckptdiff.readers import read_file
-    from ckptdiff.readers.safetensors_file import read_safetensors_specs
-    from ckptdiff.readers.sniff import sniff_file
-
-    if sniff_file(path) == "safetensors":
-        return read_safetensors_specs(path, name)[0], ()
-    shard = read_file(path, f"{source}: {name}")
+    shard = read_file(path, f"{source}: {name}", shard=name)
     return dict(shard.tensors), shard_security_findings(shard, name)
 
 
@@ -171,15 +174,13 @@ def read_sharded(index_path: str, source: str, *, select: str | None = None) -> 
         ReadError: the index is not valid, or a shard cannot be read.
         UnsafeCheckpointError: a shard name leaves the folder.
     """
-    from ckptdiff.errors import SelectError
-
     if select:
         raise SelectError(
             f"Cannot read '{source}' (--select {select}): a sharded checkpoint is one flat "
             "state dict; --select applies to nested pickled containers."
         )
     folder = os.path.dirname(os.path.abspath(index_path))
-    weight_map, index_meta = _load_index(index_path, source)
+    weight_map, index_meta = load_index(index_path, source)
     shard_specs: dict[str, dict[str, TensorSpec]] = {}
     files: list[str] = [index_path]
     unsafe: list[Finding] = []

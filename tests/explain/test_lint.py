@@ -6,7 +6,7 @@ import json
 
 from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.diagnosis.lint import lint, lint_config, read_tokenizer_size
-from ckptdiff.report import render_report_table
+from ckptdiff.render.report import render_report_table
 
 from .conftest import manifest
 

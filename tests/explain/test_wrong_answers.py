@@ -17,7 +17,7 @@ from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.diagnosis.emit import fixed_config_of
 from ckptdiff.keymap import KeyMap
 from ckptdiff.readers import read
-from ckptdiff.report import render_report_table
+from ckptdiff.render.report import render_report_table
 from ckptdiff.targets import build_target
 
 from .conftest import manifest

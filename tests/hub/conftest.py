@@ -28,7 +28,7 @@ def configure_hub(monkeypatch: pytest.MonkeyPatch, url: str, cache: Path,
     """Point huggingface_hub (env and already-imported constants) at ``url``."""
     from huggingface_hub import constants
 
-    from ckptdiff.readers import remote
+    from ckptdiff.readers.hub import transport as remote
 
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))

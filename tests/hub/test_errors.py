@@ -10,9 +10,9 @@ import pytest
 
 from ckptdiff import read
 from ckptdiff.cli import main
-from ckptdiff.readers import remote
 from ckptdiff.readers.hub import read_hub
-from ckptdiff.readers.remote import (
+from ckptdiff.readers.hub import transport as remote
+from ckptdiff.readers.hub.errors import (
     HubAccessError,
     HubNotFoundError,
     HubOfflineError,

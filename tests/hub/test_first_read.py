@@ -8,7 +8,8 @@ import struct
 from pathlib import Path
 
 from ckptdiff.readers import read
-from ckptdiff.readers.hub import FIRST_READ_SIZE, first_read_size
+from ckptdiff.readers.hub import FIRST_READ_SIZE
+from ckptdiff.readers.safetensors_file import first_read_size
 from tests.hub import repos
 from tests.hub.server import HubServer
 

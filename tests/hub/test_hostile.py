@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ckptdiff.cli import main
-from ckptdiff.readers import remote
+from ckptdiff.readers.hub import transport as remote
 from tests.hub import repos
 from tests.hub.server import HubServer, SyntheticFile
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from ckptdiff import check
-from ckptdiff._audit import audit, render_audit
+from ckptdiff._audit import audit
+from ckptdiff.render.audit import render_audit
 from tests.hub import repos
 from tests.hub.server import HubServer
 

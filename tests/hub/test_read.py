@@ -12,7 +12,7 @@ import pytest
 from ckptdiff import read
 from ckptdiff.readers import hub as hub_reader
 from ckptdiff.readers.hub import parse_hub_source
-from ckptdiff.readers.remote import TOTAL
+from ckptdiff.readers.hub.transport import TOTAL
 from tests.hub import repos
 from tests.hub.server import HubServer
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ckptdiff.errors import ReadError, SelectError, UnsupportedFormatError
-from ckptdiff.readers import read
+from ckptdiff.readers import byte_source, read
 from ckptdiff.readers import torch_zip as torch_zip_module
 from ckptdiff.readers.torch_zip import read_torch_zip
 from fixtures.torch_files import (
@@ -171,7 +171,7 @@ def test_bytes_read_stay_near_data_pkl_and_directory(tmp_path: Path, monkeypatch
         assert mode == "rb"
         return CountingFile(file, "r")
 
-    monkeypatch.setattr(torch_zip_module, "open", counting_open, raising=False)
+    monkeypatch.setattr(byte_source, "open", counting_open, raising=False)
     manifest = read_torch_zip(str(path), str(path))
     assert len(manifest.tensors) == 4
     with zipfile.ZipFile(path) as z:

@@ -157,7 +157,7 @@ _FOLDER_CASES = [c.name for c in CASES if not c.torch_applies and c.name != "fif
 
 
 def test_scan_verdicts_do_not_depend_on_where_the_scan_starts(corpus, canary):
-    from ckptdiff.cli.scan_cmd import scan_source
+    from ckptdiff._scan import scan_source
 
     root = next(iter(corpus.values()))[1].parent
     from_root = {r.path: r.to_dict() for r in scan_source(str(root))}

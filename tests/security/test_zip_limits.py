@@ -13,7 +13,7 @@ import pytest
 from ckptdiff.cli import main
 from ckptdiff.errors import ReadError, UnsafeCheckpointError
 from ckptdiff.readers import unpickler as unpickler_module
-from ckptdiff.readers.torch_zip import ZipEntry, check_entry, parse_central_directory
+from ckptdiff.readers.zip_format import ZipEntry, check_entry, parse_central_directory
 from fixtures.hostile import _STATE_PKL, _write_raw_zip, _zip_entries
 
 _LIMIT_ADVICE = "Raise ckptdiff.readers.unpickler.MAX_PICKLE_SIZE"

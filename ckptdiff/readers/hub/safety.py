@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ckptdiff.errors import UnsafeCheckpointError, UsageError
-from ckptdiff.readers.remote import HubError, HubLimitError, read_body, request_deadline
+from ckptdiff.readers.hub.errors import HubError, HubLimitError
+from ckptdiff.readers.hub.transport import read_body, request_deadline, timeout_seconds
 from ckptdiff.terminal import printable
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "check_repo_names",
     "check_revision",
     "download_small_file",
+    "is_commit",
 ]
 
 #: The largest small file (config.json, an index, a tokenizer) fetched whole; an index of a
@@ -59,13 +61,18 @@ def check_revision(revision: str, source: str) -> str:
     return revision
 
 
+def is_commit(value: str) -> bool:
+    """Whether ``value`` is a commit id: exactly 40 lowercase hex digits."""
+    return _COMMIT.fullmatch(value) is not None
+
+
 def check_commit(value: object, source: str, where: str) -> str:
     """A commit id from the server: exactly 40 lowercase hex digits.
 
     Raises:
         UnsafeHubError: anything else (it would become a path in the cache).
     """
-    if isinstance(value, str) and _COMMIT.fullmatch(value):
+    if isinstance(value, str) and is_commit(value):
         return value
     raise UnsafeHubError(
         f"Cannot read '{printable(source)}' ({where}): the server gave the commit "
@@ -144,8 +151,6 @@ def download_small_file(
     """
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
-    from ckptdiff.readers.remote import _timeout_seconds
-
     what = f"'{printable(source)}' ({printable(path)})"
     cap = (1 << 50) if whole_weights else _max_small_file()
     limit = cap if listed_size is None else min(cap, listed_size)
@@ -157,7 +162,7 @@ def download_small_file(
     deadline = None if whole_weights else request_deadline()
     with get_session().stream(
         "GET", url, headers={**headers, "Accept-Encoding": "identity"},
-        timeout=_timeout_seconds(), follow_redirects=True,
+        timeout=timeout_seconds(), follow_redirects=True,
     ) as response:  # fmt: skip
         transfer.add(1 + len(response.history))
         if response.status_code >= 400:

@@ -1,13 +1,12 @@
-"""Reading remote files by HTTP range requests, through huggingface_hub's own HTTP session.
+"""The HTTP transport under the hub reader, through huggingface_hub's own HTTP session.
 
-The transport under the hub reader: a :class:`RangeReader` fetches byte ranges of one file (and
-keeps what it fetched), a :class:`Transfer` counts requests and bytes, and every HTTP failure is
-turned into one of the errors below, each one line that says what to do. Requests go through
-``huggingface_hub.utils.get_session()``, so the user's client factory (proxies, certificates),
-token, endpoint and offline mode apply.
+Requests go through ``huggingface_hub.utils.get_session()``, so the user's client factory
+(proxies, certificates), token, endpoint and offline mode apply. Here: retries with backoff
+(:func:`call_with_retries`), every HTTP failure turned into one of the errors of
+:mod:`ckptdiff.readers.hub.errors` (:func:`translate_hub_error`), bounded response bodies with a
+deadline (:func:`read_body`), and the counting of requests and bytes (:class:`Transfer`).
 
-No torch here, and nothing parses file formats: the pure parsers in ``safetensors_header`` and
-``torch_zip`` are fed with the bytes.
+No torch here, and nothing parses file formats.
 """
 
 from __future__ import annotations
@@ -15,31 +14,33 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ckptdiff.errors import CkptDiffError, ReadError, SourceNotFoundError
+from ckptdiff.errors import CkptDiffError
+from ckptdiff.readers.hub.errors import (
+    HubAccessError,
+    HubError,
+    HubLimitError,
+    HubNotFoundError,
+    HubOfflineError,
+    HubUnavailableError,
+)
+from ckptdiff.wording import human_bytes
 
 __all__ = [
     "BACKOFF_SECONDS",
     "MAX_RETRIES",
     "TOTAL",
-    "HubAccessError",
-    "HubError",
-    "HubLimitError",
-    "HubNotFoundError",
-    "HubOfflineError",
-    "HubUnavailableError",
-    "RangeNotSupportedError",
-    "RangeReader",
     "Transfer",
     "allow_download_from_env",
     "call_with_retries",
     "describe_for",
-    "human_bytes",
-    "percent",
+    "http_client",
     "read_body",
     "request_deadline",
+    "status_of",
+    "timeout_seconds",
     "translate_hub_error",
 ]
 
@@ -57,37 +58,6 @@ TIMEOUT: float | None = None
 REQUEST_DEADLINE = 120.0
 #: Status codes worth retrying.
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-# --- errors ------------------------------------------------------------------------------------
-
-
-class HubError(CkptDiffError):
-    """Base class of the errors met while reading from the hub."""
-
-
-class HubNotFoundError(HubError, SourceNotFoundError):
-    """No such repo (or a private one), revision or file (HTTP 404, or 401 without access)."""
-
-
-class HubAccessError(HubError, PermissionError):
-    """A gated repo whose terms are not accepted, or a token without access (HTTP 401/403)."""
-
-
-class HubUnavailableError(HubError, ConnectionError):
-    """Timeouts, connection failures and 5xx answers that outlived the retries."""
-
-
-class HubOfflineError(HubError, SourceNotFoundError):
-    """``HF_HUB_OFFLINE`` is set and the local cache does not hold what is needed."""
-
-
-class HubLimitError(HubError, ReadError):
-    """A response body longer than asked for or allowed, or slower than the request deadline."""
-
-
-class RangeNotSupportedError(HubError, ReadError):
-    """The server answered a range request with the whole file."""
 
 
 # --- counting ----------------------------------------------------------------------------------
@@ -142,34 +112,16 @@ class Transfer:
 TOTAL = Transfer()
 
 
-def percent(part: float, whole: float) -> str:
-    """``part`` as a share of ``whole``: ``0.072%``, ``1.1%``, ``250%``."""
-    share = 100 * part / whole if whole else 0.0
-    if share >= 10:
-        return f"{share:.0f}%"
-    if share >= 0.0001:
-        return f"{share:.2g}%"
-    return "<0.0001%" if share else "0%"
-
-
-def human_bytes(n: float) -> str:
-    """``90.9 MB``, ``11.4 kB``: decimal units, as the hub shows file sizes."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
 # --- errors from huggingface_hub and httpx -----------------------------------------------------
 
 
-def _status(e: BaseException) -> int | None:
+def status_of(e: BaseException) -> int | None:
     response = getattr(e, "response", None)
     code = getattr(response, "status_code", None)
     return code if isinstance(code, int) else None
 
 
-def _httpx() -> Any:
+def http_client() -> Any:
     """The HTTP client library under huggingface_hub (httpx2 in 2.x, httpx in 1.x)."""
     try:
         import httpx2
@@ -182,14 +134,14 @@ def _httpx() -> Any:
 
 
 def _transient(e: BaseException) -> bool:
-    http = _httpx()
+    http = http_client()
     if isinstance(e, (http.TimeoutException, http.NetworkError, http.RemoteProtocolError)):
         return True
-    status = _status(e)
+    status = status_of(e)
     return status is not None and status in RETRY_STATUS
 
 
-def _timeout_seconds() -> float:
+def timeout_seconds() -> float:
     if TIMEOUT is not None:
         return TIMEOUT
     from huggingface_hub import constants
@@ -224,9 +176,9 @@ def translate_hub_error(
     """
     from huggingface_hub import errors as hf_errors
 
-    http = _httpx()
+    http = http_client()
 
-    status = _status(e)
+    status = status_of(e)
     head = f"Cannot read '{source}' ({what})"
     if isinstance(e, hf_errors.OfflineModeIsEnabled):
         return HubOfflineError(
@@ -279,7 +231,7 @@ def translate_hub_error(
         )
     if isinstance(e, http.TimeoutException):
         return HubUnavailableError(
-            f"{head}: no answer within {_timeout_seconds():g} s{tries}. Try again, or raise "
+            f"{head}: no answer within {timeout_seconds():g} s{tries}. Try again, or raise "
             "HF_HUB_DOWNLOAD_TIMEOUT / HF_HUB_ETAG_TIMEOUT."
         )
     if isinstance(e, (http.NetworkError, http.RemoteProtocolError)):
@@ -330,149 +282,6 @@ def call_with_retries(
         wait = min(MAX_BACKOFF_SECONDS, wait * 2)
 
 
-# --- range reads -------------------------------------------------------------------------------
-
-
-class RangeReader:
-    """Byte ranges of one remote file, fetched on demand and kept.
-
-    Args:
-        url: the file's resolve URL.
-        name: the file, for messages (``org/repo/model.safetensors``).
-        size: the file's size when known (from the repo listing); learned from
-            ``Content-Range`` otherwise.
-        headers: request headers (authorization, user agent) from ``build_hf_headers``.
-        transfer: where requests and bytes are counted.
-        describe: turns an HTTP failure into the error to raise (see :func:`translate_hub_error`).
-        source: the source string, for messages.
-
-    Example:
-        >>> reader = RangeReader(url, name="x.safetensors", size=None, headers={},
-        ...     transfer=Transfer(), describe=describe, source="hf://a/b")  # doctest: +SKIP
-        >>> reader.read(0, 8)  # doctest: +SKIP
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        name: str,
-        size: int | None,
-        headers: Mapping[str, str],
-        transfer: Transfer,
-        describe: Callable[[BaseException, int], CkptDiffError],
-        source: str,
-    ) -> None:
-        self.url = url
-        self.name = name
-        self.size = size
-        self.headers = dict(headers)
-        self.transfer = transfer
-        self.describe = describe
-        self.source = source
-        self._chunks: list[tuple[int, bytes]] = []
-        self._lock = threading.Lock()
-
-    def _cached(self, start: int, end: int) -> bytes | None:
-        with self._lock:
-            for offset, data in self._chunks:
-                if offset <= start and end <= offset + len(data):
-                    return data[start - offset : end - offset]
-        return None
-
-    def read(self, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of the file (fewer when the file ends before ``end``).
-
-        Raises:
-            RangeNotSupportedError: the server sent the whole file instead of the range.
-            HubError: the request failed (see :func:`translate_hub_error`).
-        """
-        if self.size is not None:
-            end = min(end, self.size)
-        if end <= start:
-            return b""
-        hit = self._cached(start, end)
-        if hit is not None:
-            return hit
-        # a fetched chunk that covers the end of the range (a tail read): fetch only the rest
-        with self._lock:
-            covers_end = [o for o, d in self._chunks if start < o < end <= o + len(d)]
-        if covers_end:
-            split = min(covers_end)
-            head = self.read(start, split)
-            return head + (self._cached(split, end) or b"")
-        offset, data = self._fetch(f"bytes={start}-{end - 1}", start)
-        return data[start - offset : end - offset]
-
-    def tail(self, n: int) -> tuple[int, bytes]:
-        """The last ``n`` bytes of the file, and the offset of the first of them."""
-        if self.size is not None:
-            start = max(0, self.size - n)
-            return start, self.read(start, self.size)
-        return self._fetch(f"bytes=-{n}", None)
-
-    def _fetch(self, byte_range: str, start: int | None) -> tuple[int, bytes]:
-        offset, data = call_with_retries(
-            lambda: self._get(byte_range, start), transfer=None, describe=self.describe
-        )
-        with self._lock:
-            self._chunks.append((offset, data))
-        return offset, data
-
-    def _get(self, byte_range: str, start: int | None) -> tuple[int, bytes]:
-        from huggingface_hub.utils import get_session, hf_raise_for_status
-
-        headers = {**self.headers, "Range": byte_range, "Accept-Encoding": "identity"}
-        self.transfer.add(1)
-        with get_session().stream(
-            "GET", self.url, headers=headers, timeout=_timeout_seconds(), follow_redirects=True
-        ) as response:
-            if response.history:
-                self.transfer.add(len(response.history))
-            if response.status_code == 200:
-                total = response.headers.get("Content-Length")
-                # leave without reading the body: closing the stream drops the connection
-                raise RangeNotSupportedError(
-                    f"Cannot read '{self.source}' ({self.name}): the server ignored the range "
-                    f"request and started sending the whole file"
-                    f"{f' ({human_bytes(n)})' if (n := _uint(total)) is not None else ''}; "
-                    "ckptdiff reads only headers. Pass --allow-download (or set "
-                    "CKPTDIFF_ALLOW_DOWNLOAD=1) to download the file instead."
-                )
-            if response.status_code == 416:
-                raise ReadError(
-                    f"Cannot read '{self.source}' ({self.name}): the server says range "
-                    f"{byte_range} is outside the file (HTTP 416); the file is shorter than its "
-                    "header or listing says. It is truncated or corrupt on the hub."
-                )
-            if response.status_code != 206:
-                response.read()
-                hf_raise_for_status(response)
-                raise HubError(
-                    f"Cannot read '{self.source}' ({self.name}): unexpected HTTP "
-                    f"{response.status_code} to a range request."
-                )
-            data = read_body(response, limit=_range_length(byte_range),
-                             deadline=request_deadline(), what=f"'{self.source}' ({self.name})")
-            self.transfer.add(0, len(data), ranged=True)
-            offset, total_size = _content_range(response.headers.get("Content-Range"))
-            if total_size is not None and self.size is None:
-                self.size = total_size
-            if offset is None:
-                if start is None:
-                    raise ReadError(
-                        f"Cannot read '{self.source}' ({self.name}): the server answered a "
-                        "suffix range without a Content-Range header."
-                    )
-                offset = start
-            if start is not None and offset != start:
-                raise ReadError(
-                    f"Cannot read '{self.source}' ({self.name}): asked for {byte_range} and got "
-                    f"bytes from {offset} (Content-Range: {response.headers.get('Content-Range')})."
-                )
-            return offset, data
-
-
 def request_deadline() -> float:
     """The ``time.monotonic()`` by which a request started now must be done."""
     raw = os.environ.get("CKPTDIFF_HUB_DEADLINE", "").strip()
@@ -481,14 +290,6 @@ def request_deadline() -> float:
     except ValueError:
         seconds = REQUEST_DEADLINE
     return time.monotonic() + seconds
-
-
-def _range_length(byte_range: str) -> int:
-    """The bytes a ``bytes=a-b`` or ``bytes=-n`` request asks for."""
-    first, _, last = byte_range.removeprefix("bytes=").partition("-")
-    if not first:
-        return int(last)
-    return int(last) - int(first) + 1
 
 
 def read_body(
@@ -533,22 +334,6 @@ def read_body(
     return b"".join(chunks)
 
 
-def _content_range(value: str | None) -> tuple[int | None, int | None]:
-    """``bytes 0-99/1234`` -> ``(0, 1234)``; None for what is absent or unparsable."""
-    if not value or not value.startswith("bytes "):
-        return None, None
-    span, _, total = value[6:].partition("/")
-    first = span.split("-", 1)[0]
-    return _uint(first), _uint(total)
-
-
-def _uint(text: str | None) -> int | None:
-    """A plain decimal number a server sent (ASCII digits, at most 18), else None."""
-    if text and text.isascii() and text.isdigit() and len(text) <= 18:
-        return int(text)
-    return None
-
-
 def allow_download_from_env() -> bool:
     """Whether ``CKPTDIFF_ALLOW_DOWNLOAD`` asks to download whole files when ranges fail."""
     return os.environ.get("CKPTDIFF_ALLOW_DOWNLOAD", "").strip().lower() in ("1", "true", "yes")
@@ -557,7 +342,7 @@ def allow_download_from_env() -> bool:
 def describe_for(
     source: str, repo_id: str, what: str, page: str
 ) -> Callable[[BaseException, int], CkptDiffError]:
-    """A ``describe`` callable for :func:`call_with_retries` and :class:`RangeReader`."""
+    """A ``describe`` callable for :func:`call_with_retries` and the range source."""
 
     def describe(e: BaseException, attempts: int) -> CkptDiffError:
         return translate_hub_error(
