@@ -114,7 +114,7 @@ def _read(source: str, select: str | None) -> Manifest:
     if os.path.isdir(path):
         from ckptdiff.readers.stacks import read_stack_folder
 
-        found = read_stack_folder(path, source, select=select, read_file=read_file)
+        found = read_stack_folder(path, source, select=select)
         if found is not None:
             return found
         path = resolve_folder(path, source)

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import ReadError, SelectError, UnsafeCheckpointError
-from ckptdiff.readers import torch_zip as z
+from ckptdiff.readers import torch_zip
 from ckptdiff.readers import unpickler as _unpickler
+from ckptdiff.readers import zip_format as z
 from ckptdiff.readers.unpickler.placeholders import Opaque, placeholder
 from ckptdiff.readers.unpickler.records import DTYPES, DType, short_repr
 from ckptdiff.readers.unpickler.restricted import unpickle
@@ -470,10 +471,10 @@ def blob_findings(f: Any, offset: int, length: int, name: str) -> list[Finding]:
     )
     if record is not None:
         entries, cd_offset, cd_size = z.parse_zip64_end_record(read(record, z.ZIP64_END_SIZE), name)
-    if entries > z.MAX_ZIP_ENTRIES or cd_offset + cd_size > length:
+    if entries > torch_zip.MAX_ZIP_ENTRIES or cd_offset + cd_size > length:
         raise ReadError(f"Cannot read '{name}': a blob's zip directory is corrupt.")
     directory = z.parse_central_directory(read(cd_offset, cd_size), entries, name)
-    prefix = z.archive_prefix(directory, name)
+    prefix = torch_zip.archive_prefix(directory, name)
     pkl = directory[f"{prefix}data.pkl"]
     if max(pkl.size, pkl.compressed_size) > _unpickler.MAX_PICKLE_SIZE:
         raise ReadError(f"Cannot read '{name}': a blob's data.pkl is over the size limit.")
@@ -481,4 +482,4 @@ def blob_findings(f: Any, offset: int, length: int, name: str) -> list[Finding]:
     data = z.decode_entry(read(start, pkl.compressed_size), pkl, name)
     unpickled = unpickle(data, name, context=f"blob at {offset}: data.pkl", storage_form="zip")
     found = [f for f in unpickled.findings if f.severity == "security"]
-    return found + z.zip_slip_findings(directory)
+    return found + torch_zip.zip_slip_findings(directory)

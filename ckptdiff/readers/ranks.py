@@ -1,7 +1,8 @@
 """Model-parallel rank files: one file per rank, merged into the logical model's manifest.
 
 Meta's ``consolidated.NN.pth`` (with ``params.json``) and Megatron's
-``mp_rank_NN/model_optim_rng.pt``: each rank file is read as an ordinary weights file, and the
+``mp_rank_NN/model_optim_rng.pt``: each rank file is read as an ordinary weights file
+(:func:`~ckptdiff.readers.weights_file.read_file`), and the
 ranks are merged by :func:`ckptdiff.layouts.parallel.merge_manifests`, which infers the split
 dimensions from the model's hidden width.
 """
@@ -10,23 +11,17 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Protocol
 
 from ckptdiff.layouts import read_small_json
 from ckptdiff.layouts.parallel import merge_manifests
+from ckptdiff.readers.weights_file import read_file
 from ckptdiff.types import Manifest
 
-__all__ = ["FileReader", "rank_files", "read_ranks"]
+__all__ = ["rank_files", "read_ranks"]
 
 _CONSOLIDATED = re.compile(r"^consolidated\.([0-9]{1,9})\.pth$")
 _MP_DIR = re.compile(r"^mp_rank_([0-9]{1,9})(?:_[0-9]{1,9})?$")
 _MEGATRON_FILES = ("model_optim_rng.pt", "model_rng.pt")
-
-
-class FileReader(Protocol):
-    """Reads one weights file: ``(path, source, select=...) -> Manifest``."""
-
-    def __call__(self, path: str, source: str, *, select: str | None = None) -> Manifest: ...
 
 
 def rank_files(path: str) -> list[str]:
@@ -46,11 +41,9 @@ def rank_files(path: str) -> list[str]:
     return [f for _, f in sorted(out)]
 
 
-def read_ranks(
-    folder: str, files: list[str], source: str, *, select: str | None, read_file: FileReader
-) -> Manifest:
-    """Read every rank file with ``read_file`` and merge them (hidden width from
-    ``params.json``'s ``dim``, else the training args' ``hidden_size``)."""
+def read_ranks(folder: str, files: list[str], source: str, *, select: str | None) -> Manifest:
+    """Read every rank file and merge them (hidden width from ``params.json``'s ``dim``, else
+    the training args' ``hidden_size``)."""
     ranks = [read_file(f, source, select=select) for f in files]
     params = read_small_json(os.path.join(folder, "params.json")) or {}
     hidden = params.get("dim") if type(params.get("dim")) is int else None

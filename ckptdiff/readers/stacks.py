@@ -15,22 +15,20 @@ from ckptdiff.readers.annotate import annotate
 from ckptdiff.readers.dcp import is_dcp_folder, read_dcp
 from ckptdiff.readers.deepspeed import find_deepspeed_files, read_deepspeed
 from ckptdiff.readers.peft import find_adapter_file
-from ckptdiff.readers.ranks import FileReader, rank_files, read_ranks
+from ckptdiff.readers.ranks import rank_files, read_ranks
+from ckptdiff.readers.weights_file import read_file
 from ckptdiff.types import Manifest
 
 __all__ = ["read_stack_folder"]
 
 
-def read_stack_folder(
-    path: str, source: str, *, select: str | None = None, read_file: FileReader
-) -> Manifest | None:
+def read_stack_folder(path: str, source: str, *, select: str | None = None) -> Manifest | None:
     """Read a folder written by a training stack, or None when it is an ordinary folder.
 
     Args:
         path: the folder.
         source: the source string as the user gave it.
         select: the state dict to use inside pickled containers.
-        read_file: the reader of one weights file (an adapter's, a rank's).
 
     Returns:
         The folder's manifest, its layout named; None for a folder no stack wrote.
@@ -47,5 +45,5 @@ def read_stack_folder(
         return read_deepspeed(path, source, select=select)
     ranks = rank_files(path)
     if len(ranks) >= 2:
-        return read_ranks(path, ranks, source, select=select, read_file=read_file)
+        return read_ranks(path, ranks, source, select=select)
     return None
