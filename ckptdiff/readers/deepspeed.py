@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import ReadError, SourceNotFoundError, UnsafeCheckpointError
-from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
+from ckptdiff.readers.containers import select_state_dict
+from ckptdiff.readers.tensor_specs import specs_from_tensors
 from ckptdiff.readers.torch_zip import unpickle_torch_zip
 from ckptdiff.types import Finding, Manifest, Severity, TensorSpec
 
