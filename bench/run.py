@@ -146,7 +146,7 @@ def _write_files() -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from fixtures.examples import minilm_dir
+    from ckptdiff.examples.files import minilm_dir
 
     os.makedirs(OUT, exist_ok=True)
     p = paths()

@@ -10,13 +10,13 @@ small and one that is too large both lose.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ckptdiff.errors import CkptDiffError, UsageError
+from ckptdiff.hf_files import is_hf_config
 from ckptdiff.types import Manifest, Report
 
 __all__ = ["Candidate", "find_candidates", "identify"]
@@ -52,23 +52,13 @@ class Candidate:
     @property
     def coverage(self) -> float:
         """Share of the candidate's parameters the checkpoint supplies."""
-        r = self.report
-        return r.coverage[0].share if r is not None and r.coverage else 0.0
+        return self.report.whole_share if self.report is not None else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {"name": self.name, "path": self.path, "fit": round(self.fit, 6),
                 "coverage": round(self.coverage, 6), "ok": bool(self.report and self.report.ok),
                 **self.counts, "error": self.error}
-
-
-def _is_hf_config(path: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and "model_type" in data
 
 
 def find_candidates(folder: str, *, factory: bool) -> list[str]:
@@ -83,7 +73,7 @@ def find_candidates(folder: str, *, factory: bool) -> list[str]:
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if name.endswith(".json") and os.path.isfile(path):
-            if factory or _is_hf_config(path):
+            if factory or is_hf_config(path, by_architectures=False):
                 out.append(path)
         elif not factory and os.path.isfile(os.path.join(path, "config.json")):
             out.append(path)

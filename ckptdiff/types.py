@@ -459,6 +459,12 @@ class Report:
             },
         }
 
+    @property
+    def whole_share(self) -> float:
+        """Share of the target's parameters the checkpoint supplies (the whole-model coverage
+        row); 0.0 without coverage."""
+        return self.coverage[0].share if self.coverage else 0.0
+
     def to_json(self, indent: int | None = 2) -> str:
         """:meth:`to_dict` as JSON text."""
         import json

@@ -15,6 +15,7 @@ __all__ = [
     "listed",
     "percent",
     "sampled",
+    "shape_str",
 ]
 
 #: Samples of keys a suggestion shows; a last ``"... N more"`` entry counts the rest.
@@ -50,6 +51,11 @@ def percent(part: float, whole: float) -> str:
     if share >= 0.0001:
         return f"{share:.2g}%"
     return "<0.0001%" if share else "0%"
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    """``[1024, 3, 14, 14]``; a scalar is ``[]``."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def listed(items: Sequence[str], n: int = 2) -> str:

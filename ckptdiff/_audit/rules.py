@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ckptdiff._audit.repos import Repo
+from ckptdiff.hf_files import tokenizer_size
+from ckptdiff.naming import EMBED_NAMES
 from ckptdiff.readers.sharded import parse_index
 from ckptdiff.types import Finding, Manifest, TensorSpec
 
@@ -24,7 +26,6 @@ __all__ = [
     "no_config_finding",
     "other_format",
     "tokenizer_findings",
-    "tokenizer_size",
     "unreferenced_findings",
 ]
 
@@ -37,15 +38,6 @@ _ADAPTER_GROUPS = (("adapter_model.safetensors",), ("adapter_model.bin",))
 _FLOAT_DTYPES = frozenset(
     {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2",
      "float8_e4m3fnuz", "float8_e5m2fnuz"}
-)
-_EMBEDDING_SUFFIXES = (
-    "embed_tokens.weight",
-    "word_embeddings.weight",
-    "wte.weight",
-    "tok_embeddings.weight",
-    "embed_in.weight",
-    "token_embedding.weight",
-    "shared.weight",
 )
 
 
@@ -144,33 +136,9 @@ def dtype_findings(config: Mapping[str, Any], weights: Manifest) -> list[Finding
     return []
 
 
-def tokenizer_size(data: Any) -> tuple[int, int, int]:
-    """``(size, vocabulary, added)`` of a ``tokenizer.json``: ids the tokenizer can emit.
-
-    ``size`` is the largest id plus one; ``added`` counts added tokens outside the vocabulary.
-
-    Example:
-        >>> tokenizer_size({"model": {"vocab": {"a": 0, "b": 1}},
-        ...                 "added_tokens": [{"id": 2, "content": "<x>"}]})
-        (3, 2, 1)
-    """
-    model = data.get("model") if isinstance(data, dict) else None
-    vocab = model.get("vocab") if isinstance(model, dict) else None
-    ids: set[int] = set()
-    if isinstance(vocab, dict):
-        ids = {v for v in vocab.values() if isinstance(v, int) and not isinstance(v, bool)}
-    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
-        ids = set(range(len(vocab)))
-    added_ids = {
-        t["id"] for t in (data.get("added_tokens") or [] if isinstance(data, dict) else [])
-        if isinstance(t, dict) and isinstance(t.get("id"), int)
-    }
-    every = ids | added_ids
-    return (max(every) + 1 if every else 0), len(ids), len(added_ids - ids)
-
-
 def _embedding(weights: Manifest) -> TensorSpec | None:
-    for suffix in _EMBEDDING_SUFFIXES:
+    for name in EMBED_NAMES:
+        suffix = name + ".weight"
         for spec in weights.tensors.values():
             if spec.key.endswith(suffix) and len(spec.shape) == 2:
                 return spec

@@ -17,6 +17,7 @@ from ckptdiff.cli.common import (
     keymap_options,
     no_cache_option,
     stats_option,
+    write_json,
 )
 
 
@@ -144,11 +145,17 @@ def check(
 
 def _write_emitted(report: Any, key_map_path: str | None, config_path: str | None) -> None:
     """``--emit-key-map`` / ``--emit-config``: write what was verified, or say there is none."""
-    from ckptdiff.diagnosis.emit import write_fixed_config, write_key_map
+    from ckptdiff.diagnosis.emit import emitted_config, emitted_key_map
 
-    if key_map_path and not write_key_map(report, key_map_path):
+    key_map = emitted_key_map(report) if key_map_path else None
+    if key_map_path and key_map is None:
         click.echo(f"ckptdiff: no verified key map to write to {key_map_path}.", err=True)
-    if config_path and not write_fixed_config(report, config_path):
+    elif key_map_path:
+        write_json(key_map_path, key_map)
+    config = emitted_config(report) if config_path else None
+    if config_path and config is not None:
+        write_json(config_path, config)
+    elif config_path:
         weak = [
             f"{s.field} ({s.status})"
             for s in report.suggestions

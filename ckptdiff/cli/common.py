@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import time
 import traceback
@@ -269,6 +270,13 @@ def handle_errors(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def write_json(path: str, data: Any) -> None:
+    """Write ``data`` as indented JSON and a newline (``--emit-config``, ``--emit-key-map``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+
+
 def emit(text: str) -> None:
     """Write a rendered report to stdout.
 
@@ -284,6 +292,7 @@ __all__ = [
     "coverage_depth_option",
     "debug_option",
     "emit",
+    "write_json",
     "fail",
     "format_option",
     "handle_errors",

@@ -14,6 +14,7 @@ from ckptdiff.cli.common import (
     key_map_file_options,
     keymap_options,
     stats_option,
+    write_json,
 )
 
 
@@ -90,8 +91,11 @@ def diff(
     else:
         emit(render_report(report, fmt, full=full, coverage=coverage))
     if emit_key_map:
-        from ckptdiff.diagnosis.emit import write_key_map
+        from ckptdiff.diagnosis.emit import emitted_key_map
 
-        if not write_key_map(report, emit_key_map):
+        key_map = emitted_key_map(report)
+        if key_map is None:
             click.echo(f"ckptdiff: no verified key map to write to {emit_key_map}.", err=True)
+        else:
+            write_json(emit_key_map, key_map)
     raise SystemExit(report.exit_code)

@@ -11,14 +11,12 @@ from typing import Any
 
 from ckptdiff.diagnosis.compare import compare
 from ckptdiff.diagnosis.conventions import naming_convention, other_architecture
-from ckptdiff.diagnosis.keys import (
-    sampled,
-)
 from ckptdiff.diagnosis.prefixes import PrefixMatch, find_prefix_matches, scoped_prefix_rules
 from ckptdiff.diagnosis.tensor_ops import find_fused_qkv, find_transposed
 from ckptdiff.diagnosis.transforms import KNOWN_RENAMES, KeyTransform, find_renames
 from ckptdiff.keymap import KeyMap, rules_to_options
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
+from ckptdiff.wording import sampled
 
 Shape = tuple[int, ...]
 
@@ -153,7 +151,7 @@ def _rename_basis(t: KeyTransform, report: Report) -> KeyTransform | None:
     (``basis="shapes"``: proposed, never verified); otherwise it is a coincidence of shapes."""
     if float(t.data.get("similarity", 0.0)) >= SIMILAR_NAMES:
         return replace(t, data={**t.data, "basis": "names"})
-    share = report.coverage[0].share if report.coverage else 0.0
+    share = report.whole_share
     if share < MOSTLY_MATCHES:
         return None
     return replace(
@@ -213,8 +211,8 @@ def _alignment_findings(al: Alignment) -> tuple[list[Finding], list[Suggestion]]
                 {**t.data, "rules": list(t.rules), "explains": len(t.pairs)},
             )
         )
-    before = al.before.coverage[0].share if al.before.coverage else 0.0
-    after = al.after.coverage[0].share if al.after.coverage else 0.0
+    before = al.before.whole_share
+    after = al.after.whole_share
     b_mod, a_mod = _module_shares(al.before), _module_shares(al.after)
     by_module = [
         {"module": m, "before": round(b_mod.get(m, 0.0), 6), "after": round(a, 6)}
@@ -300,7 +298,7 @@ def prefix_key_maps(
     )
     findings: list[Finding] = []
     suggestions: list[Suggestion] = []
-    before = report.coverage[0].share if report.coverage else 0.0
+    before = report.whole_share
     for m in matches:
         rules = scoped_prefix_rules(m, checkpoint.tensors)
         km = KeyMap.from_rules(rules)
@@ -308,7 +306,7 @@ def prefix_key_maps(
         explained = [t for _, t in m.pairs]
         now_present = set(after_report.matched) | set(after_report.tied)
         loads = sum(1 for t in explained if t in now_present)
-        after = after_report.coverage[0].share if after_report.coverage else 0.0
+        after = after_report.whole_share
         what = (
             f"under the wrapper prefix '{m.strip}'"
             if m.is_wrapper and m.strip
@@ -360,8 +358,7 @@ def prefix_key_maps(
                 rules,
                 "unverified",
                 message,
-                tuple(f"{u} -> {t}" for u, t in m.pairs[:5])
-                + ((f"... {len(m.pairs) - 5} more",) if len(m.pairs) > 5 else ()),
+                sampled([f"{u} -> {t}" for u, t in m.pairs]),
                 {
                     "coverage_before": round(before, 6),
                     "coverage_after": round(after, 6),

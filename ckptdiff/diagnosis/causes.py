@@ -10,20 +10,21 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ckptdiff.diagnosis.grid import patch_size, position_rows
-from ckptdiff.diagnosis.keys import (
+from ckptdiff.diagnosis.keys import _cause
+from ckptdiff.diagnosis.lint import vocab_tensors
+from ckptdiff.naming import (
     CLASS_HEADS,
     EMBED_NAMES,
     HEAD_NAMES,
     MLP_HINTS,
     POSITION_HINTS,
-    _cause,
-    _containers,
-    _examples,
-    _has,
-    _parts,
+    VOCAB_HEAD_ROWS,
+    containers,
+    has_part,
+    key_parts,
 )
-from ckptdiff.diagnosis.lint import VOCAB_HEAD_ROWS, vocab_tensors
 from ckptdiff.types import Finding, Manifest, Mismatch, Report
+from ckptdiff.wording import listed
 
 Shape = tuple[int, ...]
 CauseRule = Callable[[Report, Manifest, Manifest], "list[Finding] | None"]
@@ -66,7 +67,7 @@ def scalar_vs_one(report: Report, ck: Manifest, target: Manifest) -> list[Findin
     return [
         _cause(
             "scalar",
-            f"{_examples(keys)}: a scalar [] on one side and [1] on the other; "
+            f"{listed(keys)}: a scalar [] on one side and [1] on the other; "
             "reshape-compatible (value.reshape(target_shape)), as open_clip does",
             keys,
             list(m0.checkpoint_shape),
@@ -78,7 +79,7 @@ def scalar_vs_one(report: Report, ck: Manifest, target: Manifest) -> list[Findin
 
 def depth(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | None:
     """Layer indices present on one side only: ``resblocks.12-23`` in the checkpoint only."""
-    a, b = _containers(ck.tensors), _containers(target.tensors)
+    a, b = containers(ck.tensors), containers(target.tensors)
     only = [t.key for t in report.unexpected] + [t.key for t in report.missing]
     out = []
     for tmpl in sorted(set(a) & set(b)):
@@ -122,9 +123,9 @@ def _pairs(m: Mismatch) -> list[tuple[int, int, int]]:
 
 def _is_special(key: str) -> bool:
     return (
-        _has(key, EMBED_NAMES)
-        or _has(key, HEAD_NAMES)
-        or _has(key, POSITION_HINTS)
+        has_part(key, EMBED_NAMES)
+        or has_part(key, HEAD_NAMES)
+        or has_part(key, POSITION_HINTS)
         or any(h in key for h in POSITION_HINTS)
     )
 
@@ -162,7 +163,7 @@ def width(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | Non
             _cause(
                 "width",
                 f"hidden width: {a} in the checkpoint vs {b} in the target, "
-                f"across {len(keys)} keys ({_examples(keys)})",
+                f"across {len(keys)} keys ({listed(keys)})",
                 keys,
                 a,
                 b,
@@ -181,7 +182,7 @@ def mlp_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
     by_pair: dict[tuple[int, int], list[str]] = defaultdict(list)
     widths = _width_pairs(report)
     for m in report.mismatched:
-        if not _has(m.key, MLP_HINTS):
+        if not has_part(m.key, MLP_HINTS):
             continue
         for _, x, y in _pairs(m):
             if not any(x * b == y * a for a, b in widths) and (x, y) not in widths:
@@ -189,7 +190,7 @@ def mlp_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
     out = [
         _cause(
             "mlp",
-            f"MLP size: {x} in the checkpoint vs {y} in the target ({_examples(keys)})",
+            f"MLP size: {x} in the checkpoint vs {y} in the target ({listed(keys)})",
             keys,
             x,
             y,
@@ -206,7 +207,7 @@ def vocab_rows(report: Report, ck: Manifest, target: Manifest) -> list[Finding] 
     for side in (ck, target):
         embeds, heads = vocab_tensors(side)
         vocab_keys.update(embeds)
-        vocab_keys.update(k for k in heads if set(_parts(k)) & set(VOCAB_HEAD_ROWS))
+        vocab_keys.update(k for k in heads if set(key_parts(k)) & set(VOCAB_HEAD_ROWS))
     widths = _width_pairs(report)
     rows: dict[str, tuple[int, int]] = {}
     for m in report.mismatched:
@@ -258,7 +259,7 @@ def relative_position_heads(report: Report, ck: Manifest, target: Manifest) -> l
             "heads",
             f"attention heads: the relative-position tables have {pair[0]} "
             f"columns in the checkpoint vs {pair[1]} in the target "
-            f"({_examples(keys)})",
+            f"({listed(keys)})",
             keys,
             pair[0],
             pair[1],
@@ -317,7 +318,7 @@ def kv_heads(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
         _cause(
             "kv_heads",
             f"grouped-query attention: k/v projections have {a} rows in the "
-            f"checkpoint vs {b} in the target{how} ({_examples(keys)})",
+            f"checkpoint vs {b} in the target{how} ({listed(keys)})",
             keys,
             a,
             b,
@@ -330,11 +331,11 @@ def class_count(report: Report, ck: Manifest, target: Manifest) -> list[Finding]
     keys = []
     pair = None
     for m in report.mismatched:
-        parts = _parts(m.key)
+        parts = key_parts(m.key)
         if (
             len(parts) < 2
             or not any(p in CLASS_HEADS for p in parts[:-1])
-            or _has(m.key, EMBED_NAMES)
+            or has_part(m.key, EMBED_NAMES)
         ):
             continue
         a, b = m.checkpoint_shape, m.target_shape
@@ -347,7 +348,7 @@ def class_count(report: Report, ck: Manifest, target: Manifest) -> list[Finding]
         _cause(
             "classes",
             f"class count of the head: {pair[0]} classes in the checkpoint vs "
-            f"{pair[1]} in the target ({_examples(keys)}): set num_labels/num_classes to "
+            f"{pair[1]} in the target ({listed(keys)}): set num_labels/num_classes to "
             f"{pair[0]}, or re-initialise the head on purpose",
             keys,
             pair[0],

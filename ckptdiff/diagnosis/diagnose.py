@@ -14,14 +14,10 @@ from ckptdiff.diagnosis.causes import causes
 from ckptdiff.diagnosis.compare import compare
 from ckptdiff.diagnosis.conventions import foreign_branches
 from ckptdiff.diagnosis.fixes import config_fixes
-from ckptdiff.diagnosis.keys import (
-    _INT,
-    CLASS_HEADS,
-    _parts,
-)
 from ckptdiff.diagnosis.lint import lint
 from ckptdiff.diagnosis.verify import verify_key_maps
 from ckptdiff.keymap import KeyMap
+from ckptdiff.naming import CLASS_HEADS, LAYER_INDEX, key_parts
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
 
 # --- everything, for diff_manifests ------------------------------------------------------------
@@ -108,9 +104,9 @@ def new_heads(report: Report, ck: Manifest, target: Manifest) -> list[Finding]:
     missing = {t.key for t in report.missing}
     modules: dict[str, list[str]] = {}
     for key in sorted(missing):
-        parts = _parts(key)
+        parts = key_parts(key)
         for i, p in enumerate(parts[:2]):
-            if _INT.match(p):
+            if LAYER_INDEX.match(p):
                 break
             if p in NEW_HEAD_NAMES and i < len(parts) - 1:
                 modules.setdefault(".".join(parts[: i + 1]), []).append(key)

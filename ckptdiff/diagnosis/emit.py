@@ -1,4 +1,5 @@
-"""What ``--emit-config`` and ``--emit-key-map`` write: exactly what was verified.
+"""What ``--emit-config`` and ``--emit-key-map`` write: exactly what was verified. The CLI
+writes the files; these give their content.
 """
 
 from __future__ import annotations
@@ -6,7 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from ckptdiff.diagnosis.alignment import key_map_to_emit
+from ckptdiff.keymap import KEYMAP_SCHEMA
 from ckptdiff.types import Report
+
+__all__ = ["emitted_config", "emitted_key_map", "fixed_config_of"]
 
 
 def fixed_config_of(report: Report) -> dict[str, Any] | None:
@@ -15,35 +19,20 @@ def fixed_config_of(report: Report) -> dict[str, Any] | None:
     return dict(report.fixed_config) if report.fixed_config is not None else None
 
 
-def write_key_map(report: Report, path: str) -> bool:
-    """Write the report's verified key map as ``{"schema": "ckptdiff.keymap/1", "rules"}``.
-
-    Returns:
-        False (and writes nothing) when the report has no verified key map.
-    """
-    import json
-
-    from ckptdiff.keymap import KEYMAP_SCHEMA
-
+def emitted_key_map(report: Report) -> dict[str, Any] | None:
+    """The report's verified key map as ``{"schema": "ckptdiff.keymap/1", "rules"}``, or None
+    when the report has no verified key map."""
     rules = key_map_to_emit(report)
     if not rules:
-        return False
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"schema": KEYMAP_SCHEMA, "rules": rules}, f, indent=2)
-        f.write("\n")
-    return True
+        return None
+    return {"schema": KEYMAP_SCHEMA, "rules": rules}
 
 
-def write_fixed_config(report: Report, path: str) -> bool:
-    """Write the fixed config (see :func:`fixed_config_of`) when every config suggestion in
-    it is verified or undetermined; False (nothing written) otherwise."""
-    import json
-
+def emitted_config(report: Report) -> dict[str, Any] | None:
+    """The fixed config (see :func:`fixed_config_of`) when every config suggestion in it is
+    verified or undetermined; None otherwise."""
     config = fixed_config_of(report)
     statuses = {s.status for s in report.suggestions if s.kind == "config"}
     if config is None or not statuses or not statuses <= {"verified", "undetermined"}:
-        return False
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, default=str)
-        f.write("\n")
-    return True
+        return None
+    return config

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckptdiff.diagnosis.heads import head_fixes
-from ckptdiff.diagnosis.keys import sampled
-from ckptdiff.diagnosis.lint import VOCAB_HEAD_ROWS, vocab_tensors
+from ckptdiff.diagnosis.lint import vocab_tensors
 from ckptdiff.diagnosis.solve import heads_like
 from ckptdiff.diagnosis.suggest import suggest_config
 from ckptdiff.diagnosis.verify import Builder, Fix, Outcome, Rebuild, Verdict, apply_fix, judge
+from ckptdiff.naming import VOCAB_HEAD_ROWS
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
+from ckptdiff.wording import listed, sampled
 
 __all__ = ["ConfigFixes", "config_fixes"]
 
@@ -388,7 +389,7 @@ def _auto_class(
         why = "the config's architectures"
     then = "every key then loads" if outcome.report.ok else "the head then loads"
     out.explained.update(lm_head)
-    shown = ", ".join(lm_head[:3]) + (f" and {len(lm_head) - 3} more" if len(lm_head) > 3 else "")
+    shown = listed(lm_head, 3)
     out.findings.append(
         Finding(
             "causal_lm_head",

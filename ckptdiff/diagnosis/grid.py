@@ -8,12 +8,10 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 
-from ckptdiff.diagnosis.keys import (
-    POSITION_HINTS,
-    _cause,
-    _examples,
-)
+from ckptdiff.diagnosis.keys import _cause
+from ckptdiff.naming import POSITION_HINTS
 from ckptdiff.types import Finding, Manifest, Mismatch, Report
+from ckptdiff.wording import listed
 
 Shape = tuple[int, ...]
 CauseRule = Callable[[Report, Manifest, Manifest], "list[Finding] | None"]
@@ -126,7 +124,7 @@ def patch_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] 
     return [
         _cause(
             "patch_size",
-            f"patch size (conv kernel) of {_examples(keys)}: {x} in the "
+            f"patch size (conv kernel) of {listed(keys)}: {x} in the "
             f"checkpoint vs {y} in the target",
             keys,
             x,

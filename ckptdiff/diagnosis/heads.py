@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.diagnosis.compare import compare
-from ckptdiff.diagnosis.lint import VOCAB_HEAD_ROWS, vocab_tensors
+from ckptdiff.diagnosis.lint import vocab_tensors
 from ckptdiff.diagnosis.probe import Candidate, Rebuild, _Prober, factory_defaults
 from ckptdiff.diagnosis.solve import _shape_text
+from ckptdiff.naming import VOCAB_HEAD_ROWS
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Manifest, Report, Suggestion
 

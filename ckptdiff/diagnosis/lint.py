@@ -16,19 +16,19 @@ known: mllama's input embedding has ``vocab_size + 8`` rows while its head has `
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from ckptdiff.hf_files import read_json_object, tokenizer_size
+from ckptdiff.naming import DECODER_PROJECTIONS, EMBED_NAMES, VOCAB_HEAD_ROWS
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest
 
 __all__ = [
     "DESIGN_OFFSETS",
-    "VOCAB_HEAD_ROWS",
     "lint",
     "lint_config",
     "read_tokenizer_size",
@@ -41,12 +41,9 @@ DESIGN_OFFSETS: Mapping[str, int] = {"mllama": 8}
 #: Settings that must agree wherever a config repeats them.
 SHARED_SETTINGS = ("context_length", "vocab_size", "context_len")
 
-_EMBED = ("embed_tokens", "word_embeddings", "token_embedding", "wte", "tok_embeddings",
-          "embed_in", "word_embedding", "tok_embedding")
-_HEAD_ROWS = ("lm_head", "embed_out")
-#: Output heads whose rows are the vocabulary.
-VOCAB_HEAD_ROWS = _HEAD_ROWS
-_HEAD_COLS = ("text_projection", "output_projection", "proj_out", "lm_head", "output")
+#: Token embeddings as the lint (and the vocabulary causes) read them: every name but
+#: ``shared``, T5's embedding, which these rules have never counted.
+_EMBED = tuple(n for n in EMBED_NAMES if n != "shared")
 
 
 def vocab_tensors(m: Manifest) -> tuple[dict[str, int], dict[str, int]]:
@@ -64,9 +61,9 @@ def vocab_tensors(m: Manifest) -> tuple[dict[str, int], dict[str, int]]:
             continue
         if any(p in _EMBED for p in parts):
             embeds[key] = t.shape[0]
-        elif any(p in _HEAD_ROWS for p in parts) and parts[-1] == "weight":
+        elif any(p in VOCAB_HEAD_ROWS for p in parts) and parts[-1] == "weight":
             heads[key] = t.shape[0]
-        elif "decoder" in key and parts[-1] in _HEAD_COLS and t.shape[1] >= 2 * t.shape[0]:
+        elif "decoder" in key and parts[-1] in DECODER_PROJECTIONS and t.shape[1] >= 2 * t.shape[0]:
             heads[key] = t.shape[1]
     return embeds, heads
 
@@ -178,20 +175,9 @@ def read_tokenizer_size(folder: str) -> int | None:
 
     Returns None when there is no readable ``tokenizer.json``.
     """
-    path = os.path.join(folder, "tokenizer.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return None
-    ids: list[int] = []
-    vocab = (data.get("model") or {}).get("vocab")
-    if isinstance(vocab, Mapping):
-        ids += [v for v in vocab.values() if isinstance(v, int)]
-    elif isinstance(vocab, list):  # unigram: [[piece, score], ...]
-        ids.append(len(vocab) - 1)
-    ids += [t["id"] for t in data.get("added_tokens") or () if isinstance(t.get("id"), int)]
-    return max(ids) + 1 if ids else None
+    data = read_json_object(os.path.join(folder, "tokenizer.json"))
+    size = tokenizer_size(data)[0] if data is not None else 0
+    return size or None
 
 
 def _tokenizer_lint(size: int, m: Manifest, side: str) -> list[Finding]:

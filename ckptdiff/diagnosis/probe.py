@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptdiff.diagnosis.keys import _containers
 from ckptdiff.errors import CkptDiffError
+from ckptdiff.naming import containers
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Suggestion
 
@@ -269,7 +269,7 @@ def _shape_changes(a: Manifest, b: Manifest) -> dict[DimKey, tuple[int, int]]:
 
 def _container_counts(m: Manifest) -> dict[str, int]:
 
-    return {k: len(v) for k, v in _containers(m.tensors).items()}
+    return {k: len(v) for k, v in containers(m.tensors).items()}
 
 
 def _probe_value(v: int | float) -> int | float:

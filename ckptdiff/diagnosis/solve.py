@@ -14,7 +14,6 @@ from typing import Any
 
 from ckptdiff.diagnosis.compare import compare
 from ckptdiff.diagnosis.grid import _grid, _patch
-from ckptdiff.diagnosis.keys import POSITION_HINTS
 from ckptdiff.diagnosis.probe import (
     _HEADS_LIKE,
     DimKey,
@@ -24,7 +23,9 @@ from ckptdiff.diagnosis.probe import (
     _shape_changes,
     _under,
 )
+from ckptdiff.naming import POSITION_HINTS
 from ckptdiff.types import Manifest
+from ckptdiff.wording import shape_str
 
 # --- observations and solving --------------------------------------------------------------------
 
@@ -443,4 +444,4 @@ def _drop_breaking(
 
 def _shape_text(m: Manifest, key: str) -> str:
     t = m.tensors.get(key)
-    return "[" + ", ".join(map(str, t.shape)) + "]" if t is not None else "-"
+    return shape_str(t.shape) if t is not None else "-"

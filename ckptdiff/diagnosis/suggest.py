@@ -25,7 +25,6 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ckptdiff.diagnosis.compare import compare
-from ckptdiff.diagnosis.keys import sampled
 from ckptdiff.diagnosis.probe import (
     _HEADS_LIKE,
     Candidate,
@@ -44,6 +43,7 @@ from ckptdiff.diagnosis.rounds import solve_rounds
 from ckptdiff.diagnosis.solve import _shape_text, _Solved
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
+from ckptdiff.wording import listed, sampled
 
 # --- the whole step ------------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ def suggest_config(
             Finding(
                 "no_fix",
                 f"No verified fix from {f} = {v}: it would reproduce some shapes but "
-                f"break {len(keys)} keys that load now ({_ex(keys)}).",
+                f"break {len(keys)} keys that load now ({listed(keys, 3)}).",
                 tuple(keys[:20]),
                 "warning",
                 {"field": f, "tried": v},
@@ -171,7 +171,8 @@ def suggest_config(
         out.findings.append(
             Finding(
                 "no_fix",
-                f"No verified config fix for {len(leftover)} keys ({_ex(leftover)}): {reason}.",
+                f"No verified config fix for {len(leftover)} keys ({listed(leftover, 3)}): "
+                f"{reason}.",
                 tuple(leftover[:50]),
                 "warning",
                 {"reason": reason},
@@ -201,10 +202,6 @@ def suggest_config(
 
 def _count(m: Manifest, container: str) -> int:
     return _container_counts(m).get(container, 0)
-
-
-def _ex(keys: Sequence[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _evidence(keys: Sequence[str], ck: Manifest, target: Manifest, sol: _Solved) -> list[str]:

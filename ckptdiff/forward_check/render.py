@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ckptdiff.forward_check.report import Failure, ForwardReport, Run
 from ckptdiff.terminal import printable
+from ckptdiff.wording import shape_str
 
 __all__ = ["render_forward", "render_text"]
 
@@ -32,10 +33,6 @@ def _groups(runs: Sequence[Run]) -> list[list[Run]]:
         key = (r.status, r.mode, r.failure.signature if r.failure else None, r.note)
         groups.setdefault(key, []).append(r)
     return list(groups.values())
-
-
-def _shape(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(map(str, shape)) + "]"
 
 
 def _wrap(label: str, text: str, sep: str = " ") -> list[str]:
@@ -65,7 +62,7 @@ def _failure_lines(f: Failure) -> list[str]:
     if f.op:
         lines += _wrap("op", f.op)
     if f.operands:
-        lines += _wrap("shapes", "  ".join(f"{n} {_shape(s)}" for n, s, _d in f.operands), "  ")
+        lines += _wrap("shapes", "  ".join(f"{n} {shape_str(s)}" for n, s, _d in f.operands), "  ")
     lines.append(f"  {'error':<7} {f.error}")
     for i, d in enumerate(f.dims):
         sources = "; ".join(m.describe() for m in d.fields) or "no config value or input dim " \

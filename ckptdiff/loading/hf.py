@@ -27,6 +27,7 @@ from typing import Any
 
 from ckptdiff.sorting import natural_key
 from ckptdiff.types import Finding, Manifest, Report, TensorSpec
+from ckptdiff.wording import sampled
 
 __all__ = [
     "PATTERNS_KEY",
@@ -310,8 +311,7 @@ def _broken_findings(broken: list[tuple[str, list[str], str, str]]) -> list[Find
 
 
 def _listing(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_LISTED])
-    return shown + (f", ... {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else "")
+    return ", ".join(sampled(keys, _MAX_LISTED))
 
 
 def _summary_finding(plan: _Plan, seconds: float) -> Finding:

@@ -12,10 +12,10 @@ from operator import attrgetter
 from typing import Any
 
 from ckptdiff.render.keys import group_keys
-from ckptdiff.render.tables import count_label, finding_line, shape_str, table
+from ckptdiff.render.tables import count_label, finding_line, table
 from ckptdiff.sorting import natural_key
 from ckptdiff.types import MANIFEST_SCHEMA, Manifest, TensorSpec
-from ckptdiff.wording import human
+from ckptdiff.wording import human, shape_str
 
 __all__ = ["ONE_LINE", "manifest_to_dict", "render_manifest", "tensor_lines"]
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ckptdiff.render.keys import group_keys
-from ckptdiff.render.tables import count_label, finding_line, section, shape_str
-from ckptdiff.wording import human
+from ckptdiff.render.tables import count_label, finding_line, section
+from ckptdiff.wording import human, shape_str
 
 if TYPE_CHECKING:
     from ckptdiff.types import Coverage, Finding, Report, Suggestion, TensorSpec

@@ -3,7 +3,6 @@ tables that lays them out exactly as tabulate does. Text from files is escaped h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
@@ -20,14 +19,8 @@ __all__ = [
     "finding_line",
     "plain_table",
     "section",
-    "shape_str",
     "table",
 ]
-
-
-def shape_str(shape: Sequence[int]) -> str:
-    """``[1024, 3, 14, 14]``; a scalar is ``[]``."""
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def section(title: str, headers: list[str], rows: list[list[Any]], fmt: str) -> str:

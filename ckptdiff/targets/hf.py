@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ckptdiff.errors import TargetError
+from ckptdiff.hf_files import is_hf_config
 from ckptdiff.targets.factory import deep_merge
 from ckptdiff.terminal import printable
 
@@ -74,12 +75,7 @@ def looks_like_hf_config(spec: str) -> bool:
     if os.path.isdir(path):
         return os.path.isfile(os.path.join(path, "config.json"))
     if path.endswith(".json") and os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError, RecursionError):
-            return False
-        return isinstance(data, dict) and ("model_type" in data or "architectures" in data)
+        return is_hf_config(path)
     return False
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-COCA_CONFIG = Path(__file__).parents[2] / "fixtures" / "configs" / "forward" / (
-    "coca_roberta-ViT-B-32.json")
+COCA_CONFIG = Path(__file__).parents[2] / "ckptdiff" / "examples" / "coca_roberta-ViT-B-32.json"
 #: Depth cut to one block per tower: the failures are the same, the runs faster.
 COCA_SHALLOW = {"vision_cfg.layers": 1, "multimodal_cfg.layers": 1, "text_cfg.hf_layers": 1}
 

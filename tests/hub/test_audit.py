@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from ckptdiff._audit import audit, audit_many
-from ckptdiff._audit.rules import dtype_findings, format_findings, tokenizer_size
+from ckptdiff._audit.rules import dtype_findings, format_findings
 from ckptdiff.cli import main
+from ckptdiff.hf_files import tokenizer_size
 from ckptdiff.render.audit import render_audit
 from ckptdiff.types import Manifest, TensorSpec
 from tests.hub import repos

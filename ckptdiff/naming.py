@@ -1,0 +1,114 @@
+"""What key names say: which modules are token embeddings, output heads, position tables, MLPs
+or classifier heads, and which keys sit in numbered layer containers. Pure.
+
+The cause rules, the lint, the solver and the audit read these tuples; a name added here is
+known to all of them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+
+__all__ = [
+    "CLASS_HEADS",
+    "DECODER_PROJECTIONS",
+    "EMBED_NAMES",
+    "HEAD_NAMES",
+    "LAYER_INDEX",
+    "MLP_HINTS",
+    "POSITION_HINTS",
+    "VOCAB_HEAD_ROWS",
+    "containers",
+    "has_part",
+    "key_parts",
+]
+
+#: One key component that is a layer index (``layers.3``); ASCII, bounded.
+LAYER_INDEX = re.compile(r"^[0-9]{1,18}$")
+
+#: Token embeddings: their rows are the vocabulary. In the order the audit looks for them.
+EMBED_NAMES = (
+    "embed_tokens",
+    "word_embeddings",
+    "wte",
+    "tok_embeddings",
+    "embed_in",
+    "token_embedding",
+    "shared",
+    "word_embedding",
+    "tok_embedding",
+)
+#: Output heads (modules named so at any depth).
+HEAD_NAMES = ("lm_head", "embed_out", "output", "decoder")
+#: Output heads whose rows are the vocabulary.
+VOCAB_HEAD_ROWS = ("lm_head", "embed_out")
+#: A decoder's output projections whose wide dim is the vocabulary
+#: (``text_decoder.text_projection [768, 49408]``).
+DECODER_PROJECTIONS = ("text_projection", "output_projection", "proj_out", "lm_head", "output")
+#: Position tables, matched as key components and as substrings.
+POSITION_HINTS = (
+    "positional_embedding",
+    "position_embedding",
+    "position_embeddings",
+    "pos_embed",
+    "wpe",
+    "pos_embedding",
+    "positional_embeddings",
+)
+#: Classifier heads: their rows are the number of classes.
+CLASS_HEADS = ("classifier", "head", "fc", "score", "heads", "classification_head", "cls_head")
+#: MLP layers: their width is the intermediate size.
+MLP_HINTS = (
+    "mlp",
+    "ffn",
+    "feed_forward",
+    "intermediate",
+    "fc1",
+    "fc2",
+    "c_fc",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "w1",
+    "w2",
+    "w3",
+    "dense_h_to_4h",
+    "dense_4h_to_h",
+)
+
+
+def key_parts(key: str) -> list[str]:
+    """The dotted components of a key."""
+    return key.split(".")
+
+
+def has_part(key: str, names: Iterable[str]) -> bool:
+    """Whether one of ``names`` is a whole component of ``key``.
+
+    Example:
+        >>> has_part("model.embed_tokens.weight", EMBED_NAMES), has_part("unshared.w", EMBED_NAMES)
+        (True, False)
+    """
+    parts = set(key_parts(key))
+    return any(n in parts for n in names)
+
+
+def containers(keys: Iterable[str]) -> dict[str, set[int]]:
+    """``container template -> indices``: ``visual.transformer.resblocks -> {0..23}``.
+
+    Indices below the first are written ``#`` in the template (``blocks.#.experts``).
+
+    Example:
+        >>> dict(containers(["h.0.w", "h.1.w", "w"]))
+        {'h': {0, 1}}
+    """
+    out: dict[str, set[int]] = defaultdict(set)
+    for key in keys:
+        parts = key_parts(key)
+        for i, p in enumerate(parts):
+            if LAYER_INDEX.match(p) and i:
+                tmpl = ".".join("#" if LAYER_INDEX.match(q) else q for q in parts[:i])
+                out[tmpl].add(int(p))
+    return out
