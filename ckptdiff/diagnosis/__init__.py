@@ -17,7 +17,8 @@ One way down; a module imports only modules above it in this list:
   :mod:`~ckptdiff.diagnosis.fixes`: every suggestion applied as the user gets it and judged
   (verify);
 - :mod:`~ckptdiff.diagnosis.diagnose` and :mod:`~ckptdiff.diagnosis.emit`: the whole
-  diagnosis of a comparison, and what ``--emit-config`` / ``--emit-key-map`` write.
+  diagnosis of a comparison, and what ``--emit-config`` / ``--emit-key-map`` write (the CLI
+  writes the files).
 
 The use cases (:mod:`ckptdiff._diff`, :mod:`ckptdiff._check`, :mod:`ckptdiff._identify`,
 :mod:`ckptdiff._audit`) call it; the CLI calls them.

@@ -27,7 +27,8 @@ from typing import Any
 
 from ckptdiff.errors import ReadError, SourceNotFoundError, UnsafeCheckpointError
 from ckptdiff.layouts.parallel import merge_manifests
-from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
+from ckptdiff.readers.containers import select_state_dict
+from ckptdiff.readers.tensor_specs import specs_from_tensors
 from ckptdiff.readers.torch_zip import pickle_security_findings, unpickle_torch_zip
 from ckptdiff.types import Finding, Manifest, Severity, TensorSpec
 
