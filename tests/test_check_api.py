@@ -21,21 +21,9 @@ from ckptdiff.errors import IncompatibleCheckpointError, UsageError
 from ckptdiff.readers import read
 from ckptdiff.targets import build_target
 from fixtures.models import build_clip, build_llama
+from fixtures.tiny import TINY_CLIP, TINY_LLAMA
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CLIP = {
-    "embed_dim": 8,
-    "vision_cfg": {"width": 16, "layers": 2, "heads": 2, "patch_size": 4, "image_size": 16},
-    "text_cfg": {"width": 16, "layers": 2, "heads": 2, "context_length": 8, "vocab_size": 50},
-}
-TINY_LLAMA = {
-    "vocab_size": 64,
-    "hidden_size": 16,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "intermediate_size": 32,
-}
 CLIP_ARGS = [
     "--arg",
     "embed_dim=8",

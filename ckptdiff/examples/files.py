@@ -24,7 +24,7 @@ import shutil
 from importlib import resources
 from typing import Any
 
-__all__ = ["COCA_CONFIG", "SMALL_CLIP", "minilm_dir", "write_examples"]
+__all__ = ["CLIP_CONFIGS", "COCA_CONFIG", "minilm_dir", "write_examples"]
 
 #: The CoCa config shipped beside :mod:`ckptdiff.examples.coca`.
 COCA_CONFIG = "coca_roberta-ViT-B-32.json"
@@ -69,13 +69,13 @@ def _write_clip(out: str) -> dict[str, str]:
 
     clip_dir = os.path.join(out, "clip")
     os.makedirs(clip_dir, exist_ok=True)
-    for name, cfg in SMALL_CLIP.items():
+    for name, cfg in CLIP_CONFIGS.items():
         with open(os.path.join(clip_dir, f"{name}.json"), "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=2)
     clip = os.path.join(out, "clip_l14_336.safetensors")
     if not os.path.exists(clip):
         torch.manual_seed(0)
-        model = build_clip(**SMALL_CLIP["ViT-L-14-336"])
+        model = build_clip(**CLIP_CONFIGS["ViT-L-14-336"])
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, clip)
     return {"clip configs": clip_dir, "clip": clip}
 
@@ -126,7 +126,7 @@ def _small_clip(
 
 
 #: ViT-B/16, ViT-L/14 and ViT-L/14-336 with widths / 8 and depths / 4.
-SMALL_CLIP = {
+CLIP_CONFIGS = {
     "ViT-B-16": _small_clip(64, 96, 3, 4, 16, 224, 64),
     "ViT-L-14": _small_clip(96, 128, 6, 4, 14, 224, 96),
     "ViT-L-14-336": _small_clip(96, 128, 6, 4, 14, 336, 96),

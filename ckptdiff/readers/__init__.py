@@ -4,14 +4,14 @@ No module in this package imports torch, reads tensor data, or runs code from a 
 
 Resolution by cases, in order:
 1. a hub source (``hf://...``, ``https://huggingface.co/...``);
-2. a folder written by a training stack (:func:`ckptdiff.layouts.read_layout_folder`: a PEFT
-   adapter, a torch.distributed.checkpoint folder, a DeepSpeed save, model-parallel ranks);
+2. a folder written by a training stack (:func:`ckptdiff.readers.stacks.read_stack_folder`: a
+   PEFT adapter, a torch.distributed.checkpoint folder, a DeepSpeed save, model-parallel ranks);
    else a ``*.index.json`` inside it, else ``model.safetensors``, else ``pytorch_model.bin``,
    else the single weights file it holds;
 3. a ``*.index.json`` file: a sharded checkpoint;
 4. any other file, by its magic bytes: safetensors, torch zip, pickle (legacy torch or plain).
 
-Local manifests then get their layout named (:func:`ckptdiff.layouts.annotate`).
+Local manifests then get their layout named (:func:`ckptdiff.readers.annotate.annotate`).
 """
 
 from __future__ import annotations
@@ -109,10 +109,12 @@ def _read(source: str, select: str | None) -> Manifest:
     path = os.path.expanduser(source)
     if not os.path.exists(path):
         raise SourceNotFoundError(f"Cannot read '{source}': no such file or folder.")
-    from ckptdiff.layouts import annotate, read_layout_folder
+    from ckptdiff.readers.annotate import annotate
 
     if os.path.isdir(path):
-        found = read_layout_folder(path, source, select=select)
+        from ckptdiff.readers.stacks import read_stack_folder
+
+        found = read_stack_folder(path, source, select=select)
         if found is not None:
             return found
         path = resolve_folder(path, source)

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import ReadError, SelectError, UnsafeCheckpointError
+from ckptdiff.readers import torch_zip
 from ckptdiff.readers import unpickler as _unpickler
-from ckptdiff.readers.unpickler.placeholders import Opaque
+from ckptdiff.readers import zip_format as z
+from ckptdiff.readers.unpickler.placeholders import Opaque, placeholder
 from ckptdiff.readers.unpickler.records import DTYPES, DType, short_repr
 from ckptdiff.readers.unpickler.restricted import unpickle
 from ckptdiff.types import Finding, Manifest, TensorSpec
@@ -45,18 +47,10 @@ _META = "torch.distributed.checkpoint.metadata"
 _OLD_META = "torch.distributed._shard.sharded_tensor.metadata"
 
 
-def _record_type(module: str, name: str) -> type[Opaque]:
-    """A read-only placeholder class that records what the pickle gives it, and nothing else."""
-    meta: Any = type(Opaque)
-    cls: type[Opaque] = meta(
-        name, (Opaque,), {"__slots__": (), "pickle_module": module, "pickle_name": name}
-    )
-    return cls
-
-
-#: DCP's record types, allowed for ``.metadata`` only (as placeholders, never imported).
+#: DCP's record types, allowed for ``.metadata`` only (as placeholders that record what the
+#: pickle gives them, never imported).
 DCP_GLOBALS: Mapping[tuple[str, str], type[Opaque]] = {
-    (module, name): _record_type(module, name)
+    (module, name): placeholder(module, name)
     for module, name in (
         *((_META, n) for n in ("Metadata", "TensorStorageMetadata", "ChunkStorageMetadata",
                                "BytesStorageMetadata", "TensorProperties", "MetadataIndex",
@@ -467,8 +461,6 @@ def blob_findings(f: Any, offset: int, length: int, name: str) -> list[Finding]:
     Raises:
         ReadError: the blob is not a torch archive.
     """
-    from ckptdiff.readers import torch_zip as z
-
     def read(start: int, size: int) -> bytes:
         f.seek(offset + start)
         return bytes(f.read(max(0, min(size, length - start))))
@@ -479,10 +471,10 @@ def blob_findings(f: Any, offset: int, length: int, name: str) -> list[Finding]:
     )
     if record is not None:
         entries, cd_offset, cd_size = z.parse_zip64_end_record(read(record, z.ZIP64_END_SIZE), name)
-    if entries > z.MAX_ZIP_ENTRIES or cd_offset + cd_size > length:
+    if entries > torch_zip.MAX_ZIP_ENTRIES or cd_offset + cd_size > length:
         raise ReadError(f"Cannot read '{name}': a blob's zip directory is corrupt.")
     directory = z.parse_central_directory(read(cd_offset, cd_size), entries, name)
-    prefix = z.archive_prefix(directory, name)
+    prefix = torch_zip.archive_prefix(directory, name)
     pkl = directory[f"{prefix}data.pkl"]
     if max(pkl.size, pkl.compressed_size) > _unpickler.MAX_PICKLE_SIZE:
         raise ReadError(f"Cannot read '{name}': a blob's data.pkl is over the size limit.")
@@ -490,4 +482,4 @@ def blob_findings(f: Any, offset: int, length: int, name: str) -> list[Finding]:
     data = z.decode_entry(read(start, pkl.compressed_size), pkl, name)
     unpickled = unpickle(data, name, context=f"blob at {offset}: data.pkl", storage_form="zip")
     found = [f for f in unpickled.findings if f.severity == "security"]
-    return found + z.zip_slip_findings(directory)
+    return found + torch_zip.zip_slip_findings(directory)

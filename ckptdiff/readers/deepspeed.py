@@ -13,11 +13,12 @@ files until DeepSpeed's ``zero_to_fp32.py`` gathers it. The reader reports those
 and says so, instead of leaving every tensor at ``[0]``.
 
 Only ``data.pkl`` of each file is read; several model-parallel ranks are merged with
-:func:`ckptdiff.layouts.parallel.merge_ranks`.
+:func:`ckptdiff.layouts.parallel.merge_manifests`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -25,8 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import ReadError, SourceNotFoundError, UnsafeCheckpointError
-from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
-from ckptdiff.readers.torch_zip import unpickle_torch_zip
+from ckptdiff.layouts.parallel import merge_manifests
+from ckptdiff.readers.containers import select_state_dict
+from ckptdiff.readers.tensor_specs import specs_from_tensors
+from ckptdiff.readers.torch_zip import pickle_security_findings, unpickle_torch_zip
 from ckptdiff.types import Finding, Manifest, Severity, TensorSpec
 
 __all__ = [
@@ -332,10 +335,6 @@ def _with_skipped_findings(
 ) -> Manifest:
     """``manifest`` with the security findings of the files not read for tensors (the other
     data-parallel ranks' model states, the optimizer states)."""
-    import dataclasses
-
-    from ckptdiff.readers.torch_zip import pickle_security_findings
-
     extra = [
         dataclasses.replace(f, message=f"{name}: {f.message}")
         for name in skipped
@@ -391,8 +390,6 @@ def read_deepspeed(path: str, source: str, *, select: str | None = None) -> Mani
                                                          if n not in ranks], source)
     if len(ranks) == 1:
         return manifest
-    from ckptdiff.layouts.parallel import merge_manifests
-
     others = [
         _manifest(s, source, (f,), (1, 0, 1)) for s, f in zip(states[1:], files[1:], strict=True)
     ]

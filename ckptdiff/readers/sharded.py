@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ckptdiff.errors import ReadError, SelectError, UnsafeCheckpointError
@@ -192,12 +192,9 @@ def read_sharded(index_path: str, source: str, *, select: str | None = None) -> 
         files.append(path)
         shard_specs[name], shard_findings = read_local_shard(path, name, source)
         unsafe.extend(shard_findings)
-    manifest = index_manifest(
-        weight_map, index_meta, shard_specs, source=source, files=tuple(files)
+    return index_manifest(
+        weight_map, index_meta, shard_specs, source=source, files=tuple(files), unsafe=unsafe
     )
-    if unsafe:
-        manifest = dataclasses.replace(manifest, findings=(*unsafe, *manifest.findings))
-    return manifest
 
 
 def index_manifest(
@@ -207,6 +204,7 @@ def index_manifest(
     *,
     source: str,
     files: tuple[str, ...],
+    unsafe: Iterable[Finding] = (),
 ) -> Manifest:
     """Check an index against its shards and build the sharded manifest (pure: no file access).
 
@@ -219,6 +217,7 @@ def index_manifest(
             of the index absent from it is reported missing.
         source: the source string.
         files: the files read, for :attr:`Manifest.files`.
+        unsafe: the shards' security findings, listed first.
 
     Returns:
         The manifest (index order first, then unlisted keys in shard order), with a finding for
@@ -311,5 +310,5 @@ def index_manifest(
         tensors=tensors,
         files=tuple(files),
         metadata={k: v for k, v in index_meta.items() if isinstance(v, (str, int, float, bool))},
-        findings=tuple(findings),
+        findings=(*unsafe, *findings),
     )

@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 from ckptdiff.errors import ReadError, UnsafeCheckpointError
 from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.byte_source import display_name
-from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
+from ckptdiff.readers.containers import select_state_dict
+from ckptdiff.readers.tensor_specs import specs_from_tensors
 from ckptdiff.readers.unpickler import MAX_PICKLE_SIZE
 from ckptdiff.readers.unpickler.opcodes import globals_in, scan_pickle
 from ckptdiff.readers.unpickler.records import PickleDataError, StorageRef, short_repr

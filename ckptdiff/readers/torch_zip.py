@@ -23,7 +23,8 @@ from ckptdiff.errors import (
 )
 from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.byte_source import ByteSource, LocalFile, display_name
-from ckptdiff.readers.containers import select_state_dict, specs_from_tensors
+from ckptdiff.readers.containers import select_state_dict
+from ckptdiff.readers.tensor_specs import specs_from_tensors
 from ckptdiff.readers.unpickler.records import StorageRef
 from ckptdiff.readers.unpickler.restricted import Unpickled, unpickle
 from ckptdiff.readers.zip_format import (

@@ -12,14 +12,9 @@ from ckptdiff.diagnosis.diagnose import diff_manifests
 from ckptdiff.keymap import KeyMap
 from ckptdiff.readers import read
 from ckptdiff.targets import build_target
+from fixtures.tiny import SMALL_CLIP
 
 from .conftest import manifest
-
-SMALL_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"width": 32, "layers": 2, "heads": 2, "patch_size": 8, "image_size": 32},
-    "text_cfg": {"width": 16, "layers": 2, "heads": 2, "context_length": 8, "vocab_size": 50},
-}
 
 
 def test_text_branch_under_another_prefix_goes_from_0_to_100_percent():

@@ -19,6 +19,7 @@ from ckptdiff.keymap import KeyMap
 from ckptdiff.readers import read
 from ckptdiff.render.report import render_report_table
 from ckptdiff.targets import build_target
+from fixtures.tiny import SMALL_CLIP
 
 from .conftest import manifest
 
@@ -174,11 +175,6 @@ def test_transformers_config_keeps_num_key_value_heads(tmp_path):
 
 # --- 3. the position grid alone: the image size -----------------------------------------------
 
-SMALL_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"width": 32, "layers": 2, "heads": 2, "patch_size": 8, "image_size": 32},
-    "text_cfg": {"width": 16, "layers": 2, "heads": 2, "context_length": 8, "vocab_size": 50},
-}
 
 
 def test_open_clip_grid_with_the_same_patch_solves_the_image_size(tmp_path):

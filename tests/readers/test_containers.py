@@ -12,8 +12,8 @@ from ckptdiff.readers.containers import (
     MAX_METADATA_STRING,
     find_candidates,
     select_state_dict,
-    specs_from_tensors,
 )
+from ckptdiff.readers.tensor_specs import specs_from_tensors
 from ckptdiff.readers.unpickler.placeholders import placeholder
 from ckptdiff.readers.unpickler.records import DTYPES, TensorRef, UnsizedTensor
 
@@ -223,11 +223,11 @@ def test_specs_from_tensors() -> None:
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_specs_from_tensors_are_the_specs_the_class_makes(monkeypatch, direct: bool) -> None:
-    from ckptdiff.readers import containers
+    from ckptdiff.readers import tensor_specs
     from ckptdiff.types import TensorSpec
 
     if not direct:  # TensorSpec changed shape: the class itself builds them
-        monkeypatch.setattr(containers, "_SPEC_SETTERS", None)
+        monkeypatch.setattr(tensor_specs, "_SPEC_SETTERS", None)
     tensors = {"w": t(2, 3, dtype="bfloat16"), "s": t(), "e": t(0, 5), "u": UnsizedTensor("x")}
     specs = specs_from_tensors(tensors, None)
     assert specs == {

@@ -13,21 +13,9 @@ from ckptdiff.targets.module import manifest_from_module
 from ckptdiff.types import Manifest
 from fixtures import models
 from fixtures.models import build_clip, build_llama, build_with_init_on_cpu
+from fixtures.tiny import TINY_CLIP, TINY_LLAMA
 
 CONFIGS = Path(models.__file__).parent / "configs" / "open_clip"
-TINY_CLIP = {
-    "embed_dim": 8,
-    "vision_cfg": {"width": 16, "layers": 2, "heads": 2, "patch_size": 4, "image_size": 16},
-    "text_cfg": {"width": 16, "layers": 2, "heads": 2, "context_length": 8, "vocab_size": 50},
-}
-TINY_LLAMA = {
-    "vocab_size": 64,
-    "hidden_size": 16,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "intermediate_size": 32,
-}
 
 
 def layout(m: Manifest) -> dict:

@@ -15,6 +15,7 @@ from ckptdiff import check
 from ckptdiff.errors import TargetError
 from ckptdiff.targets import build_target, rebuild, target_spec
 from ckptdiff.targets.module import manifest_from_module
+from fixtures.tiny import TINY_BERT
 
 transformers = pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
@@ -29,14 +30,6 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
 )
 
-TINY_BERT = dict(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-)
 TINY_LLAMA = dict(
     vocab_size=99,
     hidden_size=32,

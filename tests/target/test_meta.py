@@ -14,13 +14,9 @@ from torch import nn
 from ckptdiff.targets import build_target
 from ckptdiff.targets.meta import INIT_FUNCTIONS, on_meta
 from fixtures.models import build_clip, build_llama, build_with_init_on_cpu
+from fixtures.tiny import TINY_CLIP
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_CLIP = {
-    "embed_dim": 8,
-    "vision_cfg": {"width": 16, "layers": 2, "heads": 2, "patch_size": 4, "image_size": 16},
-    "text_cfg": {"width": 16, "layers": 2, "heads": 2, "context_length": 8, "vocab_size": 50},
-}
 
 
 def all_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

@@ -11,12 +11,7 @@ from torch import nn
 from ckptdiff.errors import TargetError
 from ckptdiff.targets import build_target, rebuild, target_spec
 from ckptdiff.targets.module import manifest_from_module
-
-TINY_CLIP = {
-    "embed_dim": 8,
-    "vision_cfg": {"width": 16, "layers": 2, "heads": 2, "patch_size": 4, "image_size": 16},
-    "text_cfg": {"width": 16, "layers": 2, "heads": 2, "context_length": 8, "vocab_size": 50},
-}
+from fixtures.tiny import TINY_CLIP
 
 
 class SharedBlock(nn.Module):

@@ -358,12 +358,9 @@ class HubRepo:
                     specs[shard] = tensors
                     unsafe.extend(findings)
         files = (self._url(index_name), *(self._url(name) for name, _ in present))
-        manifest = index_manifest(
-            weight_map, index_meta, specs, source=self.source.text, files=files
+        return index_manifest(
+            weight_map, index_meta, specs, source=self.source.text, files=files, unsafe=unsafe
         )
-        if unsafe:
-            manifest = dataclasses.replace(manifest, findings=(*unsafe, *manifest.findings))
-        return manifest
 
     def _url(self, name: str) -> str:
         return f"hf://{self.source.repo_id}@{self.commit}/{self.repo_path(name)}"
