@@ -1,6 +1,6 @@
 """``python -m bench.hub`` (part of ``make bench``): auditing a big repo costs a few headers.
 
-The test suite's hub server (tests/hub/server.py) serves a simulated 8-shard Llama repo of
+The test suite's hub server (tests/readers/hub/server.py) serves a simulated 8-shard Llama repo of
 about 16 GB: real safetensors headers, an index, config.json and tokenizer.json, and tensor data
 that is declared but never made (zeros would be generated only for ranges actually asked for).
 ``ckptdiff audit`` runs as a whole process with ``HF_ENDPOINT`` pointed at the server and an
@@ -22,8 +22,8 @@ import time
 
 from tabulate import tabulate
 
-from tests.hub.repos import synthetic_llama
-from tests.hub.server import HubServer
+from tests.readers.hub.repos import synthetic_llama
+from tests.readers.hub.server import HubServer
 
 REPO = "bench/llama-16g"
 SHARDS = 8

@@ -11,7 +11,7 @@ from ckptdiff.examples import files as examples
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
-# Every build is a real build in the tests (tests/target/test_cache.py turns the target cache on
+# Every build is a real build in the tests (tests/targets/test_cache.py turns the target cache on
 # where it is the subject), and nothing is written to the user's cache folder.
 os.environ["CKPTDIFF_NO_CACHE"] = "1"
 

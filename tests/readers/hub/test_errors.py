@@ -19,9 +19,9 @@ from ckptdiff.readers.hub.errors import (
     HubUnavailableError,
     RangeNotSupportedError,
 )
-from tests.hub import repos
-from tests.hub.conftest import configure_hub, set_offline, set_token
-from tests.hub.server import HubServer
+from tests.readers.hub import repos
+from tests.readers.hub.conftest import configure_hub, set_offline, set_token
+from tests.readers.hub.server import HubServer
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 

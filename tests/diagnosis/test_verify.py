@@ -129,7 +129,7 @@ def test_hf_vit_into_a_timm_vit_is_one_naming_convention_finding(tmp_path):
     ck = write(on_meta(transformers.ViTForImageClassification, cfg), tmp_path / "hf.safetensors")
     args = ["--arg", "img_size=32", "--arg", "patch_size=8", "--arg", "embed_dim=64",
             "--arg", "depth=3", "--arg", "num_classes=10"]
-    model = "tests.explain.other_layouts:timm_vit"
+    model = "tests.diagnosis.other_layouts:timm_vit"
     r = CliRunner().invoke(main, ["check", ck, "--model", model, *args])
     assert r.exit_code == 1, r.output
     lines = r.stdout.splitlines()
@@ -146,7 +146,7 @@ def test_hf_vit_into_a_timm_vit_is_one_naming_convention_finding(tmp_path):
 
 def test_resnet_visual_tower_against_a_vit_config_gets_no_patch_size(tmp_path):
     """OpenCLIP RN50 weights against a ViT config: vision_cfg.patch_size=3 was 'verified'."""
-    from tests.explain.other_layouts import resnet_clip
+    from tests.diagnosis.other_layouts import resnet_clip
 
     text = {"width": 32, "layers": 2, "heads": 2, "context_length": 16, "vocab_size": 100}
     ck = write(resnet_clip(64, text), tmp_path / "rn.safetensors")

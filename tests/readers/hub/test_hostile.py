@@ -17,8 +17,8 @@ import pytest
 
 from ckptdiff.cli import main
 from ckptdiff.readers.hub import transport as remote
-from tests.hub import repos
-from tests.hub.server import HubServer, SyntheticFile
+from tests.readers.hub import repos
+from tests.readers.hub.server import HubServer, SyntheticFile
 
 
 def _files_outside(root: Path, cache: Path) -> list[Path]:

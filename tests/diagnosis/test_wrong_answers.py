@@ -257,7 +257,7 @@ def test_linear_checkpoint_into_gpt2_conv1d(tmp_path):
 def test_gpt2_conv1d_checkpoint_into_linear_model(tmp_path):
     _, sd = _gpt2()
     ck = read(save(sd, tmp_path / "gpt2.safetensors"))
-    target = build_target("tests.explain.test_scenarios:build_linear_gpt", args={"positions": 64})
+    target = build_target("tests.diagnosis.test_scenarios:build_linear_gpt", args={"positions": 64})
     r = diff_manifests(ck, target)
     (t,) = kinds(r, "transposed")
     assert t.data["checkpoint_layout"] == "conv1d"
@@ -348,7 +348,7 @@ def test_evidence_counts_every_renamed_key(tmp_path):
 def test_evidence_counts_every_transposed_weight(tmp_path):
     _, sd = _gpt2()
     ck = read(save(sd, tmp_path / "gpt2.safetensors"))
-    target = build_target("tests.explain.test_scenarios:build_linear_gpt", args={"positions": 64})
+    target = build_target("tests.diagnosis.test_scenarios:build_linear_gpt", args={"positions": 64})
     r = diff_manifests(ck, target)
     (s,) = [s for s in r.suggestions if s.kind == "key_map"]
     assert s.evidence[-1] == "... 3 more"  # 6 mismatched + 2 square weights

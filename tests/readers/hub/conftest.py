@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub.server import HubServer
+from tests.readers.hub.server import HubServer
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ckptdiff.forward_check.api import forward
-from tests.forward.conftest import COCA_CONFIG, COCA_SHALLOW
+from tests.forward_check.conftest import COCA_CONFIG, COCA_SHALLOW
 
 COCA = "fixtures.forward_models:CoCa"
 OWL = "fixtures.forward_models:build_owl"

@@ -12,7 +12,7 @@ from typing import Any
 
 from ckptdiff.examples import files as examples
 from fixtures.tiny import TINY_BERT
-from tests.hub.server import RepoFile, SyntheticFile
+from tests.readers.hub.server import RepoFile, SyntheticFile
 
 
 def minilm_dir() -> Path:
@@ -202,7 +202,7 @@ def moe_per_expert(folder: Path) -> Path:
     import torch
     from transformers import MixtralForCausalLM
 
-    from tests.target.tiny_hf import tiny_config
+    from fixtures.tiny_hf import tiny_config
 
     torch.manual_seed(0)
     config = tiny_config("MixtralForCausalLM")
@@ -213,7 +213,7 @@ def moe_per_expert(folder: Path) -> Path:
 def llava_original(folder: Path) -> Path:
     """A tiny LLaVA saved by ``save_pretrained``: ``language_model.model.*``,
     ``language_model.lm_head.*``, ``vision_tower.*`` (the original layout of LLaVA repos)."""
-    from tests.target.tiny_hf import save_tiny
+    from fixtures.tiny_hf import save_tiny
 
     save_tiny("LlavaForConditionalGeneration", folder)
     return folder

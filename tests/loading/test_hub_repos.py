@@ -9,8 +9,8 @@ import pytest
 from ckptdiff import check
 from ckptdiff._audit import audit
 from ckptdiff.render.audit import render_audit
-from tests.hub import repos
-from tests.hub.server import HubServer
+from tests.readers.hub import repos
+from tests.readers.hub.server import HubServer
 
 pytest.importorskip("transformers")
 

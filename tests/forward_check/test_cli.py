@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ckptdiff.cli import main
-from tests.forward.conftest import COCA_CONFIG
+from tests.forward_check.conftest import COCA_CONFIG
 
 COCA_ARGS = ["--model", "fixtures.forward_models:CoCa", "--config", str(COCA_CONFIG),
              "--arg", "vision_cfg.layers=1", "--arg", "multimodal_cfg.layers=1",

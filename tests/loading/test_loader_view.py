@@ -10,7 +10,7 @@ from ckptdiff import check
 from ckptdiff.loading import loader_view
 from ckptdiff.readers import read
 from ckptdiff.targets import build_target
-from tests.target.tiny_hf import save_tiny
+from fixtures.tiny_hf import save_tiny
 
 transformers = pytest.importorskip("transformers")
 

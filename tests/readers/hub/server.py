@@ -536,7 +536,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve_forever(folders: Iterable[tuple[str, str]]) -> None:  # pragma: no cover - manual use
-    """``python -m tests.hub.server org/name=folder ...``: serve folders until interrupted."""
+    """Serve folders until interrupted: ``python -m tests.readers.hub.server org/name=dir ...``."""
     server = HubServer()
     for repo_id, folder in folders:
         server.add_folder(repo_id, folder)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ckptdiff import read
 from ckptdiff._audit import audit
-from tests.hub import repos
-from tests.hub.server import HubServer, SyntheticFile
+from tests.readers.hub import repos
+from tests.readers.hub.server import HubServer, SyntheticFile
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 

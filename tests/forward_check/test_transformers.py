@@ -7,7 +7,7 @@ import torch
 
 from ckptdiff.forward_check import api
 from ckptdiff.forward_check.api import forward
-from tests.forward.conftest import write_config
+from tests.forward_check.conftest import write_config
 
 
 @pytest.mark.parametrize("mode", ["shape-only", "data"])

@@ -10,7 +10,7 @@ from ckptdiff import check
 from ckptdiff.targets import build_target
 from ckptdiff.targets.choose import candidate_classes
 from fixtures import layouts as L
-from tests.target.tiny_hf import save_tiny
+from fixtures.tiny_hf import save_tiny
 
 pytest.importorskip("transformers")
 
@@ -68,7 +68,7 @@ def test_head_keys_pick_the_head_class(tmp_path):
 def test_a_classifier_checkpoint(tmp_path):
     import transformers
 
-    from tests.target.tiny_hf import tiny_config
+    from fixtures.tiny_hf import tiny_config
 
     config = tiny_config("BertForMaskedLM")
     config.num_labels = 3
@@ -90,7 +90,7 @@ def test_auto_class_still_wins(tmp_path):
 def test_a_base_checkpoint_keeps_the_base_class(tmp_path):
     import transformers
 
-    from tests.target.tiny_hf import tiny_config
+    from fixtures.tiny_hf import tiny_config
 
     transformers.LlamaModel(tiny_config("LlamaForCausalLM")).save_pretrained(tmp_path / "base")
     folder = _without_architectures(tmp_path / "base")

@@ -117,7 +117,7 @@ def test_gpt2_conv1d_into_linear_model(tmp_path):
     """Scenario 5: Conv1D [in, out] vs Linear [out, in]: named, with .t(), and it really loads."""
     sd = _gpt2_state_dict()
     save_file(sd, tmp_path / "gpt2.safetensors")
-    target = build_target("tests.explain.test_scenarios:build_linear_gpt")
+    target = build_target("tests.diagnosis.test_scenarios:build_linear_gpt")
     r = diff_manifests(read(str(tmp_path / "gpt2.safetensors")), target)
     (t,) = [f for f in r.findings if f.kind == "transposed"]
     assert t.data["transform"] == ".t()"

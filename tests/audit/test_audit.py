@@ -13,8 +13,8 @@ from ckptdiff.cli import main
 from ckptdiff.hf_files import tokenizer_size
 from ckptdiff.render.audit import render_audit
 from ckptdiff.types import Manifest, TensorSpec
-from tests.hub import repos
-from tests.hub.server import HubServer
+from tests.readers.hub import repos
+from tests.readers.hub.server import HubServer
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -301,7 +301,7 @@ def test_audit_of_one_file_url(hub: HubServer, minilm: str) -> None:
 def test_offline_audit_names_what_the_cache_lacks(
     hub: HubServer, minilm: str, runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.hub.conftest import set_offline
+    from tests.readers.hub.conftest import set_offline
 
     audit(f"hf://{minilm}")  # caches config.json and tokenizer.json, never the weights
     hub.reset()

@@ -8,7 +8,7 @@ import pytest
 
 from ckptdiff._audit import audit
 from ckptdiff.targets import build_target
-from tests.target.tiny_hf import save_tiny
+from fixtures.tiny_hf import save_tiny
 
 pytest.importorskip("transformers")
 

@@ -13,7 +13,7 @@ from ckptdiff.cli import main
 from ckptdiff.errors import SelectError
 from ckptdiff.readers.dcp import split_parts
 from fixtures import layouts as L
-from tests.layouts.conftest import mlp
+from tests.readers.conftest import mlp
 
 
 def test_model_part_with_global_shapes(dcp_dir: Path) -> None:

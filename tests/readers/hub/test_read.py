@@ -13,8 +13,8 @@ from ckptdiff import read
 from ckptdiff.readers import hub as hub_reader
 from ckptdiff.readers.hub import parse_hub_source
 from ckptdiff.readers.hub.transport import TOTAL
-from tests.hub import repos
-from tests.hub.server import HubServer
+from tests.readers.hub import repos
+from tests.readers.hub.server import HubServer
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from ckptdiff.readers import read
 from ckptdiff.readers.hub import FIRST_READ_SIZE
 from ckptdiff.readers.safetensors_file import first_read_size
-from tests.hub import repos
-from tests.hub.server import HubServer
+from tests.readers.hub import repos
+from tests.readers.hub.server import HubServer
 
 
 def _header_bytes(path: Path) -> int:

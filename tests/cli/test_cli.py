@@ -199,7 +199,7 @@ def test_installed_script_and_no_torch_import(files):
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert r.stderr.strip() == "False 1", r.stderr
 
