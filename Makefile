@@ -45,6 +45,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check ckptdiff tests fixtures bench
+	$(VENV)/bin/ruff format --check ckptdiff tests fixtures bench
 	$(VENV)/bin/mypy ckptdiff
 
 bench: install

@@ -44,21 +44,33 @@ def main() -> None:
         cold = measure([CKPTDIFF, *argv, "--no-cache"], SLOW_RUNS, env=env)
         subprocess.run([CKPTDIFF, *argv], env=env, stdout=subprocess.DEVNULL, check=False)
         warm = measure([CKPTDIFF, *argv], RUNS, env=env)
-        probe = subprocess.run([PY, "-c", IMPORTS, *argv], env=env, capture_output=True,
-                               text=True, check=False)
+        probe = subprocess.run(
+            [PY, "-c", IMPORTS, *argv], env=env, capture_output=True, text=True, check=False
+        )
         imported = probe.stderr.strip().splitlines()[-1]
         base = measure([PY, "-c", BUILD_ON_META, folder], SLOW_RUNS)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     rows = [
-        ["check MiniLM vs hf-config, --no-cache", f"{cold.seconds:.3f} s",
-         f"{cold.peak_mib:.0f} MiB", ""],
-        ["check MiniLM vs hf-config, target cached", f"{warm.seconds:.3f} s",
-         f"{warm.peak_mib:.0f} MiB",
-         f"< 0.5 s: {'met' if warm.seconds < 0.5 else '**not met**'}; "
-         f"torch, transformers imported: {imported}"],
-        ["baseline: import torch, transformers; AutoModel on meta", f"{base.seconds:.3f} s",
-         f"{base.peak_mib:.0f} MiB", ""],
+        [
+            "check MiniLM vs hf-config, --no-cache",
+            f"{cold.seconds:.3f} s",
+            f"{cold.peak_mib:.0f} MiB",
+            "",
+        ],
+        [
+            "check MiniLM vs hf-config, target cached",
+            f"{warm.seconds:.3f} s",
+            f"{warm.peak_mib:.0f} MiB",
+            f"< 0.5 s: {'met' if warm.seconds < 0.5 else '**not met**'}; "
+            f"torch, transformers imported: {imported}",
+        ],
+        [
+            "baseline: import torch, transformers; AutoModel on meta",
+            f"{base.seconds:.3f} s",
+            f"{base.peak_mib:.0f} MiB",
+            "",
+        ],
     ]
     print()
     print(f"Target cache (best of {RUNS} cached runs, {SLOW_RUNS} of the others; {sys.executable})")

@@ -47,9 +47,7 @@ def measure(argv: Sequence[str], runs: int = RUNS, env: dict[str, str] | None = 
     best_t, best_m = float("inf"), float("inf")
     for _ in range(runs):
         t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-        )
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - t0
         code = os.waitstatus_to_exitcode(status)
@@ -271,58 +269,149 @@ def cases(p: dict[str, str]) -> list[Case]:
     c = []
     for n, label in ((20_000, "20,000"), (100_000, "100,000")):
         runs = RUNS if n < 100_000 else SLOW_RUNS
-        c.append(Case(f"inspect {label}-tensor .safetensors", [CKPTDIFF, "inspect",
-                      p[f"{n}.safetensors"]], "safe_open(np) listing every shape",
-                      py(SAFE_OPEN_NP, p[f"{n}.safetensors"]), "<= 1.2x the floor",
-                      _ratio_within(1.2), runs))
-        c.append(Case(f"inspect {label}-tensor .safetensors --format json",
-                      [CKPTDIFF, "inspect", p[f"{n}.safetensors"], "--format", "json"],
-                      "safe_open(np) listing every shape",
-                      py(SAFE_OPEN_NP, p[f"{n}.safetensors"]), "<= 1.2x the floor",
-                      _ratio_within(1.2), runs))
-        c.append(Case(f"inspect {label}-tensor .pt", [CKPTDIFF, "inspect", p[f"{n}.pt"]],
-                      "safe_open(np), same tensors as .safetensors",
-                      py(SAFE_OPEN_NP, p[f"{n}.safetensors"]), "<= 1.2x the floor",
-                      _ratio_within(1.2), runs))
-        c.append(Case(f"inspect {label}-tensor .pt", [CKPTDIFF, "inspect", p[f"{n}.pt"]],
-                      "torch.load(meta, weights_only, mmap)", py(TORCH_META, p[f"{n}.pt"]),
-                      "", None, SLOW_RUNS))
-        c.append(Case(f"inspect {label} tensors in 8 shards", [CKPTDIFF, "inspect",
-                      p[f"{n}.sharded"]], "safe_open(np) on each shard",
-                      py(SAFE_OPEN_NP, p[f"{n}.sharded"]), "<= 1.2x the floor",
-                      _ratio_within(1.2), runs))
-    c.append(Case("inspect 1,000,000-tensor .safetensors", [CKPTDIFF, "inspect",
-                  p["1m.safetensors"]], "safe_open(np) listing every shape",
-                  py(SAFE_OPEN_NP, p["1m.safetensors"]), "< 10 s, memory bounded",
-                  lambda a, b: a.seconds < 10, 1))
-    c.append(Case("inspect 2 GiB .safetensors", [CKPTDIFF, "inspect", p["big.safetensors"]],
-                  "safe_open(np) listing every shape", py(SAFE_OPEN_NP, p["big.safetensors"]),
-                  "<= 1.2x the floor", _ratio_within(1.2)))
-    c.append(Case("inspect 2 GiB .pt", [CKPTDIFF, "inspect", p["big.pt"]],
-                  "torch.load(meta, weights_only, mmap)", py(TORCH_META, p["big.pt"]),
-                  "", None, SLOW_RUNS))
-    c.append(Case("diff two MiniLM .safetensors (104 tensors)", [CKPTDIFF, "diff",
-                  p["minilm_grown.safetensors"], p["minilm.safetensors"]],
-                  "safe_open(np) both, compare", py(SAFE_OPEN_NP, p["minilm_grown.safetensors"],
-                                                    p["minilm.safetensors"]), "", None))
-    c.append(Case("diff two 20,000-tensor .safetensors", [CKPTDIFF, "diff",
-                  p["20000b.safetensors"], p["20000.safetensors"]],
-                  "safe_open(np) both, compare", py(SAFE_OPEN_NP, p["20000b.safetensors"],
-                                                    p["20000.safetensors"]), "", None))
-    c.append(Case("diff two different 2 GiB .safetensors", [CKPTDIFF, "diff",
-                  p["big2.safetensors"], p["big.safetensors"]], "safe_open(np) both, compare",
-                  py(SAFE_OPEN_NP, p["big2.safetensors"], p["big.safetensors"]), "", None))
-    c.append(Case("diff two different 2 GiB .pt", [CKPTDIFF, "diff", p["big2.pt"], p["big.pt"]],
-                  "torch.load(meta) both, compare", py(TORCH_META, p["big2.pt"], p["big.pt"]),
-                  "", None, SLOW_RUNS))
+        c.append(
+            Case(
+                f"inspect {label}-tensor .safetensors",
+                [CKPTDIFF, "inspect", p[f"{n}.safetensors"]],
+                "safe_open(np) listing every shape",
+                py(SAFE_OPEN_NP, p[f"{n}.safetensors"]),
+                "<= 1.2x the floor",
+                _ratio_within(1.2),
+                runs,
+            )
+        )
+        c.append(
+            Case(
+                f"inspect {label}-tensor .safetensors --format json",
+                [CKPTDIFF, "inspect", p[f"{n}.safetensors"], "--format", "json"],
+                "safe_open(np) listing every shape",
+                py(SAFE_OPEN_NP, p[f"{n}.safetensors"]),
+                "<= 1.2x the floor",
+                _ratio_within(1.2),
+                runs,
+            )
+        )
+        c.append(
+            Case(
+                f"inspect {label}-tensor .pt",
+                [CKPTDIFF, "inspect", p[f"{n}.pt"]],
+                "safe_open(np), same tensors as .safetensors",
+                py(SAFE_OPEN_NP, p[f"{n}.safetensors"]),
+                "<= 1.2x the floor",
+                _ratio_within(1.2),
+                runs,
+            )
+        )
+        c.append(
+            Case(
+                f"inspect {label}-tensor .pt",
+                [CKPTDIFF, "inspect", p[f"{n}.pt"]],
+                "torch.load(meta, weights_only, mmap)",
+                py(TORCH_META, p[f"{n}.pt"]),
+                "",
+                None,
+                SLOW_RUNS,
+            )
+        )
+        c.append(
+            Case(
+                f"inspect {label} tensors in 8 shards",
+                [CKPTDIFF, "inspect", p[f"{n}.sharded"]],
+                "safe_open(np) on each shard",
+                py(SAFE_OPEN_NP, p[f"{n}.sharded"]),
+                "<= 1.2x the floor",
+                _ratio_within(1.2),
+                runs,
+            )
+        )
+    c.append(
+        Case(
+            "inspect 1,000,000-tensor .safetensors",
+            [CKPTDIFF, "inspect", p["1m.safetensors"]],
+            "safe_open(np) listing every shape",
+            py(SAFE_OPEN_NP, p["1m.safetensors"]),
+            "< 10 s, memory bounded",
+            lambda a, b: a.seconds < 10,
+            1,
+        )
+    )
+    c.append(
+        Case(
+            "inspect 2 GiB .safetensors",
+            [CKPTDIFF, "inspect", p["big.safetensors"]],
+            "safe_open(np) listing every shape",
+            py(SAFE_OPEN_NP, p["big.safetensors"]),
+            "<= 1.2x the floor",
+            _ratio_within(1.2),
+        )
+    )
+    c.append(
+        Case(
+            "inspect 2 GiB .pt",
+            [CKPTDIFF, "inspect", p["big.pt"]],
+            "torch.load(meta, weights_only, mmap)",
+            py(TORCH_META, p["big.pt"]),
+            "",
+            None,
+            SLOW_RUNS,
+        )
+    )
+    c.append(
+        Case(
+            "diff two MiniLM .safetensors (104 tensors)",
+            [CKPTDIFF, "diff", p["minilm_grown.safetensors"], p["minilm.safetensors"]],
+            "safe_open(np) both, compare",
+            py(SAFE_OPEN_NP, p["minilm_grown.safetensors"], p["minilm.safetensors"]),
+            "",
+            None,
+        )
+    )
+    c.append(
+        Case(
+            "diff two 20,000-tensor .safetensors",
+            [CKPTDIFF, "diff", p["20000b.safetensors"], p["20000.safetensors"]],
+            "safe_open(np) both, compare",
+            py(SAFE_OPEN_NP, p["20000b.safetensors"], p["20000.safetensors"]),
+            "",
+            None,
+        )
+    )
+    c.append(
+        Case(
+            "diff two different 2 GiB .safetensors",
+            [CKPTDIFF, "diff", p["big2.safetensors"], p["big.safetensors"]],
+            "safe_open(np) both, compare",
+            py(SAFE_OPEN_NP, p["big2.safetensors"], p["big.safetensors"]),
+            "",
+            None,
+        )
+    )
+    c.append(
+        Case(
+            "diff two different 2 GiB .pt",
+            [CKPTDIFF, "diff", p["big2.pt"], p["big.pt"]],
+            "torch.load(meta) both, compare",
+            py(TORCH_META, p["big2.pt"], p["big.pt"]),
+            "",
+            None,
+            SLOW_RUNS,
+        )
+    )
     return c
 
 
 def _row(name: str, a: Result, base_name: str, b: Result, goal: str, met: bool | None) -> list:
     verdict = "" if met is None else ("met" if met else "**not met**")
-    return [name, f"{a.seconds:.3f} s", f"{a.peak_mib:.0f} MiB", base_name,
-            f"{b.seconds:.3f} s", f"{b.peak_mib:.0f} MiB", f"{a.seconds / b.seconds:.2f}x",
-            f"{goal}: {verdict}" if goal else ""]
+    return [
+        name,
+        f"{a.seconds:.3f} s",
+        f"{a.peak_mib:.0f} MiB",
+        base_name,
+        f"{b.seconds:.3f} s",
+        f"{b.peak_mib:.0f} MiB",
+        f"{a.seconds / b.seconds:.2f}x",
+        f"{goal}: {verdict}" if goal else "",
+    ]
 
 
 def startup_rows(p: dict[str, str]) -> list[list[object]]:
@@ -330,23 +419,41 @@ def startup_rows(p: dict[str, str]) -> list[list[object]]:
     py0 = measure([PY, "-c", "pass"])
     rows = []
     help_ = measure([CKPTDIFF, "--help"])
-    rows.append(_row("ckptdiff --help", help_, "python -c pass", py0, "<= +0.05 s",
-                     help_.seconds - py0.seconds <= 0.05))
+    rows.append(
+        _row(
+            "ckptdiff --help",
+            help_,
+            "python -c pass",
+            py0,
+            "<= +0.05 s",
+            help_.seconds - py0.seconds <= 0.05,
+        )
+    )
     small = p["minilm.safetensors"]
     out = subprocess.run(py(READ_IN_PROCESS, small), capture_output=True, text=True, check=True)
     reading = float(out.stdout.strip())
     ins = measure([CKPTDIFF, "inspect", small])
-    rows.append(_row("inspect MiniLM .safetensors (104 tensors)", ins,
-                     f"python -c pass, + {reading * 1000:.1f} ms reading", py0,
-                     "<= +0.05 s + reading", ins.seconds - py0.seconds - reading <= 0.05))
+    rows.append(
+        _row(
+            "inspect MiniLM .safetensors (104 tensors)",
+            ins,
+            f"python -c pass, + {reading * 1000:.1f} ms reading",
+            py0,
+            "<= +0.05 s + reading",
+            ins.seconds - py0.seconds - reading <= 0.05,
+        )
+    )
     return rows
 
 
 def main() -> None:
     load = os.getloadavg()
-    print(f"ckptdiff bench: best of {RUNS} whole-process runs ({SLOW_RUNS} for multi-second "
-          f"ones); files in {OUT}; {os.cpu_count()} CPUs, load average "
-          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the start", flush=True)
+    print(
+        f"ckptdiff bench: best of {RUNS} whole-process runs ({SLOW_RUNS} for multi-second "
+        f"ones); files in {OUT}; {os.cpu_count()} CPUs, load average "
+        f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the start",
+        flush=True,
+    )
     p = make_files()
     headers = ["case", "ckptdiff", "peak", "baseline", "time", "peak", "time ratio", "goal"]
     rows = startup_rows(p)
@@ -355,8 +462,7 @@ def main() -> None:
         b = measure(case.base, case.runs)
         met = None if case.judge is None else bool(case.judge(a, b))  # type: ignore[operator]
         rows.append(_row(case.name, a, case.base_name, b, case.goal, met))
-        print(f"  {case.name}: {a.seconds:.3f} s vs {b.seconds:.3f} s", file=sys.stderr,
-              flush=True)
+        print(f"  {case.name}: {a.seconds:.3f} s vs {b.seconds:.3f} s", file=sys.stderr, flush=True)
     print(tabulate(rows, headers, tablefmt="github"))
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)

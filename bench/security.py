@@ -45,7 +45,6 @@ else:
 """
 
 
-
 @dataclass
 class Run:
     """One tool on one file."""
@@ -124,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             ours = run_one("ckptdiff", path, canary, args.timeout, memory)
             theirs = (
-                run_one("torch", path, canary, args.timeout, memory)
-                if case.torch_applies
-                else None
+                run_one("torch", path, canary, args.timeout, memory) if case.torch_applies else None
             )
             rows.append(_row(case, ours, theirs))
             groups.setdefault(case.group, []).append((ours, theirs))
@@ -141,19 +138,24 @@ def main(argv: list[str] | None = None) -> int:
     print(file=sys.stderr)
     print(tabulate(rows, headers=["file", "what", "ckptdiff", "torch weights_only"]))
     print()
-    print(tabulate(_group_rows(groups),
-                   headers=["group", "files", "ckptdiff", "torch weights_only"]))
+    print(
+        tabulate(_group_rows(groups), headers=["group", "files", "ckptdiff", "torch weights_only"])
+    )
     print()
     outcomes = ["flagged", "read", "error", "executed", "crashed", "hung"]
-    print(tabulate(
-        [[tool, sum(c.values()), *(c[o] for o in outcomes)] for tool, c in totals.items()],
-        headers=["totals", "files", *outcomes],
-    ))  # fmt: skip
+    print(
+        tabulate(
+            [[tool, sum(c.values()), *(c[o] for o in outcomes)] for tool, c in totals.items()],
+            headers=["totals", "files", *outcomes],
+        )
+    )
     print()
-    print(tabulate(
-        [[tool, sum(c.values()), *(c[o] for o in outcomes)] for tool, c in payloads.items()],
-        headers=["payload files", "files", *outcomes],
-    ))  # fmt: skip
+    print(
+        tabulate(
+            [[tool, sum(c.values()), *(c[o] for o in outcomes)] for tool, c in payloads.items()],
+            headers=["payload files", "files", *outcomes],
+        )
+    )
     return 1 if totals["ckptdiff"]["executed"] or totals["ckptdiff"]["crashed"] else 0
 
 
@@ -165,10 +167,14 @@ def _group_rows(groups: dict[str, list[tuple[Run, Run | None]]]) -> list[list[ob
         return ", ".join(f"{n} {o}" for o, n in counts.most_common()) or "n/a (folders)"
 
     return [
-        [group, len(pairs), summary([o for o, _ in pairs]),
-         summary([t for _, t in pairs if t is not None])]
+        [
+            group,
+            len(pairs),
+            summary([o for o, _ in pairs]),
+            summary([t for _, t in pairs if t is not None]),
+        ]
         for group, pairs in groups.items()
-    ]  # fmt: skip
+    ]
 
 
 def _cell(run: Run | None) -> str:

@@ -18,10 +18,18 @@ import sys
 from tabulate import tabulate
 
 LLAMA3_8B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256,
-    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 8192,
-    "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
 }
 
 CHILD = r"""
@@ -58,9 +66,12 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "first": first, "paramete
 
 
 def child(kind: str, arg: str, device: str) -> tuple[float, float, int, float]:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, kind, arg, device],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, kind, arg, device],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -78,26 +89,60 @@ def main() -> None:
         json.dump(LLAMA3_8B, f)
     with open(os.path.join(out, "llama3-8b-4l", "config.json"), "w") as f:
         json.dump({**LLAMA3_8B, "num_hidden_layers": 4}, f)
-    vit = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "configs",
-                       "open_clip", "ViT-L-14.json")
+    vit = os.path.join(
+        os.path.dirname(os.path.dirname(__file__)),
+        "fixtures",
+        "configs",
+        "open_clip",
+        "ViT-L-14.json",
+    )
     cases = [
-        ("Llama-3-8B config (transformers)", "hf", os.path.join(out, "llama3-8b"),
-         os.path.join(out, "llama3-8b-4l"), "< 1 s"),
+        (
+            "Llama-3-8B config (transformers)",
+            "hf",
+            os.path.join(out, "llama3-8b"),
+            os.path.join(out, "llama3-8b-4l"),
+            "< 1 s",
+        ),
         ("ViT-L/14 factory (open_clip-style)", "factory", vit, vit, "< 0.3 s"),
     ]
     rows = []
     for name, kind, meta_arg, cpu_arg, goal in cases:
         mt = min((child(kind, meta_arg, "meta") for _ in range(3)), key=lambda r: r[0])
         ct = child(kind, cpu_arg, "cpu")
-        rows.append([name, f"{mt[2] / 1e9:.2f} B", f"{mt[0]:.3f} s", f"{mt[3]:.3f} s",
-                     f"{mt[1]:.0f} MiB",
-                     f"{ct[2] / 1e9:.2f} B", f"{ct[0]:.2f} s", f"{ct[1]:.0f} MiB", goal])
+        rows.append(
+            [
+                name,
+                f"{mt[2] / 1e9:.2f} B",
+                f"{mt[0]:.3f} s",
+                f"{mt[3]:.3f} s",
+                f"{mt[1]:.0f} MiB",
+                f"{ct[2] / 1e9:.2f} B",
+                f"{ct[0]:.2f} s",
+                f"{ct[1]:.0f} MiB",
+                goal,
+            ]
+        )
     print()
     print("Target builds (build time inside the process; peak = whole process). 'first meta'")
     print("includes torch's one-time import of its meta kernels on the first meta op.")
-    print(tabulate(rows, ["target", "params", "meta build", "first meta", "meta peak",
-                          "CPU params",
-                          "CPU build", "CPU peak", "goal (meta)"], tablefmt="github"))
+    print(
+        tabulate(
+            rows,
+            [
+                "target",
+                "params",
+                "meta build",
+                "first meta",
+                "meta peak",
+                "CPU params",
+                "CPU build",
+                "CPU peak",
+                "goal (meta)",
+            ],
+            tablefmt="github",
+        )
+    )
 
 
 if __name__ == "__main__":

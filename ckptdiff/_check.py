@@ -134,12 +134,15 @@ def _coverage_findings(report: Report) -> list[Finding]:
     aligned = report.aligned
     if aligned is None:
         found = unloaded_module_findings(
-            report.coverage, mismatched=[m.key for m in report.mismatched])
+            report.coverage, mismatched=[m.key for m in report.mismatched]
+        )
     else:
         found = [key_map_coverage_finding(report, aligned)] + unloaded_module_findings(
-            aligned.coverage, mismatched=[m.key for m in aligned.mismatched], with_key_map=True)
+            aligned.coverage, mismatched=[m.key for m in aligned.mismatched], with_key_map=True
+        )
     return [
-        f for f in found
+        f
+        for f in found
         if not (f.kind == "module_not_loaded" and f.keys and set(f.keys) <= new_heads)
     ]
 
@@ -156,10 +159,15 @@ def key_map_coverage_finding(report: Report, aligned: Report) -> Finding:
     if before is None or not before.supplied_tensors:
         lead = f"Without the key map{how}, nothing loads"
     else:
-        lead = (f"Without the key map{how}, {before.supplied_tensors} of "
-                f"{before.expected_tensors} tensors load")
-    tensors = (f" ({after.supplied_tensors} of {after.expected_tensors} tensors)"
-               if after is not None else "")
+        lead = (
+            f"Without the key map{how}, {before.supplied_tensors} of "
+            f"{before.expected_tensors} tensors load"
+        )
+    tensors = (
+        f" ({after.supplied_tensors} of {after.expected_tensors} tensors)"
+        if after is not None
+        else ""
+    )
     return Finding(
         "key_map_coverage",
         f"{lead}: coverage (parameters) goes from {share_before:.1%} as-is to {share_after:.1%} "
@@ -238,8 +246,12 @@ def unloaded_module_findings(
                 "strict=False or ignore_mismatched_sizes they keep their initial values.",
                 tuple(r.module for r, _ in shaped),
                 "warning",
-                {"modules": [r.module for r, _ in shaped], "mismatched": n_wrong,
-                 "expected": n_params, "with_key_map": with_key_map},
+                {
+                    "modules": [r.module for r, _ in shaped],
+                    "mismatched": n_wrong,
+                    "expected": n_params,
+                    "with_key_map": with_key_map,
+                },
             )
         )
     return findings

@@ -46,8 +46,12 @@ class Candidate:
         r = self.report
         if r is None:
             return {"matched": 0, "mismatched": 0, "missing": 0, "unexpected": 0}
-        return {"matched": len(r.matched), "mismatched": len(r.mismatched),
-                "missing": len(r.missing), "unexpected": len(r.unexpected)}
+        return {
+            "matched": len(r.matched),
+            "mismatched": len(r.mismatched),
+            "missing": len(r.missing),
+            "unexpected": len(r.unexpected),
+        }
 
     @property
     def coverage(self) -> float:
@@ -56,9 +60,15 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
-        return {"name": self.name, "path": self.path, "fit": round(self.fit, 6),
-                "coverage": round(self.coverage, 6), "ok": bool(self.report and self.report.ok),
-                **self.counts, "error": self.error}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "fit": round(self.fit, 6),
+            "coverage": round(self.coverage, 6),
+            "ok": bool(self.report and self.report.ok),
+            **self.counts,
+            "error": self.error,
+        }
 
 
 def find_candidates(folder: str, *, factory: bool) -> list[str]:
@@ -122,8 +132,11 @@ def identify(
         from ckptdiff.readers import read
 
         ck = read(checkpoint, select=select)
-    paths = (find_candidates(candidates, factory=model is not None)
-             if isinstance(candidates, str) else list(candidates))
+    paths = (
+        find_candidates(candidates, factory=model is not None)
+        if isinstance(candidates, str)
+        else list(candidates)
+    )
     ck_params = ck.parameter_count
     out: list[Candidate] = []
     for path in paths:

@@ -21,8 +21,20 @@ __all__ = ["ScanResult", "scan_file", "scan_source"]
 #: Formats a folder scan reads (sniffed by content); other files are skipped unless their
 #: extension says weights.
 _SCANNED_KINDS = {"safetensors", "zip", "pickle", "npy-object", "tar", "7z", "special"}
-_WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npy",
-                     ".joblib", ".model", ".tar", ".index.json")  # fmt: skip
+_WEIGHTS_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".pkl",
+    ".pickle",
+    ".npy",
+    ".joblib",
+    ".model",
+    ".tar",
+    ".index.json",
+)
 
 
 @dataclass
@@ -116,8 +128,9 @@ def scan_file(path: str, shown: str) -> ScanResult:
             return ScanResult(shown, "unreadable", error="a broken link or a link loop")
         if os.path.basename(path) == ".metadata":
             return _scan_dcp_metadata(path, shown)
-        if path.endswith(".distcp") and os.path.isfile(os.path.join(os.path.dirname(path),
-                                                                    ".metadata")):
+        if path.endswith(".distcp") and os.path.isfile(
+            os.path.join(os.path.dirname(path), ".metadata")
+        ):
             return _scan_distcp(path, shown)
         manifest = read_witnessed(shown, lambda: read_file(path, shown))
     except UnsafeCheckpointError as e:
@@ -128,8 +141,9 @@ def scan_file(path: str, shown: str) -> ScanResult:
         return ScanResult(shown, "unreadable", error=f"Cannot read '{shown}': {e.strerror}.")
     except Exception as e:  # one poisoned file is that file's row, never the end of the scan
         problem = " ".join(str(e).split())[:200]
-        return ScanResult(shown, "unreadable",
-                          error=f"Cannot read '{shown}': {type(e).__name__}: {problem}.")
+        return ScanResult(
+            shown, "unreadable", error=f"Cannot read '{shown}': {type(e).__name__}: {problem}."
+        )
     return _scanned(shown, manifest)
 
 
@@ -142,8 +156,9 @@ def _scan_dcp_metadata(path: str, shown: str) -> ScanResult:
 
     with open(path, "rb") as f:
         data = f.read(MAX_PICKLE_SIZE + 1)
-    unpickled = unpickle(data, shown, context=".metadata", storage_form="none",
-                         extra_globals=DCP_GLOBALS)  # fmt: skip
+    unpickled = unpickle(
+        data, shown, context=".metadata", storage_form="none", extra_globals=DCP_GLOBALS
+    )
     findings = [_as_dict(f) for f in unpickled.findings if f.severity == "security"]
     return ScanResult(shown, "flagged" if findings else "clean", "dcp-metadata", 0, findings)
 
@@ -163,8 +178,15 @@ def _scan_distcp(path: str, shown: str) -> ScanResult:
             except ReadError as e:
                 problems.append(str(e))
                 continue
-            findings += [{"kind": x.kind, "message": f"blob at byte {offset}: {x.message}",
-                          "keys": list(x.keys), "severity": x.severity} for x in found]
+            findings += [
+                {
+                    "kind": x.kind,
+                    "message": f"blob at byte {offset}: {x.message}",
+                    "keys": list(x.keys),
+                    "severity": x.severity,
+                }
+                for x in found
+            ]
     status = "flagged" if findings else "unreadable" if problems else "clean"
     return ScanResult(shown, status, "dcp-data", len(blobs), findings, "; ".join(problems[:2]))
 

@@ -49,7 +49,7 @@ def base_manifest(target: Manifest) -> Manifest:
         return target
     out: dict[str, TensorSpec] = {}
     for key, spec in target.tensors.items():
-        rest = key[len(ADAPTER_PREFIX):] if key.startswith(ADAPTER_PREFIX) else key
+        rest = key[len(ADAPTER_PREFIX) :] if key.startswith(ADAPTER_PREFIX) else key
         if parse_adapter_key(rest) is not None or ".modules_to_save." in rest:
             continue
         rest = rest.replace(".base_layer.", ".").replace(".original_module.", ".")
@@ -89,7 +89,8 @@ def _rank_for(module: str, cfg: Mapping[str, Any], default: int | None) -> int |
 
 def _is_embedding(module: str, adapter_params: set[str]) -> bool:
     return bool(adapter_params & {"lora_embedding_A", "lora_embedding_B"}) or (
-        not adapter_params and "embed" in module.rsplit(".", 1)[-1])  # fmt: skip
+        not adapter_params and "embed" in module.rsplit(".", 1)[-1]
+    )
 
 
 def expected_adapter(
@@ -138,7 +139,8 @@ def expected_adapter(
         out[f"{module}.lora_B.weight"] = TensorSpec(f"{module}.lora_B.weight", b_shape, dtype)
         if "lora_magnitude_vector" in held:
             out[f"{module}.lora_magnitude_vector"] = TensorSpec(
-                f"{module}.lora_magnitude_vector", (out_f,), dtype)
+                f"{module}.lora_magnitude_vector", (out_f,), dtype
+            )
     saved = cfg.get("modules_to_save")
     if isinstance(saved, list):
         for key, spec in base.tensors.items():
@@ -151,10 +153,12 @@ def expected_adapter(
 def level_change(strip: str, add: str) -> str:
     """Say how a module path moved: ``the base has an extra 'language_model.' level``."""
     if add.startswith(strip) and add != strip:
-        return f"the base has an extra '{add[len(strip):]}' level after '{strip or '<root>'}'"
+        return f"the base has an extra '{add[len(strip) :]}' level after '{strip or '<root>'}'"
     if strip.startswith(add) and add != strip:
-        return (f"the base lacks the '{strip[len(add):]}' level the adapter has after "
-                f"'{add or '<root>'}'")
+        return (
+            f"the base lacks the '{strip[len(add) :]}' level the adapter has after "
+            f"'{add or '<root>'}'"
+        )
     return f"the adapter's '{strip}' is the base's '{add}'"
 
 
@@ -165,7 +169,7 @@ def _normalise(adapter: Manifest) -> tuple[dict[str, TensorSpec], list[str], set
     names: set[str] = set()
     for key, spec in adapter.tensors.items():
         if key.startswith(ADAPTER_PREFIX):
-            rest = key[len(ADAPTER_PREFIX):]
+            rest = key[len(ADAPTER_PREFIX) :]
         else:
             rest = key
             unprefixed.append(key)
@@ -205,8 +209,13 @@ def _find_level(adapter_keys: Sequence[str], base: Manifest) -> tuple[str, str, 
 
 
 def _rename_rules(strip: str, add: str) -> list[dict[str, str]]:
-    return [{"op": "rename", "pattern": "^" + re.escape(ADAPTER_PREFIX + strip),
-             "replacement": ADAPTER_PREFIX + add}]
+    return [
+        {
+            "op": "rename",
+            "pattern": "^" + re.escape(ADAPTER_PREFIX + strip),
+            "replacement": ADAPTER_PREFIX + add,
+        }
+    ]
 
 
 def check_adapter(
@@ -244,8 +253,11 @@ def check_adapter(
     base = base_manifest(target)
     cfg: Mapping[str, Any] = adapter.metadata.get("peft") or {}
     tensors, unprefixed, names = _normalise(adapter)
-    ranks = Counter(t.shape[0] for k, t in tensors.items()
-                    if k.endswith((".lora_A.weight", ".lora_embedding_A")))
+    ranks = Counter(
+        t.shape[0]
+        for k, t in tensors.items()
+        if k.endswith((".lora_A.weight", ".lora_embedding_A"))
+    )
     default_rank = ranks.most_common(1)[0][0] if ranks else None
     keys = list(tensors)
 
@@ -257,38 +269,63 @@ def check_adapter(
     targets = cfg.get("target_modules")
     base_modules = {k.rsplit(".", 1)[0] for k in base.tensors}
     if isinstance(targets, list):
-        absent = [t for t in targets if isinstance(t, str)
-                  and not any(_matches(m, [t]) for m in base_modules)]
+        absent = [
+            t
+            for t in targets
+            if isinstance(t, str) and not any(_matches(m, [t]) for m in base_modules)
+        ]
         if absent:
-            findings.append(Finding(
-                "target_modules_absent",
-                f"target_modules {', '.join(repr(t) for t in absent)} "
-                f"name{'s' if len(absent) == 1 else ''} "
-                "no module of the base model: the adapter was made for another architecture, or "
-                "the base names its modules differently",
-                tuple(absent), "error", {"target_modules": list(targets)}))
+            findings.append(
+                Finding(
+                    "target_modules_absent",
+                    f"target_modules {', '.join(repr(t) for t in absent)} "
+                    f"name{'s' if len(absent) == 1 else ''} "
+                    "no module of the base model: the adapter was made for another architecture, "
+                    "or "
+                    "the base names its modules differently",
+                    tuple(absent),
+                    "error",
+                    {"target_modules": list(targets)},
+                )
+            )
     elif isinstance(targets, str) and not any(_matches(m, targets) for m in base_modules):
-        findings.append(Finding(
-            "target_modules_absent",
-            f"target_modules regex {targets!r} matches no module of the base model",
-            (targets,), "error", {"target_modules": targets}))
+        findings.append(
+            Finding(
+                "target_modules_absent",
+                f"target_modules regex {targets!r} matches no module of the base model",
+                (targets,),
+                "error",
+                {"target_modules": targets},
+            )
+        )
 
     findings += _shape_causes(report, cfg)
     if names:
         listed = ", ".join(sorted(names))
-        bad = " ('lora' collides with PEFT's 'lora_' parameter prefix: rename the adapter)" \
-            if "lora" in names else ""
-        findings.append(Finding(
-            "adapter_name_in_keys",
-            f"the adapter's keys keep the adapter-name segment {listed}{bad}; PEFT saves keys "
-            "without it, so load_adapter will not match them as they are",
-            tuple(sorted(names)), "warning"))
+        bad = (
+            " ('lora' collides with PEFT's 'lora_' parameter prefix: rename the adapter)"
+            if "lora" in names
+            else ""
+        )
+        findings.append(
+            Finding(
+                "adapter_name_in_keys",
+                f"the adapter's keys keep the adapter-name segment {listed}{bad}; PEFT saves keys "
+                "without it, so load_adapter will not match them as they are",
+                tuple(sorted(names)),
+                "warning",
+            )
+        )
     if unprefixed and len(unprefixed) == len(adapter.tensors):
-        findings.append(Finding(
-            "adapter_prefix",
-            f"the adapter's keys lack PEFT's '{ADAPTER_PREFIX}' prefix (saved from the bare "
-            "model's state dict?); compared as paths of the base model",
-            tuple(unprefixed[:5]), "info"))
+        findings.append(
+            Finding(
+                "adapter_prefix",
+                f"the adapter's keys lack PEFT's '{ADAPTER_PREFIX}' prefix (saved from the bare "
+                "model's state dict?); compared as paths of the base model",
+                tuple(unprefixed[:5]),
+                "info",
+            )
+        )
 
     lora_keys = [k for k in keys if parse_adapter_key(k) is not None]
     present = set(report.matched) | {m.key for m in report.mismatched}
@@ -298,36 +335,70 @@ def check_adapter(
     if moved is not None and len(moved[2:]) and moved[2] >= max(1, len(report.unexpected) // 2):
         strip, add, n = moved
         rules = _rename_rules(strip, add)
-        moved_tensors = {(add + k[len(strip):] if k.startswith(strip) else k):
-                         replace(s, key=add + k[len(strip):] if k.startswith(strip) else k)
-                         for k, s in tensors.items()}
+        moved_tensors = {
+            (add + k[len(strip) :] if k.startswith(strip) else k): replace(
+                s, key=add + k[len(strip) :] if k.startswith(strip) else k
+            )
+            for k, s in tensors.items()
+        }
         after = _compare(moved_tensors, base, cfg, default_rank, adapter, target, depth)
         what = level_change(strip, add)
-        findings.append(Finding(
-            "adapter_level",
-            f"{n} adapter modules sit under '{strip}' where the base has '{add}': {what} "
-            "(the base's library version moved it since the adapter was trained). Rename "
-            f"'{ADAPTER_PREFIX}{strip}' to '{ADAPTER_PREFIX}{add}' in the adapter's keys"
-            + ("; then it matches" if after.ok else f"; then {len(after.matched)} tensors match"),
-            tuple(sorted({k for k in keys if k.startswith(strip)})[:5]), "error",
-            {"strip": strip, "add": add, "rules": rules, "ok_after": after.ok,
-             "matched_after": len(after.matched)}))
-        suggestions.append(Suggestion(
-            "key_map", f"rename {ADAPTER_PREFIX}{strip} -> {ADAPTER_PREFIX}{add}", None, rules,
-            after.ok, f"insert/remove the moved level: {what}",
-            tuple(f"{ADAPTER_PREFIX}{k} -> {ADAPTER_PREFIX}{add}{k[len(strip):]}"
-                  for k in lora_keys[:3] if k.startswith(strip)),
-            {"ok_after": after.ok}))
+        findings.append(
+            Finding(
+                "adapter_level",
+                f"{n} adapter modules sit under '{strip}' where the base has '{add}': {what} "
+                "(the base's library version moved it since the adapter was trained). Rename "
+                f"'{ADAPTER_PREFIX}{strip}' to '{ADAPTER_PREFIX}{add}' in the adapter's keys"
+                + (
+                    "; then it matches"
+                    if after.ok
+                    else f"; then {len(after.matched)} tensors match"
+                ),
+                tuple(sorted({k for k in keys if k.startswith(strip)})[:5]),
+                "error",
+                {
+                    "strip": strip,
+                    "add": add,
+                    "rules": rules,
+                    "ok_after": after.ok,
+                    "matched_after": len(after.matched),
+                },
+            )
+        )
+        suggestions.append(
+            Suggestion(
+                "key_map",
+                f"rename {ADAPTER_PREFIX}{strip} -> {ADAPTER_PREFIX}{add}",
+                None,
+                rules,
+                after.ok,
+                f"insert/remove the moved level: {what}",
+                tuple(
+                    f"{ADAPTER_PREFIX}{k} -> {ADAPTER_PREFIX}{add}{k[len(strip) :]}"
+                    for k in lora_keys[:3]
+                    if k.startswith(strip)
+                ),
+                {"ok_after": after.ok},
+            )
+        )
     if lora_keys and not loaded:
-        findings.append(Finding(
-            "adapter_matches_nothing",
-            f"none of the adapter's {len(lora_keys)} LoRA tensors belongs to a module of the base "
-            "model: PEFT would load none of them and the model would run with its untouched "
-            "base weights (no error, only a warning about missing adapter keys)"
-            + ("; see the moved level above" if after is not None else
-               "; is this the adapter's base model?"),
-            tuple(lora_keys[:5]), "error",
-            {"adapter_tensors": len(lora_keys), "base": target.source}))
+        findings.append(
+            Finding(
+                "adapter_matches_nothing",
+                f"none of the adapter's {len(lora_keys)} LoRA tensors belongs to a module of "
+                "the base "
+                "model: PEFT would load none of them and the model would run with its untouched "
+                "base weights (no error, only a warning about missing adapter keys)"
+                + (
+                    "; see the moved level above"
+                    if after is not None
+                    else "; is this the adapter's base model?"
+                ),
+                tuple(lora_keys[:5]),
+                "error",
+                {"adapter_tensors": len(lora_keys), "base": target.source},
+            )
+        )
     layout = next((f for f in adapter.findings if f.kind == "layout"), None)
     # checked against its base now: the advice to do so is dropped
     extra = [replace(layout, message=layout.message.removesuffix(CHECK_ADVICE))] if layout else []
@@ -339,12 +410,23 @@ def check_adapter(
     )
 
 
-def _compare(tensors: Mapping[str, TensorSpec], base: Manifest, cfg: Mapping[str, Any],
-             default_rank: int | None, adapter: Manifest, target: Manifest, depth: int) -> Report:
+def _compare(
+    tensors: Mapping[str, TensorSpec],
+    base: Manifest,
+    cfg: Mapping[str, Any],
+    default_rank: int | None,
+    adapter: Manifest,
+    target: Manifest,
+    depth: int,
+) -> Report:
     modules = _modules(list(tensors))
     expected = expected_adapter(base, cfg, modules, default_rank)
-    exp_manifest = Manifest(f"{target.source} (adapter expected by the base)", "adapter-expected",
-                            expected, findings=target.findings)
+    exp_manifest = Manifest(
+        f"{target.source} (adapter expected by the base)",
+        "adapter-expected",
+        expected,
+        findings=target.findings,
+    )
     ck = replace(adapter, tensors=dict(tensors), aliases={})
     report = compare(ck, exp_manifest, depth=depth)
     # coverage of the adapter as a whole: every tensor it holds or the base expects of it, and
@@ -352,8 +434,13 @@ def _compare(tensors: Mapping[str, TensorSpec], base: Manifest, cfg: Mapping[str
     every = {**tensors, **expected}
     coverage = module_coverage(every.values(), set(report.matched), depth)
     # adapter tensors and their expected ones are float32 by default: dtype is not a finding here
-    return replace(report, dtype_changes=(), coverage=coverage, target=target.source,
-                   target_format=target.format)
+    return replace(
+        report,
+        dtype_changes=(),
+        coverage=coverage,
+        target=target.source,
+        target_format=target.format,
+    )
 
 
 def _shape_causes(report: Report, cfg: Mapping[str, Any]) -> list[Finding]:
@@ -387,31 +474,57 @@ def _shape_causes(report: Report, cfg: Mapping[str, Any]) -> list[Finding]:
     if "rank" in causes:
         have, want = detail["rank"]
         src = f"adapter_config.json r={r}" if r is not None else "the most common lora_A rows"
-        out.append(Finding(
-            "lora_rank",
-            f"LoRA rank: {len(causes['rank'])} tensors have rank {have} where {src} says {want}; "
-            "build the PEFT model from the adapter's own adapter_config.json (or set "
-            f"r={have}/rank_pattern)", tuple(causes["rank"][:5]), "error",
-            {"checkpoint_rank": have, "config_rank": want}))
-    for side, name, dim in (("in_features", "lora_A", "in-features"),
-                            ("out_features", "lora_B", "out-features")):
+        out.append(
+            Finding(
+                "lora_rank",
+                f"LoRA rank: {len(causes['rank'])} tensors have rank {have} "
+                f"where {src} says {want}; "
+                "build the PEFT model from the adapter's own adapter_config.json (or set "
+                f"r={have}/rank_pattern)",
+                tuple(causes["rank"][:5]),
+                "error",
+                {"checkpoint_rank": have, "config_rank": want},
+            )
+        )
+    for side, name, dim in (
+        ("in_features", "lora_A", "in-features"),
+        ("out_features", "lora_B", "out-features"),
+    ):
         if side in causes:
             have, want = detail[side]
-            out.append(Finding(
-                f"lora_{side}",
-                f"{len(causes[side])} {name} tensors are for {dim} {have} but the base module has "
-                f"{want} (e.g. {causes[side][0]}): the adapter was trained on a base model of "
-                "another size" + (f" (adapter_config.json names {cfg['base_model_name_or_path']})"
-                                  if cfg.get("base_model_name_or_path") else ""),
-                tuple(causes[side][:5]), "error", {"checkpoint": have, "base": want}))
+            out.append(
+                Finding(
+                    f"lora_{side}",
+                    f"{len(causes[side])} {name} tensors are for {dim} {have} "
+                    "but the base module has "
+                    f"{want} (e.g. {causes[side][0]}): the adapter was trained on a base model of "
+                    "another size"
+                    + (
+                        f" (adapter_config.json names {cfg['base_model_name_or_path']})"
+                        if cfg.get("base_model_name_or_path")
+                        else ""
+                    ),
+                    tuple(causes[side][:5]),
+                    "error",
+                    {"checkpoint": have, "base": want},
+                )
+            )
     if "modules_to_save" in causes:
         mism = {m.key: m for m in report.mismatched}
         ex = mism[causes["modules_to_save"][0]]
-        out.append(Finding(
-            "modules_to_save_shape",
-            f"{len(causes['modules_to_save'])} modules_to_save copies differ from the base: "
-            f"{ex.key} is {list(ex.checkpoint_shape)} in the adapter and "
-            f"{list(ex.target_shape)} in the base (resize the base's embeddings first when the "
-            "vocabulary grew during fine-tuning)", tuple(causes["modules_to_save"][:5]), "error",
-            {"checkpoint_shape": list(ex.checkpoint_shape), "target_shape": list(ex.target_shape)}))
+        out.append(
+            Finding(
+                "modules_to_save_shape",
+                f"{len(causes['modules_to_save'])} modules_to_save copies differ from the base: "
+                f"{ex.key} is {list(ex.checkpoint_shape)} in the adapter and "
+                f"{list(ex.target_shape)} in the base (resize the base's embeddings first when the "
+                "vocabulary grew during fine-tuning)",
+                tuple(causes["modules_to_save"][:5]),
+                "error",
+                {
+                    "checkpoint_shape": list(ex.checkpoint_shape),
+                    "target_shape": list(ex.target_shape),
+                },
+            )
+        )
     return out

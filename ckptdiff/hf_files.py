@@ -47,7 +47,8 @@ def tokenizer_size(data: Any) -> tuple[int, int, int]:
     elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
         ids = set(range(len(vocab)))
     added_ids = {
-        t["id"] for t in (data.get("added_tokens") or [] if isinstance(data, dict) else [])
+        t["id"]
+        for t in (data.get("added_tokens") or [] if isinstance(data, dict) else [])
         if isinstance(t, dict) and isinstance(t.get("id"), int)
     }
     every = ids | added_ids

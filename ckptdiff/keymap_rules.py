@@ -83,9 +83,7 @@ def parse_rule(i: int, r: Any) -> Rule:
         raise UsageError(f"Key map rule {i + 1} is not an object: {r!r}.")
     op = r.get("op")
     if op not in OPS:
-        raise UsageError(
-            f"Key map rule {i + 1} has op {op!r}; expected one of {', '.join(OPS)}."
-        )
+        raise UsageError(f"Key map rule {i + 1} has op {op!r}; expected one of {', '.join(OPS)}.")
     if op == "rename":
         compiled = _rule_pattern(i, r)
         return Rule("rename", pattern=compiled, replacement=str(r.get("replacement", "")))

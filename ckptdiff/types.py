@@ -109,7 +109,10 @@ def new_specs(
     """
     specs = list(map(object.__new__, repeat(TensorSpec, len(keys))))
     for name, values in (
-        ("key", keys), ("shape", shapes), ("dtype", dtypes), ("nbytes", nbytes),
+        ("key", keys),
+        ("shape", shapes),
+        ("dtype", dtypes),
+        ("nbytes", nbytes),
         ("file", repeat(file)),
     ):
         deque(map(_SLOT_SETTERS[name], specs, values), maxlen=0)
@@ -449,7 +452,9 @@ class Report:
             "findings": [f.to_dict() for f in self.findings],
             "suggestions": [s.to_dict() for s in self.suggestions],
             "key_map": [dict(r) for r in self.key_map],
-            "after_key_map": None if self.aligned is None else {
+            "after_key_map": None
+            if self.aligned is None
+            else {
                 "key_map": [dict(r) for r in self.aligned.key_map],
                 "ok": self.aligned.ok,
                 "counts": self.aligned.to_dict()["counts"],
@@ -490,8 +495,10 @@ class Report:
         """
         from ckptdiff.errors import IncompatibleCheckpointError
 
-        bad = bool(self.mismatched) or (
-            (self.missing or self.buffers_missing) and not allow_missing
-        ) or (self.unexpected and not allow_unexpected)
+        bad = (
+            bool(self.mismatched)
+            or ((self.missing or self.buffers_missing) and not allow_missing)
+            or (self.unexpected and not allow_unexpected)
+        )
         if bad:
             raise IncompatibleCheckpointError(str(self))

@@ -342,10 +342,18 @@ def test_misspelled_targets_get_a_did_you_mean(runner, clip_file, tmp_path, args
     pytest.importorskip("transformers")
     folder = tmp_path / "cfg"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10,
-                                                    "hidden_size": 8, "num_attention_heads": 2,
-                                                    "num_hidden_layers": 1,
-                                                    "intermediate_size": 16}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "bert",
+                "vocab_size": 10,
+                "hidden_size": 8,
+                "num_attention_heads": 2,
+                "num_hidden_layers": 1,
+                "intermediate_size": 16,
+            }
+        )
+    )
     base = ["--model", str(folder)] if args[0] != "--model" else []
     r = runner.invoke(check_cmd, [str(clip_file), *base, *args])
     assert r.exit_code == 2

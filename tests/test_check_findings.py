@@ -36,13 +36,13 @@ def test_branches_present_with_other_shapes_are_one_finding(tmp_path):
 
 def test_with_a_found_key_map_modules_are_judged_with_it(tmp_path):
     path = tmp_path / "ddp.pt"
-    torch.save({"module." + k: v for k, v in Two().state_dict().items()
-                if k.startswith("vision.")}, path)
+    torch.save(
+        {"module." + k: v for k, v in Two().state_dict().items() if k.startswith("vision.")}, path
+    )
     report = ckptdiff.check(Two(), str(path))
     assert report.aligned is not None
     (moved,) = [f for f in report.findings if f.kind == "key_map_coverage"]
-    assert moved.message.startswith(
-        "Without the key map ('--strip-prefix module.'), nothing loads")
+    assert moved.message.startswith("Without the key map ('--strip-prefix module.'), nothing loads")
     assert moved.data["before"] == 0.0 and moved.data["after"] == round(72 / 92, 6)  # vision only
     assert (moved.data["supplied_tensors_after"], moved.data["expected_tensors"]) == (2, 4)
     # not "none of the whole model": only the text branch stays at its initial values

@@ -10,8 +10,12 @@ from ckptdiff.hf_files import is_hf_config, read_json_object, tokenizer_size
 
 
 def test_a_config_names_a_model_type_or_architectures(tmp_path):
-    files = {"bert.json": {"model_type": "bert"}, "arch.json": {"architectures": ["X"]},
-             "other.json": {"width": 3}, "list.json": [1, 2]}
+    files = {
+        "bert.json": {"model_type": "bert"},
+        "arch.json": {"architectures": ["X"]},
+        "other.json": {"width": 3},
+        "list.json": [1, 2],
+    }
     for name, data in files.items():
         (tmp_path / name).write_text(json.dumps(data))
     (tmp_path / "broken.json").write_text("{")

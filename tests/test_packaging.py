@@ -93,13 +93,26 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("src")
     shutil.copy(ROOT / "pyproject.toml", src)
     shutil.copy(ROOT / "README.md", src)
-    shutil.copytree(ROOT / "ckptdiff", src / "ckptdiff",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "ckptdiff", src / "ckptdiff", ignore=shutil.ignore_patterns("__pycache__")
+    )
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "-w", str(out), str(src)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
     )
     (built,) = out.glob("ckptdiff-*.whl")
     return built
@@ -112,7 +125,9 @@ def test_the_wheel_ships_the_package_its_data_and_nothing_else(wheel):
     assert "ckptdiff/py.typed" in names
     assert "ckptdiff/examples/coca_roberta-ViT-B-32.json" in names
     assert {n.split("/")[0] for n in names} == {
-        "ckptdiff", f"ckptdiff-{ckptdiff.__version__}.dist-info"}
+        "ckptdiff",
+        f"ckptdiff-{ckptdiff.__version__}.dist-info",
+    }
 
 
 def test_the_readme_example_runs_from_the_wheel_outside_the_checkout(wheel, tmp_path):
@@ -132,8 +147,9 @@ def test_the_readme_example_runs_from_the_wheel_outside_the_checkout(wheel, tmp_
         " 'ckptdiff.examples.clip:build_clip', '--config', 'examples/clip/ViT-B-16.json'])"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", script, str(site)], cwd=work, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(site)], cwd=work, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 1, result.stderr  # differences found, as the README shows
     assert "config  vision_cfg.patch_size         16           14" in result.stdout
     assert "Summary:" in result.stdout

@@ -20,8 +20,10 @@ class Net(torch.nn.Module):
 def test_recipe_loads_a_ddp_lightning_checkpoint(tmp_path):
     trained = Net()
     path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()},
-                "epoch": 3}, path)
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}, "epoch": 3},
+        path,
+    )
     model = Net()
 
     report = ckptdiff.check(model, str(path))
@@ -45,8 +47,12 @@ def test_recipe_stops_before_loading_the_wrong_width(tmp_path):
 
 
 def test_remap_state_dict_transposes_real_tensors():
-    km = KeyMap.from_rules([{"op": "strip_prefix", "prefix": "transformer."},
-                            {"op": "transpose", "pattern": r"\.c_attn\.weight$"}])
+    km = KeyMap.from_rules(
+        [
+            {"op": "strip_prefix", "prefix": "transformer."},
+            {"op": "transpose", "pattern": r"\.c_attn\.weight$"},
+        ]
+    )
     w = torch.arange(6.0).reshape(2, 3)
     out = km.remap_state_dict({"transformer.h.0.c_attn.weight": w, "transformer.h.0.b": w})
     torch.testing.assert_close(out["h.0.c_attn.weight"], w.t())

@@ -8,8 +8,25 @@ import pytest
 
 from ckptdiff.sorting import natural_key, natural_order
 
-PARTS = ["layers", "conv", "1", "2", "10", "007", "7", ".", "_", "-", "a", "A", "weight", "9",
-         "99", "", "x1y"]
+PARTS = [
+    "layers",
+    "conv",
+    "1",
+    "2",
+    "10",
+    "007",
+    "7",
+    ".",
+    "_",
+    "-",
+    "a",
+    "A",
+    "weight",
+    "9",
+    "99",
+    "",
+    "x1y",
+]
 
 
 @pytest.mark.parametrize("seed", range(80))
@@ -25,7 +42,17 @@ def test_natural_order_is_sorting_by_natural_key(seed):
 
 def test_layers_in_people_order():
     keys = [f"blocks.{i}.w" for i in (10, 2, 1, 0, 100)] + ["blocks.w", "blocks1.w", "a"]
-    assert natural_order(keys) == sorted(keys, key=natural_key) == [
-        "a", "blocks1.w", "blocks.0.w", "blocks.1.w", "blocks.2.w", "blocks.10.w",
-        "blocks.100.w", "blocks.w",
-    ]
+    assert (
+        natural_order(keys)
+        == sorted(keys, key=natural_key)
+        == [
+            "a",
+            "blocks1.w",
+            "blocks.0.w",
+            "blocks.1.w",
+            "blocks.2.w",
+            "blocks.10.w",
+            "blocks.100.w",
+            "blocks.w",
+        ]
+    )

@@ -9,8 +9,14 @@ from ckptdiff.wording import human, human_bytes, listed, percent, sampled, shape
 
 @pytest.mark.parametrize(
     ("n", "text"),
-    [(0, "0"), (999, "999"), (1_000, "1.0K"), (22_713_216, "22.7M"), (1.5e9, "1.5B"),
-     (-2_000_000, "-2.0M")],
+    [
+        (0, "0"),
+        (999, "999"),
+        (1_000, "1.0K"),
+        (22_713_216, "22.7M"),
+        (1.5e9, "1.5B"),
+        (-2_000_000, "-2.0M"),
+    ],
 )
 def test_human_counts(n, text):
     assert human(n) == text

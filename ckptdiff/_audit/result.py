@@ -80,13 +80,21 @@ class AuditResult:
         if self.report is not None:
             out = self.report.to_dict()
         else:
-            out = {"schema": REPORT_SCHEMA, "missing": [], "unexpected": [], "mismatched": [],
-                   "dtype_changes": [], "coverage": [], "suggestions": []}
+            out = {
+                "schema": REPORT_SCHEMA,
+                "missing": [],
+                "unexpected": [],
+                "mismatched": [],
+                "dtype_changes": [],
+                "coverage": [],
+                "suggestions": [],
+            }
         out["ok"] = self.ok
         out["source"] = self.source
         out["findings"] = [f.to_dict() for f in self.all_findings]
-        out["transfer"] = {k: self.transfer.get(k, 0)
-                           for k in ("requests", "bytes", "range_bytes", "cached_files")}
+        out["transfer"] = {
+            k: self.transfer.get(k, 0) for k in ("requests", "bytes", "range_bytes", "cached_files")
+        }
         out["audit"] = {
             "weights": self.weights,
             "format": self.format,

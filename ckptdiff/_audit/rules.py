@@ -36,8 +36,16 @@ _FORMAT_GROUPS = (
 )
 _ADAPTER_GROUPS = (("adapter_model.safetensors",), ("adapter_model.bin",))
 _FLOAT_DTYPES = frozenset(
-    {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2",
-     "float8_e4m3fnuz", "float8_e5m2fnuz"}
+    {
+        "float64",
+        "float32",
+        "float16",
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+    }
 )
 
 
@@ -48,12 +56,16 @@ def no_config_finding(names: Sequence[str]) -> Finding:
             "no_config",
             "An adapter repo (adapter_config.json, no config.json): the weights were not checked "
             "against a model; audit the base model's repo for that.",
-            ("config.json",), "info")
+            ("config.json",),
+            "info",
+        )
     return Finding(
         "no_config",
         "The repo has no config.json, so the weights were not checked against a model; "
         "transformers' from_pretrained cannot load it as it is.",
-        ("config.json",), "warning")
+        ("config.json",),
+        "warning",
+    )
 
 
 def unreferenced_findings(
@@ -68,12 +80,16 @@ def unreferenced_findings(
     stray = [n for n in names if n.endswith("." + ext) and n not in named and n != whole]
     if not stray:
         return []
-    return [Finding(
-        "unreferenced_weights",
-        f"{len(stray)} .{ext} file(s) in the repo are not named by {index} and are never "
-        f"loaded: {', '.join(stray[:5])}{', ...' if len(stray) > 5 else ''} (left over from an "
-        "earlier save?). Delete them, or add their tensors to the index.",
-        tuple(stray), "warning")]
+    return [
+        Finding(
+            "unreferenced_weights",
+            f"{len(stray)} .{ext} file(s) in the repo are not named by {index} and are never "
+            f"loaded: {', '.join(stray[:5])}{', ...' if len(stray) > 5 else ''} (left over from an "
+            "earlier save?). Delete them, or add their tensors to the index.",
+            tuple(stray),
+            "warning",
+        )
+    ]
 
 
 def other_format(primary: str, names: Sequence[str]) -> str | None:
@@ -116,23 +132,31 @@ def dtype_findings(config: Mapping[str, Any], weights: Manifest) -> list[Finding
     total = sum(params.values())
     stored_data = {d: {"tensors": tensors[d], "parameters": params[d]} for d in sorted(params)}
     if stored != declared:
-        return [Finding(
-            "config_dtype",
-            f"config.json declares {field_name} {declared!r} but {100 * count / total:.0f}% of "
-            f"the floating-point parameters are stored as {stored}: from_pretrained("
-            f"torch_dtype='auto') would build the model in {declared} and cast every weight. "
-            f"Set {field_name} to {stored!r}, or re-save the weights in {declared}.",
-            (field_name,), "warning",
-            {"field": field_name, "declared": declared, "stored": stored_data})]
+        return [
+            Finding(
+                "config_dtype",
+                f"config.json declares {field_name} {declared!r} but {100 * count / total:.0f}% of "
+                f"the floating-point parameters are stored as {stored}: from_pretrained("
+                f"torch_dtype='auto') would build the model in {declared} and cast every weight. "
+                f"Set {field_name} to {stored!r}, or re-save the weights in {declared}.",
+                (field_name,),
+                "warning",
+                {"field": field_name, "declared": declared, "stored": stored_data},
+            )
+        ]
     others = {d: n for d, n in tensors.items() if d != declared}
     if others:
         example = next(s.key for s in weights.tensors.values() if s.dtype in others)
-        return [Finding(
-            "mixed_dtypes",
-            f"{sum(others.values())} tensor(s) are stored as {', '.join(sorted(others))} while "
-            f"config.json declares {declared} (e.g. '{example}'); loading casts them.",
-            (field_name,), "info",
-            {"field": field_name, "declared": declared, "stored": stored_data})]
+        return [
+            Finding(
+                "mixed_dtypes",
+                f"{sum(others.values())} tensor(s) are stored as {', '.join(sorted(others))} while "
+                f"config.json declares {declared} (e.g. '{example}'); loading casts them.",
+                (field_name,),
+                "info",
+                {"field": field_name, "declared": declared, "stored": stored_data},
+            )
+        ]
     return []
 
 
@@ -182,34 +206,60 @@ def tokenizer_findings(
     embedding = _embedding(weights)
     rows = embedding.shape[0] if embedding is not None else None
     counted = f"{size} token ids ({base} in the vocabulary + {added} added)"
-    data: dict[str, Any] = {"tokenizer_size": size, "vocabulary": base, "added": added,
-                            "vocab_size": vocab_size, "embedding_rows": rows}
+    data: dict[str, Any] = {
+        "tokenizer_size": size,
+        "vocabulary": base,
+        "added": added,
+        "vocab_size": vocab_size,
+        "embedding_rows": rows,
+    }
     out: list[Finding] = []
     if vocab_size is not None and size > vocab_size:
-        out.append(Finding(
-            "tokenizer_vocab_size",
-            f"tokenizer.json has {counted} but config.json's vocab_size is {vocab_size}: ids "
-            f"{vocab_size}..{size - 1} would index past the embedding. Resize it "
-            f"(model.resize_token_embeddings({size})) and save again, or drop the added tokens.",
-            ("vocab_size",), "error", data))
+        out.append(
+            Finding(
+                "tokenizer_vocab_size",
+                f"tokenizer.json has {counted} but config.json's vocab_size is {vocab_size}: ids "
+                f"{vocab_size}..{size - 1} would index past the embedding. Resize it "
+                f"(model.resize_token_embeddings({size})) and save again, "
+                "or drop the added tokens.",
+                ("vocab_size",),
+                "error",
+                data,
+            )
+        )
     if rows is not None and size > rows and rows != vocab_size:
-        out.append(Finding(
-            "tokenizer_embedding_rows",
-            f"tokenizer.json has {counted} but the checkpoint's '{embedding.key}' has "  # type: ignore[union-attr]
-            f"{rows} rows: ids {rows}..{size - 1} would index past it.",
-            (embedding.key,), "error", data))  # type: ignore[union-attr]
+        out.append(
+            Finding(
+                "tokenizer_embedding_rows",
+                f"tokenizer.json has {counted} but the checkpoint's '{embedding.key}' has "  # type: ignore[union-attr]
+                f"{rows} rows: ids {rows}..{size - 1} would index past it.",
+                (embedding.key,),  # type: ignore[union-attr]
+                "error",
+                data,
+            )
+        )
     if rows is not None and vocab_size is not None and rows != vocab_size and not checked:
-        out.append(Finding(
-            "embedding_rows",
-            f"config.json's vocab_size is {vocab_size} but the checkpoint's '{embedding.key}' "  # type: ignore[union-attr]
-            f"has {rows} rows.",
-            (embedding.key,), "warning", data))  # type: ignore[union-attr]
+        out.append(
+            Finding(
+                "embedding_rows",
+                f"config.json's vocab_size is {vocab_size} but the checkpoint's '{embedding.key}' "  # type: ignore[union-attr]
+                f"has {rows} rows.",
+                (embedding.key,),  # type: ignore[union-attr]
+                "warning",
+                data,
+            )
+        )
     if not out and vocab_size is not None and size < vocab_size:
-        out.append(Finding(
-            "tokenizer_smaller",
-            f"tokenizer.json has {counted}; vocab_size {vocab_size} leaves {vocab_size - size} "
-            "embedding rows no token uses (padding to a round size is common).",
-            ("vocab_size",), "info", data))
+        out.append(
+            Finding(
+                "tokenizer_smaller",
+                f"tokenizer.json has {counted}; vocab_size {vocab_size} leaves {vocab_size - size} "
+                "embedding rows no token uses (padding to a round size is common).",
+                ("vocab_size",),
+                "info",
+                data,
+            )
+        )
     return out
 
 
@@ -255,8 +305,13 @@ def format_findings(
     only_b = [k for k in b if not covered(k, a)]
     shapes = [k for k in a if k in b and a[k].shape != b[k].shape]
     dtypes = [k for k in a if k in b and a[k].shape == b[k].shape and a[k].dtype != b[k].dtype]
-    data = {"files": [primary, other], "only_in_" + primary: only_a, "only_in_" + other: only_b,
-            "shape_differs": shapes, "dtype_differs": dtypes}
+    data = {
+        "files": [primary, other],
+        "only_in_" + primary: only_a,
+        "only_in_" + other: only_b,
+        "shape_differs": shapes,
+        "dtype_differs": dtypes,
+    }
     if only_a or only_b or shapes:
         bits = []
         if only_a:
@@ -265,18 +320,30 @@ def format_findings(
             bits.append(f"{len(only_b)} key(s) only in {other} (e.g. '{only_b[0]}')")
         if shapes:
             k = shapes[0]
-            bits.append(f"{len(shapes)} shape(s) differ (e.g. '{k}': {list(a[k].shape)} vs "
-                        f"{list(b[k].shape)})")
-        return [Finding(
-            "formats_disagree",
-            f"{primary} and {other} hold different weights: {'; '.join(bits)}. transformers "
-            f"loads {primary}; tools that load {other} get other weights. Re-export one from "
-            "the other, or delete the stale one.",
-            tuple(only_a + only_b + shapes), "warning", data)]
+            bits.append(
+                f"{len(shapes)} shape(s) differ (e.g. '{k}': {list(a[k].shape)} vs "
+                f"{list(b[k].shape)})"
+            )
+        return [
+            Finding(
+                "formats_disagree",
+                f"{primary} and {other} hold different weights: {'; '.join(bits)}. transformers "
+                f"loads {primary}; tools that load {other} get other weights. Re-export one from "
+                "the other, or delete the stale one.",
+                tuple(only_a + only_b + shapes),
+                "warning",
+                data,
+            )
+        ]
     if dtypes:
-        return [Finding(
-            "formats_dtype",
-            f"{primary} and {other} hold the same tensors in other dtypes ({len(dtypes)} "
-            f"tensor(s), e.g. '{dtypes[0]}': {a[dtypes[0]].dtype} vs {b[dtypes[0]].dtype}).",
-            tuple(dtypes), "info", data)]
+        return [
+            Finding(
+                "formats_dtype",
+                f"{primary} and {other} hold the same tensors in other dtypes ({len(dtypes)} "
+                f"tensor(s), e.g. '{dtypes[0]}': {a[dtypes[0]].dtype} vs {b[dtypes[0]].dtype}).",
+                tuple(dtypes),
+                "info",
+                data,
+            )
+        ]
     return []

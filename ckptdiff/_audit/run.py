@@ -85,15 +85,18 @@ def audit(
     if "tokenizer.json" in names:
         tokenizer = _load_json(repo.fetch("tokenizer.json"), "tokenizer.json", source)
         findings += tokenizer_findings(
-            tokenizer, config if isinstance(config, dict) else None, weights,
+            tokenizer,
+            config if isinstance(config, dict) else None,
+            weights,
             checked=report is not None,
         )
     if primary.endswith(".index.json"):
         findings += unreferenced_findings(repo, primary, names, source)
     other = other_format(primary, names)
     if other is not None:
-        findings += format_findings(primary, weights, other, repo.read(other),
-                                    target.tied if target is not None else ())
+        findings += format_findings(
+            primary, weights, other, repo.read(other), target.tied if target is not None else ()
+        )
     if report is None:
         findings = list(weights.findings) + findings
     return AuditResult(
@@ -127,15 +130,22 @@ def _check_config(
     try:
         with _BUILD_LOCK:
             target = build_target(
-                f"hf-config:{config_path}", auto_class=auto_class, evidence=weights)
+                f"hf-config:{config_path}", auto_class=auto_class, evidence=weights
+            )
             report = check(target, weights, depth=depth)
     except TargetError as e:
         message = str(e).replace(f"hf-config:{config_path}", "config.json")
-        return None, None, Finding(
-            "config_not_built",
-            f"The repo's config.json does not build with transformers, so the weights were not "
-            f"checked against it: {message}",
-            ("config.json",), "warning")
+        return (
+            None,
+            None,
+            Finding(
+                "config_not_built",
+                f"The repo's config.json does not build with transformers, so the weights were not "
+                f"checked against it: {message}",
+                ("config.json",),
+                "warning",
+            ),
+        )
     report = dataclasses.replace(report, target=f"{source} (config.json)")
     return report, target, None
 
@@ -145,8 +155,9 @@ def _check_config(
 
 def _failed(source: str, e: BaseException, start: float) -> AuditResult:
     if isinstance(e, CkptDiffError):
-        return AuditResult(source, error=str(e), error_code=e.exit_code,
-                           seconds=time.perf_counter() - start)
+        return AuditResult(
+            source, error=str(e), error_code=e.exit_code, seconds=time.perf_counter() - start
+        )
     return AuditResult(
         source,
         error=f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback, "

@@ -59,7 +59,8 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list, with the lazy commands' lines from the table (nothing imported)."""
         names = [
-            n for n in self.list_commands(ctx)
+            n
+            for n in self.list_commands(ctx)
             if n not in self.commands or not self.commands[n].hidden
         ]
         limit = formatter.width - 6 - max(map(len, names), default=0)

@@ -33,32 +33,69 @@ def _sources(sources: tuple[str, ...], from_file: str | None) -> list[str]:
 
 @click.command("audit")
 @click.argument("sources", nargs=-1, metavar="SOURCE...")
-@click.option("--from", "from_file", metavar="FILE",
-              help="Read more sources from FILE, one per line ('-' for stdin; # comments).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "markdown"]),
-              default="table", show_default=True,
-              help="table for people, jsonl (one object per repo, as each completes) or json "
-                   "for machines, markdown for issues.")
-@click.option("--auto-class", metavar="NAME",
-              help="transformers class to build (AutoModel, AutoModelForCausalLM...); default: "
-                   "the config's architectures[0].")
-@click.option("--allow-download", is_flag=True,
-              help="When a file cannot be read by range requests (a legacy torch pickle, a "
-                   "server that ignores Range), download it whole instead of failing.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Repos audited at the same time.")
-@click.option("--progress/--no-progress", default=None,
-              help="Show a progress bar on stderr (default: when stderr is a terminal).")
+@click.option(
+    "--from",
+    "from_file",
+    metavar="FILE",
+    help="Read more sources from FILE, one per line ('-' for stdin; # comments).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "jsonl", "markdown"]),
+    default="table",
+    show_default=True,
+    help="table for people, jsonl (one object per repo, as each completes) or json "
+    "for machines, markdown for issues.",
+)
+@click.option(
+    "--auto-class",
+    metavar="NAME",
+    help="transformers class to build (AutoModel, AutoModelForCausalLM...); default: "
+    "the config's architectures[0].",
+)
+@click.option(
+    "--allow-download",
+    is_flag=True,
+    help="When a file cannot be read by range requests (a legacy torch pickle, a "
+    "server that ignores Range), download it whole instead of failing.",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Repos audited at the same time.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar on stderr (default: when stderr is a terminal).",
+)
 @click.option("--full", is_flag=True, help="List every key instead of collapsing layer runs.")
-@click.option("--depth", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Module depth of the coverage rows (JSON).")
+@click.option(
+    "--depth",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Module depth of the coverage rows (JSON).",
+)
 @no_cache_option
 @stats_option
 @debug_option
 @handle_errors
-def audit(sources: tuple[str, ...], from_file: str | None, fmt: str, auto_class: str | None,
-          allow_download: bool, jobs: int, progress: bool | None, full: bool,
-          depth: int) -> None:
+def audit(
+    sources: tuple[str, ...],
+    from_file: str | None,
+    fmt: str,
+    auto_class: str | None,
+    allow_download: bool,
+    jobs: int,
+    progress: bool | None,
+    full: bool,
+    depth: int,
+) -> None:
     """Audit hub repos (or local folders) before you download them.
 
     Reads each repo's weights headers only (safetensors headers by HTTP range requests, a
@@ -91,7 +128,9 @@ def audit(sources: tuple[str, ...], from_file: str | None, fmt: str, auto_class:
             "Cannot audit: no repos given. Name repos or folders, or pass --from FILE."
         )
     options: dict[str, Any] = {
-        "auto_class": auto_class, "allow_download": allow_download or None, "depth": depth,
+        "auto_class": auto_class,
+        "allow_download": allow_download or None,
+        "depth": depth,
     }
     if len(todo) == 1 and fmt != "jsonl":
         # one repo: an error is one line on stderr and exit 2, as for every command
@@ -102,8 +141,7 @@ def audit(sources: tuple[str, ...], from_file: str | None, fmt: str, auto_class:
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar: Any = None
     if show_bar:
-        bar = click.progressbar(length=len(todo), label="auditing", file=sys.stderr,
-                                show_pos=True)
+        bar = click.progressbar(length=len(todo), label="auditing", file=sys.stderr, show_pos=True)
         bar.__enter__()
 
     def done(result: Any) -> None:
@@ -114,7 +152,10 @@ def audit(sources: tuple[str, ...], from_file: str | None, fmt: str, auto_class:
 
     try:
         results = audit_many(
-            todo, jobs=jobs, on_result=done, raise_errors=bool(ctx.meta.get(DEBUG_KEY)),
+            todo,
+            jobs=jobs,
+            on_result=done,
+            raise_errors=bool(ctx.meta.get(DEBUG_KEY)),
             **options,
         )
     finally:

@@ -160,7 +160,9 @@ def key_map_file_options(what: str) -> Callable[[F], F]:
 
 
 def build_keymap(
-    strip_prefix: tuple[str, ...], add_prefix: tuple[str, ...], rename: tuple[str, ...],
+    strip_prefix: tuple[str, ...],
+    add_prefix: tuple[str, ...],
+    rename: tuple[str, ...],
     key_map_file: str | None = None,
 ) -> Any:
     """A :class:`~ckptdiff.keymap.KeyMap` from the options (file rules first), or None."""
@@ -184,8 +186,10 @@ def stats_line(requests: int, nbytes: int, seconds: float) -> str:
     """``hub transfer: 4 requests, 67.1 kB in 0.31 s``."""
     from ckptdiff.wording import human_bytes
 
-    return (f"hub transfer: {requests} request{'' if requests == 1 else 's'}, "
-            f"{human_bytes(nbytes)} in {seconds:.2f} s")
+    return (
+        f"hub transfer: {requests} request{'' if requests == 1 else 's'}, "
+        f"{human_bytes(nbytes)} in {seconds:.2f} s"
+    )
 
 
 def stats_option(f: F) -> F:
@@ -207,8 +211,7 @@ def stats_option(f: F) -> F:
             return f(*args, **kwargs)
         finally:
             r, b = TOTAL.snapshot()
-            click.echo(stats_line(r - requests, b - nbytes, time.perf_counter() - start),
-                       err=True)
+            click.echo(stats_line(r - requests, b - nbytes, time.perf_counter() - start), err=True)
 
     return click.option(  # type: ignore[return-value]
         "--stats",

@@ -9,19 +9,28 @@ from ckptdiff.cli.common import debug_option, emit, format_option, handle_errors
 
 @click.command("identify")
 @click.argument("ckpt")
-@click.option("--candidates", "candidates", required=True, metavar="DIR",
-              type=click.Path(file_okay=False),
-              help="Folder of candidate configs: *.json for --model, else transformers configs "
-                   "(or folders holding a config.json).")
-@click.option("--model", "-m", "model", metavar="FACTORY",
-              help="The factory (pkg.module:callable) each *.json in DIR configures.")
+@click.option(
+    "--candidates",
+    "candidates",
+    required=True,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Folder of candidate configs: *.json for --model, else transformers configs "
+    "(or folders holding a config.json).",
+)
+@click.option(
+    "--model",
+    "-m",
+    "model",
+    metavar="FACTORY",
+    help="The factory (pkg.module:callable) each *.json in DIR configures.",
+)
 @click.option("--select", metavar="PATH", help="The state dict inside CKPT (state_dict...).")
 @format_option
 @debug_option
 @stats_option
 @handle_errors
-def identify(ckpt: str, candidates: str, model: str | None, select: str | None,
-             fmt: str) -> None:
+def identify(ckpt: str, candidates: str, model: str | None, select: str | None, fmt: str) -> None:
     """Rank the configs in DIR by how well checkpoint CKPT fits each, best first.
 
     Each candidate is built on meta (no weights), keys are aligned (module., _orig_mod. ...),

@@ -9,10 +9,15 @@ from ckptdiff.cli.common import debug_option, emit, handle_errors, stats_option
 
 @click.command("scan")
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True,
-              help="Output: table (a line per file, its first findings under it) or json "
-                   "(schema ckptdiff.scan/1, every finding). No markdown.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output: table (a line per file, its first findings under it) or json "
+    "(schema ckptdiff.scan/1, every finding). No markdown.",
+)
 @debug_option
 @stats_option
 @handle_errors

@@ -32,6 +32,7 @@ CauseRule = Callable[[Report, Manifest, Manifest], "list[Finding] | None"]
 
 # --- causes ---------------------------------------------------------------------------------------
 
+
 def zero3_placeholders(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | None:
     """ZeRO-3 saves ``torch.Size([0])`` placeholders for partitioned parameters."""
     out = []

@@ -71,10 +71,7 @@ def explain(
                 everywhere = (*al.checkpoint.tensors, *target.tensors)
                 explained |= {k for k in everywhere if k.startswith(dots)}
             if suggest and _rebuildable(target) and not aligned.ok:
-
-                fixes = config_fixes(
-                    aligned, al.checkpoint, target, ignore=explained, foreign=dots
-                )
+                fixes = config_fixes(aligned, al.checkpoint, target, ignore=explained, foreign=dots)
                 out.findings += fixes.findings
                 out.suggestions += fixes.suggestions
                 out.fixed_config = fixes.config

@@ -124,9 +124,7 @@ def config_fixes(
     if any(s.kind == "config" for s in out.suggestions):
         out.config = dict(outcome.config or {}) or None
         out.writable = outcome.report is not None and all(
-            s.status in ("verified", "undetermined")
-            for s in out.suggestions
-            if s.kind == "config"
+            s.status in ("verified", "undetermined") for s in out.suggestions if s.kind == "config"
         )
         out.target = outcome.target if out.writable else None
     if heads.auto_class:

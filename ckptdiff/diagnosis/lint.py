@@ -105,15 +105,17 @@ def _tensor_lint(m: Manifest, side: str, offset: int | None) -> list[Finding]:
         for ek, ev in embeds.items():
             if ev == hv or (offset is not None and ev - hv == offset):
                 continue
-            why = (f" (token ids from {hv} up would be out of range for the head)"
-                   if ev > hv else "")
-            out.append(Finding(
-                "inconsistent",
-                f"The {side}'s vocabulary disagrees with itself: {ek} has {ev} token rows but "
-                f"{hk} has {hv} classes{why}.",
-                (ek, hk), "warning",
-                {"what": "vocab", "side": side, "values": {ek: ev, hk: hv}},
-            ))
+            why = f" (token ids from {hv} up would be out of range for the head)" if ev > hv else ""
+            out.append(
+                Finding(
+                    "inconsistent",
+                    f"The {side}'s vocabulary disagrees with itself: {ek} has {ev} token rows but "
+                    f"{hk} has {hv} classes{why}.",
+                    (ek, hk),
+                    "warning",
+                    {"what": "vocab", "side": side, "values": {ek: ev, hk: hv}},
+                )
+            )
             break
     return out
 
@@ -137,18 +139,22 @@ def lint_config(config: Mapping[str, Any], *, side: str = "config") -> list[Find
         if len(set(fields.values())) < 2:
             continue
         shown = ", ".join(f"{f} = {v}" for f, v in fields.items())
-        out.append(Finding(
-            "inconsistent",
-            f"The {side} gives {name} twice with different values: {shown}; they must agree "
-            "(one module is built with one value and fed inputs sized by the other).",
-            tuple(fields), "warning",
-            {"what": name, "side": side, "values": dict(fields)},
-        ))
+        out.append(
+            Finding(
+                "inconsistent",
+                f"The {side} gives {name} twice with different values: {shown}; they must agree "
+                "(one module is built with one value and fed inputs sized by the other).",
+                tuple(fields),
+                "warning",
+                {"what": name, "side": side, "values": dict(fields)},
+            )
+        )
     return out
 
 
-def _config_vs_rows(config: Mapping[str, Any], m: Manifest, side: str,
-                    offset: int | None) -> list[Finding]:
+def _config_vs_rows(
+    config: Mapping[str, Any], m: Manifest, side: str, offset: int | None
+) -> list[Finding]:
     embeds, heads = vocab_tensors(m)
     rows = {**embeds, **heads}
     if not rows:
@@ -160,13 +166,16 @@ def _config_vs_rows(config: Mapping[str, Any], m: Manifest, side: str,
         if any(r == v or (offset is not None and r - v == offset) for r in rows.values()):
             continue
         key, r = next(iter(rows.items()))
-        out.append(Finding(
-            "inconsistent",
-            f"The {side}'s config says {dotted} = {v} but {key} has {r} rows: set {dotted} to "
-            f"{r - (offset or 0) if key in embeds else r}.",
-            (dotted, key), "warning",
-            {"what": "vocab_size", "side": side, "values": {dotted: v, key: r}},
-        ))
+        out.append(
+            Finding(
+                "inconsistent",
+                f"The {side}'s config says {dotted} = {v} but {key} has {r} rows: set {dotted} to "
+                f"{r - (offset or 0) if key in embeds else r}.",
+                (dotted, key),
+                "warning",
+                {"what": "vocab_size", "side": side, "values": {dotted: v, key: r}},
+            )
+        )
     return out
 
 
@@ -187,16 +196,26 @@ def _tokenizer_lint(size: int, m: Manifest, side: str) -> list[Finding]:
         if rows == size:
             continue
         if size > rows:
-            msg = (f"The tokenizer has {size} token ids but {key} has {rows} rows: ids from "
-                   f"{rows} up are out of range; call model.resize_token_embeddings({size}).")
+            msg = (
+                f"The tokenizer has {size} token ids but {key} has {rows} rows: ids from "
+                f"{rows} up are out of range; call model.resize_token_embeddings({size})."
+            )
             severity = "error"
         else:
-            msg = (f"{key} has {rows} rows for a tokenizer of {size} ids "
-                   f"({rows - size} unused rows: padding, or a tokenizer that lost tokens).")
+            msg = (
+                f"{key} has {rows} rows for a tokenizer of {size} ids "
+                f"({rows - size} unused rows: padding, or a tokenizer that lost tokens)."
+            )
             severity = "info"
-        out.append(Finding("inconsistent", msg, (key, "tokenizer.json"), severity,  # type: ignore[arg-type]
-                           {"what": "tokenizer", "side": side,
-                            "values": {key: rows, "tokenizer.json": size}}))
+        out.append(
+            Finding(
+                "inconsistent",
+                msg,
+                (key, "tokenizer.json"),
+                severity,  # type: ignore[arg-type]
+                {"what": "tokenizer", "side": side, "values": {key: rows, "tokenizer.json": size}},
+            )
+        )
     return out
 
 

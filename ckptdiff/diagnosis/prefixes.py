@@ -97,8 +97,29 @@ def _module_name(prefix: str) -> str:
 
 #: Qualifiers that make a module another one (``k_proj`` is not ``proj``).
 _ROLE_QUALIFIERS = frozenset(
-    {"q", "k", "v", "o", "query", "key", "value", "gate", "up", "down", "in", "out", "w1", "w2",
-     "w3", "c", "fc1", "fc2", "lm", "pre", "post"}
+    {
+        "q",
+        "k",
+        "v",
+        "o",
+        "query",
+        "key",
+        "value",
+        "gate",
+        "up",
+        "down",
+        "in",
+        "out",
+        "w1",
+        "w2",
+        "w3",
+        "c",
+        "fc1",
+        "fc2",
+        "lm",
+        "pre",
+        "post",
+    }
 )
 
 

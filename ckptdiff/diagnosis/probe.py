@@ -67,7 +67,6 @@ _UNDETERMINED_HINTS = (
 )
 
 
-
 @dataclass(frozen=True)
 class Candidate:
     """A suggestion before the verifier judged it.

@@ -54,9 +54,7 @@ def _solve_round(
     if not solved:
         solved = _grid_solve(prober, base, checkpoint, cur, dims, sens, values)
     if not solved:
-        solved = _joint_solve(
-            prober, base, checkpoint, dims, sens, values, now_loads, overrides
-        )
+        solved = _joint_solve(prober, base, checkpoint, dims, sens, values, now_loads, overrides)
     if not solved:
         # a search only over fields that break nothing that loads: any other value it
         # found would be dropped, and is no answer worth reporting
@@ -142,7 +140,16 @@ def solve_rounds(
             if k in checkpoint.tensors and checkpoint.tensors[k].shape == t.shape
         }
         solved = _solve_round(
-            prober, base, checkpoint, cur, dims, containers, sens, values, unset, now_loads,
+            prober,
+            base,
+            checkpoint,
+            cur,
+            dims,
+            containers,
+            sens,
+            values,
+            unset,
+            now_loads,
             overrides,
         )
         if not solved:
@@ -150,12 +157,15 @@ def solve_rounds(
         for f in solved:
             touched.setdefault(f, set()).update(_touched_keys(sens[f], checkpoint, cur))
         changed = {f: s.value for f, s in solved.items()}
-        changed, broke = _drop_breaking(
-            prober, base, changed, sens, checkpoint, loads | now_loads
-        )
+        changed, broke = _drop_breaking(prober, base, changed, sens, checkpoint, loads | now_loads)
         for f, keys in broke.items():
             kept = _keep_head_dim(
-                prober, {**base, **changed}, f, solved[f].value, values, checkpoint,
+                prober,
+                {**base, **changed},
+                f,
+                solved[f].value,
+                values,
+                checkpoint,
                 loads | now_loads,
             )
             if kept is None:
@@ -181,6 +191,4 @@ def solve_rounds(
         overrides.update(changed)
         evidence.update(solved)
         cur = m
-    return Rounds(
-        evidence, companions, cur, quiet, first_sens, failure, rejected, touched
-    )
+    return Rounds(evidence, companions, cur, quiet, first_sens, failure, rejected, touched)

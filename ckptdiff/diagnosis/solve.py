@@ -373,11 +373,7 @@ def _joint_solve(
         r = compare(ck, m)
         if now_loads - set(r.matched) - set(r.tied):
             continue
-        return {
-            f: _Solved(v, mine[f], [])
-            for f, v in trial.items()
-            if v != values[f]
-        }
+        return {f: _Solved(v, mine[f], []) for f, v in trial.items() if v != values[f]}
     return {}
 
 

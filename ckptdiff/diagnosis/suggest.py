@@ -91,8 +91,9 @@ def suggest_config(
     unset = _unset_fields(config, defaults)
     values.update(unset)
     prober = _Prober(target, rebuild)
-    rounds = solve_rounds(prober, checkpoint, target, values, unset, set(report.matched),
-                          max_rounds)
+    rounds = solve_rounds(
+        prober, checkpoint, target, values, unset, set(report.matched), max_rounds
+    )
     evidence, companions, cur = rounds.evidence, rounds.companions, rounds.cur
     quiet, first_sens, failure = rounds.quiet, rounds.first_sens, rounds.failure
     rejected, touched = rounds.rejected, rounds.touched

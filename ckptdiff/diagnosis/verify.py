@@ -214,9 +214,7 @@ class Builder:
         return hit
 
 
-def with_per_layer_lists(
-    config: Mapping[str, Any], overrides: Mapping[str, Any]
-) -> dict[str, Any]:
+def with_per_layer_lists(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """``overrides`` plus the per-layer lists a changed layer count carries along: a config
     whose ``layer_types`` lists 2 entries beside ``num_hidden_layers = 3`` does not build,
     so the list is cycled to the new count (``[a, b]`` -> ``[a, b, a]``).
@@ -316,9 +314,7 @@ def _build_fixed(target: Manifest, fix: Fix) -> tuple[Manifest, Any]:
                 resize: Any = model.resize_token_embeddings
                 resize(fix.resize_to, mean_resizing=False)
         hf_config: Any = getattr(model, "config", None)
-        built_config = (
-            hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(spec.args)
-        )
+        built_config = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(spec.args)
         manifest = manifest_from_module(
             model,
             source=target.source,

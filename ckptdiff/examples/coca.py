@@ -31,9 +31,16 @@ __all__ = ["CoCa", "MultimodalCfg", "TextCfg"]
 #: The ``roberta-base`` config, as on the hub (the fields that shape the model).
 HF_TEXT_CONFIGS: dict[str, dict[str, Any]] = {
     "roberta-base": {
-        "vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
-        "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+        "vocab_size": 50265,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 514,
+        "type_vocab_size": 1,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
     },
 }
 
@@ -115,8 +122,9 @@ class CrossAttentionBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, width * mlp_ratio), nn.GELU(),
-                                 nn.Linear(width * mlp_ratio, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, width * mlp_ratio), nn.GELU(), nn.Linear(width * mlp_ratio, width)
+        )
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         y = self.ln_1(x)
@@ -132,9 +140,11 @@ class MultimodalTransformer(nn.Module):
         super().__init__()
         self.context_length = cfg.context_length
         self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
+            ResidualAttentionBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers)
+        )
         self.cross_attn = nn.ModuleList(
-            CrossAttentionBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
+            CrossAttentionBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers)
+        )
         self.ln_final = nn.LayerNorm(cfg.width)
         self.text_projection = nn.Parameter(torch.empty(cfg.width, output_dim))
         mask = torch.full((cfg.context_length, cfg.context_length), float("-inf")).triu_(1)
@@ -170,14 +180,16 @@ class CoCa(nn.Module):
         else:
             self.text = TextTower(text_cfg, embed_dim)
         # open_clip#864: both branches read text_cfg.vocab_size, never the HF tower's vocabulary
-        vocab_size = (text_cfg.vocab_size if text_cfg.hf_model_name is not None
-                      else text_cfg.vocab_size)
+        vocab_size = (
+            text_cfg.vocab_size if text_cfg.hf_model_name is not None else text_cfg.vocab_size
+        )
         self.visual = VisionTokens(vision_cfg, embed_dim)
         self.text_decoder = MultimodalTransformer(multimodal_cfg, vocab_size)
         self.pad_id = pad_id
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor,
-                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         image_latent, image_embs = self.visual(image)
         text_latent, token_embs = self.text(text)
         logits = self.text_decoder(image_embs, token_embs)

@@ -104,9 +104,11 @@ def forward(
     unnamed = [s.name for s in specs if s.name not in names]
     notes = _notes(specs, checked, runs)
     if unnamed:
-        notes = (f"{', '.join(unnamed)} {'is' if len(unnamed) == 1 else 'are'} not a named "
-                 f"parameter of forward (passed to its **kwargs); it takes {', '.join(names)}",
-                 *notes)
+        notes = (
+            f"{', '.join(unnamed)} {'is' if len(unnamed) == 1 else 'are'} not a named "
+            f"parameter of forward (passed to its **kwargs); it takes {', '.join(names)}",
+            *notes,
+        )
     return ForwardReport(
         target=target.spec,
         inputs=tuple(s.describe() for s in specs),
@@ -174,8 +176,9 @@ class _DataModel:
 class _Session:
     """The runs of one :func:`forward` call, sharing the data-mode model once built."""
 
-    def __init__(self, target: Any, meta_model: Any, specs: list[InputSpec],
-                 leaves: dict[str, int]) -> None:
+    def __init__(
+        self, target: Any, meta_model: Any, specs: list[InputSpec], leaves: dict[str, int]
+    ) -> None:
         self.target, self.meta_model, self.specs, self.leaves = target, meta_model, specs, leaves
         self.outcomes: list[Outcome] = []
         self.shrunk: tuple[tuple[str, int, int], ...] = ()
@@ -189,11 +192,17 @@ class _Session:
             if not o.data_dependent:
                 self.outcomes.append(o)
                 return self._result(o, bs, "shape-only", None)
-            where = f"{o.op_failure.op if o.op_failure else 'a value read'} in " \
-                    f"{o.module or type(self.meta_model).__name__}"
+            where = (
+                f"{o.op_failure.op if o.op_failure else 'a value read'} in "
+                f"{o.module or type(self.meta_model).__name__}"
+            )
             if mode == "shape-only":
-                return Run(bs, "shape-only", "not run",
-                           note=f"the forward reads values at {where}; run with --mode data")
+                return Run(
+                    bs,
+                    "shape-only",
+                    "not run",
+                    note=f"the forward reads values at {where}; run with --mode data",
+                )
             note = f"shape-only mode stopped at {where} (the forward reads values there)"
         data = self._data_model()
         if isinstance(data, str):
@@ -202,8 +211,9 @@ class _Session:
         self.outcomes.append(o)
         return self._result(o, bs, "data", note)
 
-    def _result(self, o: Outcome, bs: int | None, mode: Literal["shape-only", "data"],
-                note: str | None) -> Run:
+    def _result(
+        self, o: Outcome, bs: int | None, mode: Literal["shape-only", "data"], note: str | None
+    ) -> Run:
         if o.ok:
             return Run(bs, mode, "ok", note=note)
         model = self.meta_model if mode == "shape-only" else self._model_of_data()
@@ -214,8 +224,9 @@ class _Session:
         if key not in self._dims:
             self._dims[key] = attribute.attribute_dims(o, self.specs, leaves, model, probe)
         dims = self._dims[key]
-        failure = Failure(o.module, o.module_type, op.op if op else None,
-                          op.operands if op else (), o.error, dims)
+        failure = Failure(
+            o.module, o.module_type, op.op if op else None, op.operands if op else (), o.error, dims
+        )
         return Run(bs, mode, "failed", failure, note)
 
     def _model_of_data(self) -> Any:
@@ -235,8 +246,9 @@ class _Session:
 
         if ".config." in name:  # a submodule's own transformers config: not a target setting
             raise UsageError(f"{name} is not a setting of the target")
-        changed = dataclasses.replace(self.target, args=deep_merge(self.target.args, {name: value}),
-                                      module=None)
+        changed = dataclasses.replace(
+            self.target, args=deep_merge(self.target.args, {name: value}), module=None
+        )
         bs = self.outcomes[-1].batch_size if self.outcomes else None
         return run_shape_only(build_model(changed), self.specs, bs)
 
@@ -259,8 +271,10 @@ class _Session:
         if target.module is not None and not on_meta:  # an instance with values: run it as it is
             return self._ready(self.meta_model)
         if target.kind == "module":
-            return ("data mode needs values: this nn.Module is on meta; pass it built on CPU, "
-                    "or name its factory or config so it can be built small")
+            return (
+                "data mode needs values: this nn.Module is on meta; pass it built on CPU, "
+                "or name its factory or config so it can be built small"
+            )
         if size <= FULL_SIZE_BUDGET:
             return self._ready(build_on_cpu(target, {}))
         keep_vocab = any(s.values is not None and s.is_integer for s in self.specs)
@@ -268,8 +282,9 @@ class _Session:
         last: Exception | None = None
         for layers in (True, False):
             for factor in shrink.FACTORS:
-                over = shrink.shrink_overrides(own.items(), factor, layers=layers,
-                                               vocab=not keep_vocab)
+                over = shrink.shrink_overrides(
+                    own.items(), factor, layers=layers, vocab=not keep_vocab
+                )
                 if over is None or (not over and size > 4 * FULL_SIZE_BUDGET):
                     continue
                 try:
@@ -284,9 +299,11 @@ class _Session:
                 self.shrunk = shrink.describe(over, own)
                 return self._ready(model)
         why = f" (last attempt: {last})" if last else ""
-        return (f"data mode needs the model on CPU: it is {size / 2**30:.1f} GiB at full size and "
-                f"its config has no widths ckptdiff can shrink{why}; pass them with --arg or "
-                "--config")
+        return (
+            f"data mode needs the model on CPU: it is {size / 2**30:.1f} GiB at full size and "
+            f"its config has no widths ckptdiff can shrink{why}; pass them with --arg or "
+            "--config"
+        )
 
     def _ready(self, model: Any) -> _DataModel:
         return _DataModel(model, embedding_limits(model, self.specs), pad_token_id(model))
@@ -310,12 +327,18 @@ def _notes(
     notes = []
     known = [s.name for s in specs if s.values is not None and s.is_integer]
     if not known and checked:
-        notes.append("index ranges not checked: no values known (give --batch FILE to check ids "
-                     "and labels against the rows they index)")
+        notes.append(
+            "index ranges not checked: no values known (give --batch FILE to check ids "
+            "and labels against the rows they index)"
+        )
     if any(r.mode == "data" and r.status != "not run" for r in runs):
-        notes.append("data mode ran with random weights; it shows where the forward fails, not "
-                     "what it computes")
+        notes.append(
+            "data mode ran with random weights; it shows where the forward fails, not "
+            "what it computes"
+        )
         if any("mask" in s.name and s.values is None for s in specs):
-            notes.append("data mode pads each batch on the right as a collator does: sample i is "
-                         "i tokens shorter (down to half the length), so masks differ per sample")
+            notes.append(
+                "data mode pads each batch on the right as a collator does: sample i is "
+                "i tokens shorter (down to half the length), so masks differ per sample"
+            )
     return tuple(notes)

@@ -111,23 +111,32 @@ def failure_dims(outcome: Outcome) -> list[int]:
 
 
 def matches(
-    dim: int, specs: Sequence[InputSpec], batch_size: int | None,
-    leaves: Mapping[str, int], attributes: Sequence[tuple[str, int]],
+    dim: int,
+    specs: Sequence[InputSpec],
+    batch_size: int | None,
+    leaves: Mapping[str, int],
+    attributes: Sequence[tuple[str, int]],
 ) -> list[FieldMatch]:
     """Inputs, config fields and module attributes whose value is ``dim``."""
     found: list[FieldMatch] = []
     for spec in specs:
         shape = spec.shape if spec.values is not None else spec.at_batch(batch_size)
-        found += [FieldMatch(f"{spec.name}[{i}]", d, "input")
-                  for i, d in enumerate(shape) if i > 0 and d == dim]
-    found += [FieldMatch(k, v, "config") for k, v in leaves.items() if v == dim][:_PER_DIM * 2]
+        found += [
+            FieldMatch(f"{spec.name}[{i}]", d, "input")
+            for i, d in enumerate(shape)
+            if i > 0 and d == dim
+        ]
+    found += [FieldMatch(k, v, "config") for k, v in leaves.items() if v == dim][: _PER_DIM * 2]
     found += [FieldMatch(k, v, "attribute") for k, v in attributes if v == dim][:_PER_DIM]
     return found
 
 
 def attribute_dims(
-    outcome: Outcome, specs: Sequence[InputSpec], leaves: Mapping[str, int],
-    model: nn.Module, probe: Prober | None,
+    outcome: Outcome,
+    specs: Sequence[InputSpec],
+    leaves: Mapping[str, int],
+    model: nn.Module,
+    probe: Prober | None,
 ) -> tuple[DimSource, ...]:
     """Each failing dimension with its sources, config fields probed where ``probe`` is given."""
     attributes = list(module_attributes(model))
@@ -144,8 +153,9 @@ def attribute_dims(
                 probed.append(FieldMatch(m.name, m.value, m.kind, _confirm(probe, m.name, dim)))
             else:
                 probed.append(m)
-        probed.sort(key=lambda m: (m.kind != "input", m.confirmed is not True,
-                                   m.kind == "attribute"))
+        probed.sort(
+            key=lambda m: (m.kind != "input", m.confirmed is not True, m.kind == "attribute")
+        )
         out.append(DimSource(dim, tuple(probed)))
     return tuple(out)
 
@@ -166,4 +176,3 @@ def _all_dims(outcome: Outcome) -> set[int]:
         for _n, shape, _d in outcome.op_failure.operands:
             dims.update(shape)
     return dims
-

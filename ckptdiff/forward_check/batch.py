@@ -83,8 +83,11 @@ def _read_safetensors(path: str) -> list[InputSpec]:
                 f.seek(8 + n + offsets[key][0])
                 data = bytearray(f.read(nbytes))
                 dtype = getattr(torch, spec.dtype)
-                values = (torch.frombuffer(data, dtype=dtype).reshape(spec.shape).clone() if data
-                          else torch.zeros(spec.shape, dtype=dtype))
+                values = (
+                    torch.frombuffer(data, dtype=dtype).reshape(spec.shape).clone()
+                    if data
+                    else torch.zeros(spec.shape, dtype=dtype)
+                )
             out.append(InputSpec(key, spec.shape, spec.dtype, values, origin="batch"))
     return out
 
@@ -126,11 +129,15 @@ def _read_torch_zip(path: str) -> list[InputSpec]:
                 budget -= nbytes
                 entry = entries[f"{prefix}data/{ref.storage.key}"]
                 raw = bytearray(torch_zip.read_entry(f, entry, path))
-                storage = torch.frombuffer(raw, dtype=getattr(torch, dtype)) if raw else \
-                    torch.zeros(0, dtype=getattr(torch, dtype))
+                storage = (
+                    torch.frombuffer(raw, dtype=getattr(torch, dtype))
+                    if raw
+                    else torch.zeros(0, dtype=getattr(torch, dtype))
+                )
                 _check_view(ref, storage.numel(), key, path)
-                values = torch.as_strided(storage, ref.shape, ref.stride,
-                                          ref.storage_offset).clone()
+                values = torch.as_strided(
+                    storage, ref.shape, ref.stride, ref.storage_offset
+                ).clone()
             out.append(InputSpec(key, tuple(ref.shape), dtype, values, origin="batch"))
     return out
 
@@ -153,9 +160,9 @@ def _check_view(ref: Any, storage_numel: int, key: str, path: str) -> None:
         last = ref.storage_offset
     else:
         last = ref.storage_offset + sum(
-            (d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
+            (d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True)
+        )
     if any(s < 0 for s in ref.stride) or last >= max(storage_numel, 1) and ref.numel:
         raise ReadError(
             f"Cannot read '{path}' (--batch): tensor '{key}' views past the end of its storage."
         )
-

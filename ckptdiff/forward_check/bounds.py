@@ -64,8 +64,7 @@ class Bounds:
             return (n, n)
         return self.ranges.get(id(value)) if isinstance(value, torch.Tensor) else None
 
-    def update(self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any],
-               out: Any) -> None:
+    def update(self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], out: Any) -> None:
         """The range of ``out`` after the call ``name(*args, **kwargs)``, where it is known.
 
         Floating tensors are followed too where their values are whole numbers by construction
@@ -85,8 +84,9 @@ class Bounds:
         if r is not None:
             self.set(out, r)
 
-    def _rule(self, op: str, args: tuple[Any, ...], kwargs: Mapping[str, Any],
-              out: torch.Tensor) -> Range | None:
+    def _rule(
+        self, op: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], out: torch.Tensor
+    ) -> Range | None:
         if op in _BOOLEAN or out.dtype == torch.bool:
             return (0, 1)
         if op == "arange":
@@ -107,8 +107,14 @@ class Bounds:
         second = self.get(args[1]) if len(args) > 1 else self.get(kwargs.get("other"))
         return self._arithmetic(op, args, kwargs, first, second)
 
-    def _arithmetic(self, op: str, args: tuple[Any, ...], kwargs: Mapping[str, Any],
-                    a: Range | None, b: Range | None) -> Range | None:
+    def _arithmetic(
+        self,
+        op: str,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        a: Range | None,
+        b: Range | None,
+    ) -> Range | None:
         if a is None:
             return None
         if op == "cumsum" and a[0] >= 0:
@@ -121,8 +127,10 @@ class Bounds:
             high = _int(args[2] if len(args) > 2 else kwargs.get("max"))
             if op == "clamp_max":
                 low, high = None, low
-            return (a[0] if low is None else max(a[0], low),
-                    a[1] if high is None else min(a[1], high))
+            return (
+                a[0] if low is None else max(a[0], low),
+                a[1] if high is None else min(a[1], high),
+            )
         if op == "masked_fill":
             v = self.get(args[2] if len(args) > 2 else kwargs.get("value"))
             return _union(a, v) if v else None

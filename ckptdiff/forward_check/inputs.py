@@ -33,10 +33,24 @@ __all__ = [
 
 #: dtype names accepted after ``:`` (torch's names, and a few short forms).
 DTYPE_ALIASES = {
-    "int64": "int64", "long": "int64", "int32": "int32", "int": "int32", "int16": "int16",
-    "int8": "int8", "uint8": "uint8", "bool": "bool", "float32": "float32", "float": "float32",
-    "fp32": "float32", "float16": "float16", "half": "float16", "fp16": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64", "double": "float64",
+    "int64": "int64",
+    "long": "int64",
+    "int32": "int32",
+    "int": "int32",
+    "int16": "int16",
+    "int8": "int8",
+    "uint8": "uint8",
+    "bool": "bool",
+    "float32": "float32",
+    "float": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "half": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float64": "float64",
+    "double": "float64",
 }
 INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
 _INT_NAME = re.compile(r"(^|_)(ids|labels?|mask|text|tokens|positions?|offsets?)$")
@@ -191,18 +205,21 @@ def default_inputs(model: nn.Module, target: str) -> list[InputSpec]:
     specs = []
     for name in wanted:
         if name == "input_ids":
-            length = _config_int(text or config,
-                                 ("max_position_embeddings", "n_positions", "max_seq_len"))
+            length = _config_int(
+                text or config, ("max_position_embeddings", "n_positions", "max_seq_len")
+            )
             seq = min(length or DEFAULT_SEQUENCE, DEFAULT_SEQUENCE)
             specs.append(InputSpec("input_ids", (2, seq), "int64", origin="default"))
         elif name == "pixel_values":
             size = _config_int(vision or config, ("image_size",)) or 224
             channels = _config_int(vision or config, ("num_channels",)) or 3
-            specs.append(InputSpec("pixel_values", (2, channels, size, size), "float32",
-                                   origin="default"))
+            specs.append(
+                InputSpec("pixel_values", (2, channels, size, size), "float32", origin="default")
+            )
         else:
-            raise UsageError(f"Cannot run '{target}' without inputs: no default for '{main}'. "
-                             f"{hint}")
+            raise UsageError(
+                f"Cannot run '{target}' without inputs: no default for '{main}'. {hint}"
+            )
     return specs
 
 
@@ -217,8 +234,12 @@ def _config_int(config: Any, names: Sequence[str]) -> int | None:
 
 
 def synthesize(
-    specs: Sequence[InputSpec], batch_size: int | None, limits: Mapping[str, int],
-    *, real: bool, pad_id: int = 0,
+    specs: Sequence[InputSpec],
+    batch_size: int | None,
+    limits: Mapping[str, int],
+    *,
+    real: bool,
+    pad_id: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Tensors for one run.
 
@@ -251,8 +272,9 @@ def synthesize(
         if len(shape) >= 2 and lengths is None:
             seq = shape[1]
             lengths = [max(seq - i, max(seq // 2, 1)) for i in range(shape[0])]
-        out[spec.name] = _values(spec.name, shape, dtype, limits.get(spec.name), lengths, pad_id,
-                                 gen)
+        out[spec.name] = _values(
+            spec.name, shape, dtype, limits.get(spec.name), lengths, pad_id, gen
+        )
     return out
 
 
@@ -266,8 +288,13 @@ def _resampled(values: torch.Tensor, batch_size: int | None) -> torch.Tensor:
 
 
 def _values(
-    name: str, shape: tuple[int, ...], dtype: Any, limit: int | None, lengths: list[int] | None,
-    pad_id: int, gen: Any,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    limit: int | None,
+    lengths: list[int] | None,
+    pad_id: int,
+    gen: Any,
 ) -> torch.Tensor:
     import torch
 
@@ -275,7 +302,7 @@ def _values(
         padded = torch.zeros(shape, dtype=torch.bool)
         if lengths is not None and len(shape) >= 2:
             for b in range(shape[0]):
-                padded[b, lengths[b % len(lengths)]:] = True
+                padded[b, lengths[b % len(lengths)] :] = True
         if "mask" in name:
             return (~padded).to(dtype)
         if "token_type" in name:
@@ -288,7 +315,7 @@ def _values(
         if "mask" in name and lengths is not None and len(shape) >= 2:
             mask = torch.ones(shape, dtype=torch.bool)
             for b in range(shape[0]):
-                mask[b, lengths[b % len(lengths)]:] = False
+                mask[b, lengths[b % len(lengths)] :] = False
             return mask
         return torch.ones(shape, dtype=torch.bool)
     return torch.randn(shape, generator=gen).to(dtype)

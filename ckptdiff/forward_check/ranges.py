@@ -59,10 +59,24 @@ def range_findings(
         bad = int(((flat < 0) | (flat >= u.limit)).sum())
         if bad:
             fields = [FieldMatch(k, n, "config") for k, n in leaves.items() if n == u.limit]
-            fields += [FieldMatch(k, n, "config") for k, n in leaves.items()
-                       if n == high + 1 and n != u.limit]
-            findings.append(RangeFinding(u.input, u.kind, u.module, u.limit, high, low, bad,
-                                         tuple(fields[:6]), u.producer))
+            fields += [
+                FieldMatch(k, n, "config")
+                for k, n in leaves.items()
+                if n == high + 1 and n != u.limit
+            ]
+            findings.append(
+                RangeFinding(
+                    u.input,
+                    u.kind,
+                    u.module,
+                    u.limit,
+                    high,
+                    low,
+                    bad,
+                    tuple(fields[:6]),
+                    u.producer,
+                )
+            )
     checked = tuple(sorted({(u.input, u.kind, u.module, u.limit) for u in uses}))
     return tuple(findings), checked
 
@@ -82,8 +96,11 @@ def confirm_fields(
             except Exception:  # noqa: BLE001 - a rebuild that fails tells nothing either way
                 fields.append(f)
                 continue
-            limits = {u.limit for u in (after.uses if after else ())
-                      if u.input == finding.input and u.kind == finding.kind}
+            limits = {
+                u.limit
+                for u in (after.uses if after else ())
+                if u.input == finding.input and u.kind == finding.kind
+            }
             if after is not None and after.ok and after.logits and finding.kind == "logits":
                 limits.add(after.logits[0])
             f = FieldMatch(f.name, f.value, f.kind, f.value * 2 in limits)

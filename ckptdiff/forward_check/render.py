@@ -38,8 +38,13 @@ def _groups(runs: Sequence[Run]) -> list[list[Run]]:
 def _wrap(label: str, text: str, sep: str = " ") -> list[str]:
     """``text`` after a label, wrapped at ``sep`` only (shapes stay on one line)."""
     if sep == " ":
-        return textwrap.wrap(text, _WIDTH, initial_indent=f"  {label:<7} ",
-                             subsequent_indent=" " * 10, break_on_hyphens=False) or [f"  {label}"]
+        return textwrap.wrap(
+            text,
+            _WIDTH,
+            initial_indent=f"  {label:<7} ",
+            subsequent_indent=" " * 10,
+            break_on_hyphens=False,
+        ) or [f"  {label}"]
     lines, line = [], f"  {label:<7} "
     for i, part in enumerate(text.split(sep)):
         if i and len(line) + len(sep) + len(part) > _WIDTH:
@@ -52,8 +57,13 @@ def _wrap(label: str, text: str, sep: str = " ") -> list[str]:
 
 def _head(label: str, text: str) -> list[str]:
     """A header line (``Mode:``, ``Why:``) wrapped under its own text."""
-    return textwrap.wrap(text, _WIDTH, initial_indent=f"{label:<8}", subsequent_indent=" " * 8,
-                         break_on_hyphens=False)
+    return textwrap.wrap(
+        text,
+        _WIDTH,
+        initial_indent=f"{label:<8}",
+        subsequent_indent=" " * 8,
+        break_on_hyphens=False,
+    )
 
 
 def _failure_lines(f: Failure) -> list[str]:
@@ -65,8 +75,10 @@ def _failure_lines(f: Failure) -> list[str]:
         lines += _wrap("shapes", "  ".join(f"{n} {shape_str(s)}" for n, s, _d in f.operands), "  ")
     lines.append(f"  {'error':<7} {f.error}")
     for i, d in enumerate(f.dims):
-        sources = "; ".join(m.describe() for m in d.fields) or "no config value or input dim " \
-            "equals it (a value computed at run time)"
+        sources = (
+            "; ".join(m.describe() for m in d.fields)
+            or "no config value or input dim equals it (a value computed at run time)"
+        )
         lines += _wrap("dims" if i == 0 else "", f"{d.dim} <- {sources}", "; ")
     return lines
 
@@ -91,21 +103,28 @@ def _summary(report: ForwardReport) -> str:
     text = "forward " + "; ".join(parts)
     if report.ranges:
         n = len(report.ranges)
-        text += (f"; {n} input{'s' if n > 1 else ''} past the rows "
-                 f"{'they index' if n > 1 else 'it indexes'}")
+        text += (
+            f"; {n} input{'s' if n > 1 else ''} past the rows "
+            f"{'they index' if n > 1 else 'it indexes'}"
+        )
     return f"Summary: {text}."
 
 
 def render_text(report: ForwardReport) -> str:
     """The report for a terminal."""
     modes = sorted({r.mode for r in report.runs}, key=list(_MODES).index)
-    lines = [f"Forward pass of {report.target}",
-             f"Inputs: {', '.join(report.inputs)} (B: dim 0, the batch)"]
+    lines = [
+        f"Forward pass of {report.target}",
+        f"Inputs: {', '.join(report.inputs)} (B: dim 0, the batch)",
+    ]
     for m in modes:
         lines += _head("Mode:", _MODES[m])
     if report.shrunk:
-        lines += _head("Shrunk:", ", ".join(f"{k} {a} -> {b}" for k, a, b in report.shrunk)
-                       + " (structure kept: context lengths, image and patch sizes, heads)")
+        lines += _head(
+            "Shrunk:",
+            ", ".join(f"{k} {a} -> {b}" for k, a, b in report.shrunk)
+            + " (structure kept: context lengths, image and patch sizes, heads)",
+        )
     notes = {r.note for r in report.runs}
     shared = len(notes) == 1 and None not in notes and len(report.runs) > 1
     if shared:
@@ -120,9 +139,14 @@ def render_text(report: ForwardReport) -> str:
             if r.fields:
                 lines += _wrap("", "; ".join(m.describe() for m in r.fields))
     elif report.ranges_checked and not any("not checked" in n for n in report.notes):
-        lines += ["", "Index ranges: ok ("
-                  + "; ".join(f"{i} < {lim} ({k} {m or 'the model'})"
-                              for i, k, m, lim in report.ranges_checked) + ")"]
+        lines += [
+            "",
+            "Index ranges: ok ("
+            + "; ".join(
+                f"{i} < {lim} ({k} {m or 'the model'})" for i, k, m, lim in report.ranges_checked
+            )
+            + ")",
+        ]
     if report.notes:
         lines.append("")
         lines += [f"Note: {n}." for n in report.notes]

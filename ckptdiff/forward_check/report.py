@@ -125,11 +125,15 @@ class RangeFinding:
         """One line, for people."""
         scores = f" (scores from {self.producer})" if self.producer else ""
         where = self.module or "the model"
-        table = {"embedding": f"the {self.limit} rows of {where}",
-                 "loss": f"the {self.limit} classes of the loss in {where}{scores}",
-                 "logits": f"the {self.limit} classes of the logits from {where}"}
-        return (f"{self.input} values reach {self.max_value} (min {self.min_value}; "
-                f"{self.out_of_range} out of range) past {table[self.kind]}")
+        table = {
+            "embedding": f"the {self.limit} rows of {where}",
+            "loss": f"the {self.limit} classes of the loss in {where}{scores}",
+            "logits": f"the {self.limit} classes of the logits from {where}",
+        }
+        return (
+            f"{self.input} values reach {self.max_value} (min {self.min_value}; "
+            f"{self.out_of_range} out of range) past {table[self.kind]}"
+        )
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,10 @@ def _fake_state(model: nn.Module, mode: Any) -> dict[str, torch.Tensor]:
 
     made: dict[int, torch.Tensor] = {}
     state: dict[str, torch.Tensor] = {}
-    named = [*model.named_parameters(remove_duplicate=False),
-             *model.named_buffers(remove_duplicate=False)]
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
     for name, t in named:
         if t is None:
             continue
@@ -87,7 +89,8 @@ def _fake_state(model: nn.Module, mode: Any) -> dict[str, torch.Tensor]:
                 made[id(t)] = t
             elif t.device.type == "meta":
                 made[id(t)] = mode.fake_tensor_converter.from_meta_and_device(
-                    mode, t, torch.device("cpu"))
+                    mode, t, torch.device("cpu")
+                )
             else:
                 made[id(t)] = mode.from_tensor(t)
         state[name] = made[id(t)]
@@ -135,16 +138,24 @@ def _fake_logs_off() -> Iterator[None]:
 
 
 def run_data(
-    model: nn.Module, specs: Sequence[InputSpec], batch_size: int | None,
-    limits: Mapping[str, int], pad_id: int,
+    model: nn.Module,
+    specs: Sequence[InputSpec],
+    batch_size: int | None,
+    limits: Mapping[str, int],
+    pad_id: int,
 ) -> Outcome:
     """One forward pass on real CPU tensors (values synthesized where not known)."""
     inputs = synthesize(specs, batch_size, limits, real=True, pad_id=pad_id)
     return _traced(model, lambda: model(**inputs), inputs, batch_size)
 
 
-def _traced(model: nn.Module, call: Any, inputs: Mapping[str, torch.Tensor],
-            batch_size: int | None, bounds: Bounds | None = None) -> Outcome:
+def _traced(
+    model: nn.Module,
+    call: Any,
+    inputs: Mapping[str, torch.Tensor],
+    batch_size: int | None,
+    bounds: Bounds | None = None,
+) -> Outcome:
     origins = {id(t): name for name, t in inputs.items() if not t.is_floating_point()}
     was_training = model.training
     model.eval()
@@ -167,8 +178,9 @@ def _traced(model: nn.Module, call: Any, inputs: Mapping[str, torch.Tensor],
         )
     finally:
         model.train(was_training)
-    return Outcome(ok=True, uses=list(tracer.uses), logits=_logits(output, tracer),
-                   batch_size=batch_size)
+    return Outcome(
+        ok=True, uses=list(tracer.uses), logits=_logits(output, tracer), batch_size=batch_size
+    )
 
 
 def _quiet() -> Any:
@@ -187,8 +199,11 @@ def _meta_value_error(e: BaseException) -> bool:
     """Errors of code that needs values fake tensors do not have (``.numpy()``, data pointers)."""
     text = str(e)
     return ("meta tensors" in text and ("item()" in text or "data-dependent" in text)) or (
-        "data pointer" in text or "FakeTensor" in text or "fake tensor" in text.lower()
-        or "not supported for tensor subclasses" in text)
+        "data pointer" in text
+        or "FakeTensor" in text
+        or "fake tensor" in text.lower()
+        or "not supported for tensor subclasses" in text
+    )
 
 
 def _error_text(e: BaseException) -> str:

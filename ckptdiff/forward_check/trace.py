@@ -171,7 +171,10 @@ class Tracer(TorchFunctionMode):
     # --- ops ---------------------------------------------------------------------------------
 
     def __torch_function__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (),
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
         kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
         kwargs = dict(kwargs or {})
@@ -229,8 +232,11 @@ class Tracer(TorchFunctionMode):
             if origin and isinstance(scores, torch.Tensor) and scores.dim() >= 1:
                 classes = int(scores.shape[1] if scores.dim() >= 2 else scores.shape[0])
                 ignore = kwargs.get("ignore_index", -100)
-                self.uses.append(IndexUse(origin, "loss", classes, self.module, int(ignore),
-                                          self._producer(scores)))
+                self.uses.append(
+                    IndexUse(
+                        origin, "loss", classes, self.module, int(ignore), self._producer(scores)
+                    )
+                )
 
     def _follow(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         """A slice, reshape or mask carries its operand's name (ids) and producer (scores)."""
@@ -308,6 +314,7 @@ def _operands(
         elif isinstance(value, (list, tuple)):
             for j, item in enumerate(value):
                 if isinstance(item, torch.Tensor):
-                    out.append((f"{label}[{j}]", shape_of(item),
-                                str(item.dtype).removeprefix("torch.")))
+                    out.append(
+                        (f"{label}[{j}]", shape_of(item), str(item.dtype).removeprefix("torch."))
+                    )
     return tuple(out[:12])

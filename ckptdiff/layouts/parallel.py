@@ -29,16 +29,20 @@ __all__ = [
     "split_dims",
 ]
 
-_NORM = re.compile(r"(?:^|[._])(?:norm|ln|layernorm|layer_norm|rms_norm|ln_f|ln_\d)(?:[._]|$)",
-                   re.IGNORECASE)  # fmt: skip
+_NORM = re.compile(
+    r"(?:^|[._])(?:norm|ln|layernorm|layer_norm|rms_norm|ln_f|ln_\d)(?:[._]|$)", re.IGNORECASE
+)
 
 
 def hidden_width(specs: Mapping[str, TensorSpec], hint: int | None = None) -> int | None:
     """The model's hidden width: ``hint`` when given, else the most common norm-weight length."""
     if hint:
         return hint
-    lengths = Counter(t.shape[0] for k, t in specs.items() if len(t.shape) == 1 and _NORM.search(k)
-                      and k.endswith("weight"))  # fmt: skip
+    lengths = Counter(
+        t.shape[0]
+        for k, t in specs.items()
+        if len(t.shape) == 1 and _NORM.search(k) and k.endswith("weight")
+    )
     if not lengths:
         lengths = Counter(t.shape[0] for t in specs.values() if len(t.shape) == 1)
     return lengths.most_common(1)[0][0] if lengths else None

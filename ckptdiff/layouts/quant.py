@@ -40,8 +40,14 @@ __all__ = ["QuantInfo", "detect_quantization", "logical_view"]
 
 _GPTQ_SIDE = ("qzeros", "scales", "g_idx")
 _BNB4_SIDE = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
-_FP8_SIDE = ("weight_scale_inv", "weight_scale", "input_scale", "output_scale", "k_scale",
-             "v_scale")  # fmt: skip
+_FP8_SIDE = (
+    "weight_scale_inv",
+    "weight_scale",
+    "input_scale",
+    "output_scale",
+    "k_scale",
+    "v_scale",
+)
 
 
 @dataclass
@@ -123,14 +129,18 @@ def detect_quantization(m: Manifest, config: Mapping[str, Any] | None = None) ->
 
     if ends(".qweight"):
         return _gptq_awq(t, cfg)
-    if ".quant_state.bitsandbytes__" in joined and any(
-            ".quant_state.bitsandbytes__" in k for k in t) or ends(".absmax") and any(
-            k.endswith(".absmax") and _parent(k, "absmax") in t for k in t):  # fmt: skip
+    if (
+        ".quant_state.bitsandbytes__" in joined
+        and any(".quant_state.bitsandbytes__" in k for k in t)
+        or ends(".absmax")
+        and any(k.endswith(".absmax") and _parent(k, "absmax") in t for k in t)
+    ):
         return _bnb4(t)
     if ends(".SCB"):
         return _simple(t, "bnb-8bit", ("SCB", "weight_format"))
     if ends(".weight_scale_inv", ".weight_scale") and any(
-            v.dtype.startswith("float8") for v in t.values()):  # fmt: skip
+        v.dtype.startswith("float8") for v in t.values()
+    ):
         return _simple(t, "fp8", _FP8_SIDE)
     if ends(".biases") and ends(".scales"):
         return _mlx(t, cfg)
@@ -174,8 +184,11 @@ def _gptq_awq(t: Mapping[str, TensorSpec], cfg: dict[str, Any]) -> QuantInfo:
         info.side += [parent + "." + s for s in _GPTQ_SIDE if parent + "." + s in t]
     info.scheme = schemes.most_common(1)[0][0] if schemes else "gptq"
     info.bits = bits_seen.most_common(1)[0][0] if bits_seen else None
-    info.group_size = int(cfg["group_size"]) if "group_size" in cfg else (
-        groups.most_common(1)[0][0] if groups else None)  # fmt: skip
+    info.group_size = (
+        int(cfg["group_size"])
+        if "group_size" in cfg
+        else (groups.most_common(1)[0][0] if groups else None)
+    )
     return _rest(t, info)
 
 

@@ -235,7 +235,7 @@ def _with_prefix_of(key: str, renamed: str, prefix: str | None) -> str:
     if renamed.startswith(dot) and not key.startswith(dot):
         return dot + key
     if key.startswith(dot) and not renamed.startswith(dot):
-        return key[len(dot):]
+        return key[len(dot) :]
     return key
 
 
@@ -273,7 +273,7 @@ def _failure_findings(failed: list[tuple[str, list[str], str]]) -> list[Finding]
             f"({_listing(targets)}), so their shapes were not compared; the "
             f"{len(keys)} checkpoint tensor{'' if len(keys) == 1 else 's'} behind them "
             "are left out of this check.",
-            keys[:_MAX_LISTED * 4],
+            keys[: _MAX_LISTED * 4],
             "warning",
             {"parameters": targets, "checkpoint_tensors": len(keys)},
         )
@@ -301,10 +301,14 @@ def _broken_findings(broken: list[tuple[str, list[str], str, str]]) -> list[Find
                 f"conversion ({ops}) fails on the {len(sources)} tensor"
                 f"{'' if len(sources) == 1 else 's'} it takes ({_listing(sources)}): {error}. "
                 "from_pretrained reports it missing and leaves it at its initial values.",
-                tuple(sources[:_MAX_LISTED * 4]),
+                tuple(sources[: _MAX_LISTED * 4]),
                 "error",
-                {"parameter": first, "operations": ops, "error": error,
-                 "checkpoint_tensors": list(sources)},
+                {
+                    "parameter": first,
+                    "operations": ops,
+                    "error": error,
+                    "checkpoint_tensors": list(sources),
+                },
             )
         )
     return out
@@ -320,25 +324,35 @@ def _summary_finding(plan: _Plan, seconds: float) -> Finding:
     parts = []
     if renamed:
         old, new = renamed[0]
-        parts.append(f"renames {len(renamed)} key{'' if len(renamed) == 1 else 's'} ({old} -> {new}"
-                     + (", ..." if len(renamed) > 1 else "") + ")")
+        parts.append(
+            f"renames {len(renamed)} key{'' if len(renamed) == 1 else 's'} ({old} -> {new}"
+            + (", ..." if len(renamed) > 1 else "")
+            + ")"
+        )
     if plan.groups:
         n_sources = sum(len(v) for v in plan.group_sources.values())
         first = next(iter(plan.groups))
         ops = _op_names(plan.groups[first])
-        parts.append(f"converts {n_sources} tensor{'' if n_sources == 1 else 's'} into "
-                     f"{len(plan.groups)} parameter{'' if len(plan.groups) == 1 else 's'} "
-                     f"({ops}: {plan.group_sources[first][0]}"
-                     + (", ..." if n_sources > 1 else "") + f" -> {first})")
+        parts.append(
+            f"converts {n_sources} tensor{'' if n_sources == 1 else 's'} into "
+            f"{len(plan.groups)} parameter{'' if len(plan.groups) == 1 else 's'} "
+            f"({ops}: {plan.group_sources[first][0]}"
+            + (", ..." if n_sources > 1 else "")
+            + f" -> {first})"
+        )
     unplaced = [k for k in plan.unplaced if k in plan.renamed]
     if unplaced:
-        parts.append(f"maps {len(unplaced)} key{'' if len(unplaced) == 1 else 's'} to names the "
-                     f"model does not have ({unplaced[0]} -> {plan.renamed[unplaced[0]]}"
-                     + (", ..." if len(unplaced) > 1 else "") + ")")
+        parts.append(
+            f"maps {len(unplaced)} key{'' if len(unplaced) == 1 else 's'} to names the "
+            f"model does not have ({unplaced[0]} -> {plan.renamed[unplaced[0]]}"
+            + (", ..." if len(unplaced) > 1 else "")
+            + ")"
+        )
     return Finding(
         "loader_conversion",
         f"Compared as transformers loads it: the conversion mapping of {plan.loader_name} "
-        + "; ".join(parts) + ". Keys below are the names the model receives; checkpoint keys "
+        + "; ".join(parts)
+        + ". Keys below are the names the model receives; checkpoint keys "
         "the model has no place for keep their own names.",
         (),
         "info",
@@ -371,7 +385,9 @@ def converted_mismatch_findings(
             "loaded_from",
             f"{len(rows)} mismatched parameter{'' if len(rows) == 1 else 's'} come from "
             f"checkpoint keys under other names (loaded name <- checkpoint key): "
-            + "; ".join(lines) + more + ".",
+            + "; ".join(lines)
+            + more
+            + ".",
             tuple(m.key for m, _ in rows),
             "info",
             {"loaded_from": {m.key: list(s) for m, s in rows}},

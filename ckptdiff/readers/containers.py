@@ -239,10 +239,13 @@ def _resolve(root: Any, path: str) -> tuple[Any, str, Any] | None:
             if isinstance(modules, dict):
                 children.update((k, v) for k, v in modules.items() if type(k) is str)
         match = next(
-            (k for k in sorted(children, key=len, reverse=True)
-             if rest == k or rest.startswith(k + ".")),
+            (
+                k
+                for k in sorted(children, key=len, reverse=True)
+                if rest == k or rest.startswith(k + ".")
+            ),
             None,
-        )  # fmt: skip
+        )
         if match is None:
             return None
         parent, key, obj = obj, match, children[match]
@@ -375,7 +378,9 @@ def _sizes(candidates: list[tuple[str, Any, Any, str]]) -> dict[str, dict[str, i
 
 
 def _container_finding(
-    path: str, paths: list[str], sizes: dict[str, dict[str, int]] | None = None,
+    path: str,
+    paths: list[str],
+    sizes: dict[str, dict[str, int]] | None = None,
     explicit: bool = False,
 ) -> Finding:
     sizes = sizes or {}
@@ -385,11 +390,18 @@ def _container_finding(
         s = sizes.get(p)
         return f"{s['tensors']} tensors, {s['parameters']:,} parameters" if s else ""
 
-    listed = ", ".join(f"{p} ({size(p)}; --select {p})" if p in sizes else f"{p} (--select {p})"
-                       for p in others)
-    why = "as --select asked" if explicit else (
-        "EMA weights first, as timm loads them" if path.rsplit(".", 1)[-1] in EMA_NAMES
-        else "the usual name")  # fmt: skip
+    listed = ", ".join(
+        f"{p} ({size(p)}; --select {p})" if p in sizes else f"{p} (--select {p})" for p in others
+    )
+    why = (
+        "as --select asked"
+        if explicit
+        else (
+            "EMA weights first, as timm loads them"
+            if path.rsplit(".", 1)[-1] in EMA_NAMES
+            else "the usual name"
+        )
+    )
     held = f" ({size(path)})" if path in sizes else ""
     return Finding(
         kind="container",

@@ -52,20 +52,48 @@ _OLD_META = "torch.distributed._shard.sharded_tensor.metadata"
 DCP_GLOBALS: Mapping[tuple[str, str], type[Opaque]] = {
     (module, name): placeholder(module, name)
     for module, name in (
-        *((_META, n) for n in ("Metadata", "TensorStorageMetadata", "ChunkStorageMetadata",
-                               "BytesStorageMetadata", "TensorProperties", "MetadataIndex",
-                               "StorageMeta", "_MEM_FORMAT_ENCODING")),
+        *(
+            (_META, n)
+            for n in (
+                "Metadata",
+                "TensorStorageMetadata",
+                "ChunkStorageMetadata",
+                "BytesStorageMetadata",
+                "TensorProperties",
+                "MetadataIndex",
+                "StorageMeta",
+                "_MEM_FORMAT_ENCODING",
+            )
+        ),
         *((_OLD_META, n) for n in ("TensorProperties", "MEM_FORMAT_ENCODING")),
         ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
         ("torch.distributed.checkpoint.filesystem", "_StoragePrefix"),
     )
-}  # fmt: skip
+}
 
 #: First key components of the optimizer part, and of other non-model training state.
-OPTIMIZER_ROOTS = ("optim", "optimizer", "optimizers", "optimizer_state", "optim_state",
-                   "state", "param_groups")  # fmt: skip
-OTHER_ROOTS = ("lr_scheduler", "lr_schedulers", "scheduler", "dataloader", "train_state",
-               "trainer_state", "rng_state", "rng", "extra_state", "step", "epoch")  # fmt: skip
+OPTIMIZER_ROOTS = (
+    "optim",
+    "optimizer",
+    "optimizers",
+    "optimizer_state",
+    "optim_state",
+    "state",
+    "param_groups",
+)
+OTHER_ROOTS = (
+    "lr_scheduler",
+    "lr_schedulers",
+    "scheduler",
+    "dataloader",
+    "train_state",
+    "trainer_state",
+    "rng_state",
+    "rng",
+    "extra_state",
+    "step",
+    "epoch",
+)
 #: First key components under which a checkpoint puts the model part.
 MODEL_ROOTS = ("model", "module", "model_state", "state_dict")
 
@@ -127,8 +155,11 @@ def _shape(value: Any, what: str, name: str) -> tuple[int, ...]:
 
 def _dtype_of(properties: Any, fqn: str, name: str) -> str:
     state = _state(properties, f"the properties of '{fqn}'", name)
-    dtype = state[0] if isinstance(state, tuple) and state else (
-        state.get("dtype") if isinstance(state, dict) else None)  # fmt: skip
+    dtype = (
+        state[0]
+        if isinstance(state, tuple) and state
+        else (state.get("dtype") if isinstance(state, dict) else None)
+    )
     if not isinstance(dtype, DType):
         raise _bad(name, f"'{fqn}' has no torch dtype")
     return dtype.name
@@ -144,8 +175,9 @@ def parse_dcp_metadata(data: bytes, name: str) -> DcpMetadata:
     Raises:
         ReadError: not a pickle, or not the structure DCP writes.
     """
-    unpickled = unpickle(data, name, context=METADATA_FILE, storage_form="none",
-                         extra_globals=DCP_GLOBALS)  # fmt: skip
+    unpickled = unpickle(
+        data, name, context=METADATA_FILE, storage_form="none", extra_globals=DCP_GLOBALS
+    )
     state = _state(unpickled.root, "the pickle's root", name)
     if not isinstance(state, dict) or not isinstance(state.get("state_dict_metadata"), dict):
         raise _bad(name, "the root has no state_dict_metadata")
@@ -433,8 +465,9 @@ def distcp_blobs(folder: str, file: str, source: str) -> list[tuple[int, int]]:
     """
     with open(os.path.join(folder, METADATA_FILE), "rb") as f:
         data = f.read(_unpickler.MAX_PICKLE_SIZE + 1)
-    unpickled = unpickle(data, source, context=METADATA_FILE, storage_form="none",
-                         extra_globals=DCP_GLOBALS)  # fmt: skip
+    unpickled = unpickle(
+        data, source, context=METADATA_FILE, storage_form="none", extra_globals=DCP_GLOBALS
+    )
     unsafe = [f for f in unpickled.findings if f.severity == "security"]
     if unsafe:
         raise UnsafeCheckpointError(
@@ -461,6 +494,7 @@ def blob_findings(f: Any, offset: int, length: int, name: str) -> list[Finding]:
     Raises:
         ReadError: the blob is not a torch archive.
     """
+
     def read(start: int, size: int) -> bytes:
         f.seek(offset + start)
         return bytes(f.read(max(0, min(size, length - start))))

@@ -44,9 +44,7 @@ __all__ = [
 ]
 
 #: ``[zero_pp_rank_D_]mp_rank_XX_model_states.pt``
-MODEL_STATES = re.compile(
-    r"^(?:zero_pp_rank_([0-9]{1,9})_)?mp_rank_([0-9]{1,9})_model_states\.pt$"
-)
+MODEL_STATES = re.compile(r"^(?:zero_pp_rank_([0-9]{1,9})_)?mp_rank_([0-9]{1,9})_model_states\.pt$")
 #: ``[bf16_]zero_pp_rank_D_mp_rank_XX_optim_states.pt``
 OPTIM_STATES = re.compile(
     r"^(?:bf16_)?zero_pp_rank_([0-9]{1,9})_mp_rank_([0-9]{1,9})_optim_states\.pt$"
@@ -159,8 +157,12 @@ def read_model_states(path: str, source: str, *, select: str | None = None) -> D
     name = os.path.basename(path)
     unpickled = unpickle_torch_zip(path, source)
     root = unpickled.root
-    selection = select_state_dict(root, name, select=select or ("module" if isinstance(
-        root, dict) and isinstance(root.get("module"), dict) else None))  # fmt: skip
+    selection = select_state_dict(
+        root,
+        name,
+        select=select
+        or ("module" if isinstance(root, dict) and isinstance(root.get("module"), dict) else None),
+    )
     states = DeepSpeedStates(
         tensors=specs_from_tensors(selection.tensors, name),
         findings=[*unpickled.findings, *selection.findings],
@@ -386,8 +388,9 @@ def read_deepspeed(path: str, source: str, *, select: str | None = None) -> Mani
         states[0].param_shapes = _param_shapes_from_optim(folder, optim, source)
     files = tuple(os.path.join(folder, n) for n in ranks)
     manifest = _manifest(states[0], source, files, (len(model), len(optim), len(ranks)))
-    manifest = _with_skipped_findings(manifest, folder, [n for n in (*model, *optim)
-                                                         if n not in ranks], source)
+    manifest = _with_skipped_findings(
+        manifest, folder, [n for n in (*model, *optim) if n not in ranks], source
+    )
     if len(ranks) == 1:
         return manifest
     others = [

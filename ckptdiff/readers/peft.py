@@ -37,10 +37,24 @@ ADAPTER_PREFIX = "base_model.model."
 MAX_CONFIG_SIZE = 1 << 20
 #: Parameter names of adapter layers, per PEFT method.
 ADAPTER_PARAMS = (
-    "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
-    "ia3_l", "oft_r", "boft_R", "boft_s", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
-    "lokr_w1", "lokr_w2", "vera_lambda_b", "vera_lambda_d",
-)  # fmt: skip
+    "lora_A",
+    "lora_B",
+    "lora_embedding_A",
+    "lora_embedding_B",
+    "lora_magnitude_vector",
+    "ia3_l",
+    "oft_r",
+    "boft_R",
+    "boft_s",
+    "hada_w1_a",
+    "hada_w1_b",
+    "hada_w2_a",
+    "hada_w2_b",
+    "lokr_w1",
+    "lokr_w2",
+    "vera_lambda_b",
+    "vera_lambda_d",
+)
 _KEY = re.compile(
     r"^(?P<module>.+?)\.(?P<param>" + "|".join(ADAPTER_PARAMS) + r")"
     r"(?:\.(?P<name>(?!weight$|bias$)[^.]+))?(?:\.(?P<leaf>weight|bias))?$"
@@ -132,10 +146,26 @@ def looks_like_adapter(m: Manifest) -> bool:
     return parsed * 2 >= len(keys) or (parsed > 0 and prefixed)
 
 
-_CONFIG_FIELDS = ("peft_type", "r", "lora_alpha", "target_modules", "exclude_modules",
-                  "modules_to_save", "base_model_name_or_path", "fan_in_fan_out", "use_dora",
-                  "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern",
-                  "lora_bias", "bias", "task_type", "peft_version", "auto_mapping")  # fmt: skip
+_CONFIG_FIELDS = (
+    "peft_type",
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "exclude_modules",
+    "modules_to_save",
+    "base_model_name_or_path",
+    "fan_in_fan_out",
+    "use_dora",
+    "rank_pattern",
+    "alpha_pattern",
+    "layers_to_transform",
+    "layers_pattern",
+    "lora_bias",
+    "bias",
+    "task_type",
+    "peft_version",
+    "auto_mapping",
+)
 
 
 #: the end of the layout finding's message; ``check`` against a base drops it
@@ -165,8 +195,9 @@ def annotate_adapter(m: Manifest, config: Mapping[str, Any] | None) -> Manifest:
             continue
         lora += 1
         modules[parsed.module.rsplit(".", 1)[-1]] += 1
-    ranks = Counter(t.shape[0] for k, t in m.tensors.items()
-                    if ".lora_A." in k + "." and len(t.shape) >= 1)  # fmt: skip
+    ranks = Counter(
+        t.shape[0] for k, t in m.tensors.items() if ".lora_A." in k + "." and len(t.shape) >= 1
+    )
     r = cfg.get("r")
     rank_txt = (
         f"r={r}"

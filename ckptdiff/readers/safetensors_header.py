@@ -224,9 +224,12 @@ def _parse_in_bulk(
     if min(begins) < 0 or max(ends) > MAX_DIM or any(map(gt, begins, ends)):
         return None
     numels = list(map(prod, shapes))
-    if max(numels) > MAX_DIM or (0 in numels and any(
-        prod(d or 1 for d in s) > MAX_DIM for s, n in zip(shapes, numels, strict=True) if not n
-    )):  # elements or strides beyond int64: the checks one by one name it
+    if max(numels) > MAX_DIM or (
+        0 in numels
+        and any(
+            prod(d or 1 for d in s) > MAX_DIM for s, n in zip(shapes, numels, strict=True) if not n
+        )
+    ):  # elements or strides beyond int64: the checks one by one name it
         return None
     if set(dtypes) <= _BYTES.keys():  # whole bytes an element: no rounding
         nbytes = list(map(mul, numels, map(_BYTES.__getitem__, dtypes)))
@@ -322,8 +325,12 @@ def _tensor(name: str, key: str, info: Any) -> tuple[TensorSpec, int, int]:
         numel *= d
         span *= d or 1  # torch's strides: products of the dims, empty ones counted as 1
     if span > MAX_DIM:
-        raise _fail(name, ctx, f"shape {_short(shape)} counts more than 2**63 - 1 elements "
-                               "(or strides), which torch refuses")
+        raise _fail(
+            name,
+            ctx,
+            f"shape {_short(shape)} counts more than 2**63 - 1 elements "
+            "(or strides), which torch refuses",
+        )
     nbits = numel * bits
     expected = (nbits + 7) // 8
     begin, end = offsets

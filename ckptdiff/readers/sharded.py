@@ -248,39 +248,61 @@ def index_manifest(
     if missing_files:
         lost = [k for k, v in weight_map.items() if v in missing_set]
         shown = ", ".join(missing_files[:5]) + (", ..." if len(missing_files) > 5 else "")
-        findings.append(Finding(
-            "shard_missing",
-            f"{len(missing_files)} shard file(s) named by the index are not in the folder: "
-            f"{shown} ({len(lost)} tensors cannot be read).",
-            tuple(missing_files), "error", {"tensors": len(lost)}))
+        findings.append(
+            Finding(
+                "shard_missing",
+                f"{len(missing_files)} shard file(s) named by the index are not in the folder: "
+                f"{shown} ({len(lost)} tensors cannot be read).",
+                tuple(missing_files),
+                "error",
+                {"tensors": len(lost)},
+            )
+        )
     absent = [k for k, v in weight_map.items() if v not in missing_set and k not in where]
     if absent:
-        findings.append(Finding(
-            "index_key_absent",
-            f"{len(absent)} key(s) the index lists are in none of the shards, e.g. '{absent[0]}'.",
-            tuple(absent), "error"))
+        findings.append(
+            Finding(
+                "index_key_absent",
+                f"{len(absent)} key(s) the index lists are in none of the shards, "
+                f"e.g. '{absent[0]}'.",
+                tuple(absent),
+                "error",
+            )
+        )
     misplaced = [k for k, v in weight_map.items() if k in where and v not in where[k]]
     if misplaced:
-        findings.append(Finding(
-            "index_key_misplaced",
-            f"{len(misplaced)} key(s) are in another shard than the index says, e.g. "
-            f"'{misplaced[0]}' (index: {weight_map[misplaced[0]]}, found in "
-            f"{', '.join(where[misplaced[0]])}).",
-            tuple(misplaced), "error"))
+        findings.append(
+            Finding(
+                "index_key_misplaced",
+                f"{len(misplaced)} key(s) are in another shard than the index says, e.g. "
+                f"'{misplaced[0]}' (index: {weight_map[misplaced[0]]}, found in "
+                f"{', '.join(where[misplaced[0]])}).",
+                tuple(misplaced),
+                "error",
+            )
+        )
     unlisted = [k for k in where if k not in weight_map]
     if unlisted:
-        findings.append(Finding(
-            "index_key_unlisted",
-            f"{len(unlisted)} key(s) are in shards but not in the index, e.g. '{unlisted[0]}' "
-            f"(in {where[unlisted[0]][0]}).",
-            tuple(unlisted), "warning"))
+        findings.append(
+            Finding(
+                "index_key_unlisted",
+                f"{len(unlisted)} key(s) are in shards but not in the index, e.g. '{unlisted[0]}' "
+                f"(in {where[unlisted[0]][0]}).",
+                tuple(unlisted),
+                "warning",
+            )
+        )
     doubled = [k for k, v in where.items() if len(v) > 1]
     if doubled:
-        findings.append(Finding(
-            "duplicate_key",
-            f"{len(doubled)} key(s) are in more than one shard, e.g. '{doubled[0]}' in "
-            f"{', '.join(where[doubled[0]])}.",
-            tuple(doubled), "error"))
+        findings.append(
+            Finding(
+                "duplicate_key",
+                f"{len(doubled)} key(s) are in more than one shard, e.g. '{doubled[0]}' in "
+                f"{', '.join(where[doubled[0]])}.",
+                tuple(doubled),
+                "error",
+            )
+        )
 
     # index order first, then unlisted keys in shard order
     tensors: dict[str, TensorSpec] = {}
@@ -293,14 +315,25 @@ def index_manifest(
     total = index_meta.get("total_size")
     stored = sum(s.nbytes or 0 for s in tensors.values())
     if isinstance(total, float) and not math.isfinite(total):
-        findings.append(Finding(
-            "total_size", f"the index says total_size {total}, not a number of bytes.",
-            (), "warning", {"index_total_size": str(total), "tensor_bytes": stored}))
+        findings.append(
+            Finding(
+                "total_size",
+                f"the index says total_size {total}, not a number of bytes.",
+                (),
+                "warning",
+                {"index_total_size": str(total), "tensor_bytes": stored},
+            )
+        )
     elif isinstance(total, (int, float)) and not missing_files and int(total) != stored:
-        findings.append(Finding(
-            "total_size",
-            f"the index says total_size {int(total):,} bytes but its tensors take {stored:,}.",
-            (), "warning", {"index_total_size": int(total), "tensor_bytes": stored}))
+        findings.append(
+            Finding(
+                "total_size",
+                f"the index says total_size {int(total):,} bytes but its tensors take {stored:,}.",
+                (),
+                "warning",
+                {"index_total_size": int(total), "tensor_bytes": stored},
+            )
+        )
 
     kinds = {os.path.splitext(s)[1] for s in shards}
     fmt = "safetensors-sharded" if kinds == {".safetensors"} else "torch-sharded"

@@ -213,15 +213,22 @@ def zip_slip_findings(names: Iterable[str]) -> list[Finding]:
     out = []
     for member in names:
         parts = member.replace("\\", "/").split("/")
-        if member.startswith(("/", "\\")) or ".." in parts or (len(member) > 1
-                                                                 and member[1] == ":"):
-            out.append(Finding(
-                kind="zip_slip",
-                message=(f"the zip holds a member named {member!r}, which leaves the folder it "
-                         "is extracted into; torch never writes such names"),
-                keys=(member,),
-                severity="security",
-            ))
+        if (
+            member.startswith(("/", "\\"))
+            or ".." in parts
+            or (len(member) > 1 and member[1] == ":")
+        ):
+            out.append(
+                Finding(
+                    kind="zip_slip",
+                    message=(
+                        f"the zip holds a member named {member!r}, which leaves the folder it "
+                        "is extracted into; torch never writes such names"
+                    ),
+                    keys=(member,),
+                    severity="security",
+                )
+            )
             if len(out) >= 20:
                 break
     return out
@@ -374,6 +381,7 @@ def unpickle_torch_zip(path: str, source: str) -> Unpickled:
     with LocalFile.open(path, name) as src:
         entries, prefix, data, _ = _read_data_pkl(src)
     unpickled = unpickle(data, name, context=f"{prefix}data.pkl", storage_form="zip")
-    check_storage_records(unpickled.storages, {e.name: e.size for e in entries.values()},
-                          prefix, name)
+    check_storage_records(
+        unpickled.storages, {e.name: e.size for e in entries.values()}, prefix, name
+    )
     return unpickled

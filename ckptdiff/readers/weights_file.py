@@ -40,9 +40,14 @@ def read_file(
         raise _unsupported(f"'{source}'", kind)
     with LocalFile.open(path, display_name(path, source)) as src:
         return read_source(
-            src, kind, source=source, where=f"'{source}'", select=select, shard=shard,
+            src,
+            kind,
+            source=source,
+            where=f"'{source}'",
+            select=select,
+            shard=shard,
             file=posixpath.basename(shard) if shard else os.path.basename(path),
-        )  # fmt: skip
+        )
 
 
 def read_source(
@@ -137,9 +142,13 @@ def _scan_embedded_pickles(path: str, kind: str, source: str) -> None:
     else:
         with open(path, "rb") as f:
             head = f.read(10)
-            length = int.from_bytes(head[8:10], "little") if head[6:7] == b"\x01" else (
-                int.from_bytes(f.read(2), "little") << 16 | int.from_bytes(head[8:10], "little")
-            )  # fmt: skip
+            length = (
+                int.from_bytes(head[8:10], "little")
+                if head[6:7] == b"\x01"
+                else (
+                    int.from_bytes(f.read(2), "little") << 16 | int.from_bytes(head[8:10], "little")
+                )
+            )
             f.seek(10 + length if head[6:7] == b"\x01" else 12 + length)
             blobs.append(("array", f.read(_MAX_EMBEDDED_PICKLE)))
     for context, data in blobs:

@@ -274,7 +274,6 @@ def decode_entry(raw: bytes, entry: ZipEntry, name: str) -> bytes:
     return data
 
 
-
 # --- reading over a byte source -----------------------------------------------------------------
 
 
@@ -362,8 +361,10 @@ def read_entries(
     if not src.batch_reads:
         return {entry.name: read_entry(src, entry, name) for entry in wanted}
     ordered = sorted(directory.values(), key=lambda e: e.offset)
-    ends = {e.name: (ordered[i + 1].offset if i + 1 < len(ordered) else directory_offset)
-            for i, e in enumerate(ordered)}  # fmt: skip
+    ends = {
+        e.name: (ordered[i + 1].offset if i + 1 < len(ordered) else directory_offset)
+        for i, e in enumerate(ordered)
+    }
     position = {e.name: i for i, e in enumerate(ordered)}
     groups: list[list[ZipEntry]] = []
     for entry in sorted(wanted, key=lambda e: e.offset):

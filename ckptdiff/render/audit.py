@@ -24,11 +24,17 @@ def transfer_line(result: AuditResult) -> str:
         return f"local files, {result.seconds:.2f} s"
     t = result.transfer
     requests, nbytes = t.get("requests", 0), t.get("bytes", 0)
-    share = (f" ({percent(nbytes, result.weight_bytes)} of {human_bytes(result.weight_bytes)}"
-             " of weights)" if result.weight_bytes else "")
+    share = (
+        f" ({percent(nbytes, result.weight_bytes)} of {human_bytes(result.weight_bytes)}"
+        " of weights)"
+        if result.weight_bytes
+        else ""
+    )
     cached = f", {t['cached_files']} file(s) from the cache" if t.get("cached_files") else ""
-    return (f"{requests} request{'' if requests == 1 else 's'}, {human_bytes(nbytes)}{share}"
-            f"{cached}, {result.seconds:.2f} s")
+    return (
+        f"{requests} request{'' if requests == 1 else 's'}, {human_bytes(nbytes)}{share}"
+        f"{cached}, {result.seconds:.2f} s"
+    )
 
 
 def _verdict(result: AuditResult) -> str:
@@ -45,8 +51,11 @@ def _verdict(result: AuditResult) -> str:
     if bad:
         errors = sum(1 for f in bad if f.severity == "error")
         warnings = len(bad) - errors
-        counts = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in
-                  ((errors, "error"), (warnings, "warning")) if n]
+        counts = [
+            f"{n} {word}{'' if n == 1 else 's'}"
+            for n, word in ((errors, "error"), (warnings, "warning"))
+            if n
+        ]
         parts.append(" and ".join(counts))
     return "NOT consistent: " + ", ".join(parts)
 
@@ -68,14 +77,27 @@ def _render_one(result: AuditResult, fmt: str, full: bool) -> str:
     repo_findings = [f for f in result.findings if f.kind != "hub_transfer"]
     if result.report is not None:
         via = check_command(result.source)
-        parts.append(render_report_table(
-            dataclasses.replace(result.report, findings=tuple(
-                _via(f, via) for f in result.report.findings if f.kind != "hub_transfer")),
-            fmt=fmt, full=full, coverage=False, emit_via=via))
+        parts.append(
+            render_report_table(
+                dataclasses.replace(
+                    result.report,
+                    findings=tuple(
+                        _via(f, via) for f in result.report.findings if f.kind != "hub_transfer"
+                    ),
+                ),
+                fmt=fmt,
+                full=full,
+                coverage=False,
+                emit_via=via,
+            )
+        )
     bullet = "- " if md else "  "
     if repo_findings:
-        parts.append("Repo findings\n" + "\n".join(
-            f"{bullet}[{f.severity}] {f.message}" for f in repo_findings) + "\n")
+        parts.append(
+            "Repo findings\n"
+            + "\n".join(f"{bullet}[{f.severity}] {f.message}" for f in repo_findings)
+            + "\n"
+        )
     parts.append(f"Verdict: {_verdict(result)}.\n")
     return "\n".join(parts)
 
@@ -89,8 +111,9 @@ def _via(finding: Finding, via: str) -> Finding:
     """A finding that names an option of ``check`` names the whole check command instead."""
     if "--emit-" not in finding.message:
         return finding
-    message = re.sub(r"--emit-(config|key-map)(?: FILE)?", lambda m: f"`{via} {m.group(0)}`",
-                     finding.message)
+    message = re.sub(
+        r"--emit-(config|key-map)(?: FILE)?", lambda m: f"`{via} {m.group(0)}`", finding.message
+    )
     return dataclasses.replace(finding, message=message)
 
 
@@ -110,9 +133,14 @@ def render_audit(results: Sequence[AuditResult], fmt: str = "table", *, full: bo
         counts = Counter(
             "error" if r.error else "consistent" if r.ok else "with findings" for r in results
         )
-        text += "\n" + f"{len(results)} repos: " + ", ".join(
-            f"{counts[k]} {k}" for k in ("consistent", "with findings", "error") if counts[k]
-        ) + ".\n"
+        text += (
+            "\n"
+            + f"{len(results)} repos: "
+            + ", ".join(
+                f"{counts[k]} {k}" for k in ("consistent", "with findings", "error") if counts[k]
+            )
+            + ".\n"
+        )
     return text
 
 

@@ -25,9 +25,7 @@ def _numels(specs: Sequence[TensorSpec]) -> list[int]:
     return list(map(math.prod, map(attrgetter("shape"), specs)))
 
 
-def _dtype_totals(
-    specs: Sequence[TensorSpec], numels: Sequence[int]
-) -> dict[str, tuple[int, int]]:
+def _dtype_totals(specs: Sequence[TensorSpec], numels: Sequence[int]) -> dict[str, tuple[int, int]]:
     """``dtype -> (tensors, parameters)``, dtypes sorted by name; one pass per dtype."""
     dtypes = list(map(attrgetter("dtype"), specs))
     out: dict[str, tuple[int, int]] = {}

@@ -213,9 +213,7 @@ def _dtype_line(changes: Sequence[Any]) -> str:
     return f"Dtype changes: {what}: cast on load (--full lists them).\n"
 
 
-def _key_sections(
-    report: Report, full: bool, fmt: str, *, key_lists: bool = True
-) -> list[str]:
+def _key_sections(report: Report, full: bool, fmt: str, *, key_lists: bool = True) -> list[str]:
     """The key lists of a report: mismatched, missing, unexpected, buffers, dtypes, ignored.
 
     ``key_lists=False`` (two sides that do not pair by name): missing and unexpected are

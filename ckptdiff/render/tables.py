@@ -92,8 +92,7 @@ def plain_columns(
 ) -> str:
     """The layout of :func:`plain_table` from stripped cells, a column at a time."""
     widths = [
-        max(len(h) + 2, max(map(len, c), default=0))
-        for h, c in zip(headers, columns, strict=True)
+        max(len(h) + 2, max(map(len, c), default=0)) for h, c in zip(headers, columns, strict=True)
     ]
     padded = [
         list(map(str.rjust if a == "right" else str.ljust, c, repeat(w)))

@@ -286,7 +286,9 @@ def _build_from_evidence(target: TargetSpec, evidence: Manifest) -> Manifest:
     if choice is None or choice.name == "AutoModel":
         return default
     spec, model = built.get(choice.name) or (
-        dataclasses.replace(target, auto_class=choice.name), None)
+        dataclasses.replace(target, auto_class=choice.name),
+        None,
+    )
     if model is None:
         model = build_model(spec)
     manifest = _manifest(spec, model)

@@ -82,8 +82,11 @@ def choose_class(
         auto_mapping = peft.get("auto_mapping")
         name = auto_mapping.get("base_model_class") if isinstance(auto_mapping, Mapping) else None
         if isinstance(name, str) and name.isidentifier() and hasattr(transformers, name):
-            return Choice(name, f"adapter_config.json's auto_mapping.base_model_class is {name}",
-                          "peft_base_model_class")
+            return Choice(
+                name,
+                f"adapter_config.json's auto_mapping.base_model_class is {name}",
+                "peft_base_model_class",
+            )
         task = peft.get("task_type")
         auto = PEFT_TASK_CLASSES.get(task) if isinstance(task, str) else None
         if auto is not None:
@@ -119,7 +122,7 @@ def fit(checkpoint: Mapping[str, Any], target: Manifest) -> tuple[int, int, int]
     for key, spec in checkpoint.items():
         name = key
         if name not in expected and dot:
-            name = key[len(dot):] if key.startswith(dot) else dot + key
+            name = key[len(dot) :] if key.startswith(dot) else dot + key
         hit = expected.get(name)
         if hit is not None and hit.shape == spec.shape:
             placed.add(name)

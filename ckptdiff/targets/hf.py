@@ -415,8 +415,10 @@ MAX_LAYERS = 1024
 MAX_POSITIONS = 1 << 24
 #: Any other integer field of a config beyond this is refused (no model has a dimension this big).
 MAX_FIELD = 1 << 40
-_LAYER_FIELD = re.compile(r"(^|_)(n_?layers?|num_(hidden_)?layers|num_blocks|n_blocks?|depths?|"
-                          r"num_[a-z_]*layers|[a-z_]*_layers)$")  # fmt: skip
+_LAYER_FIELD = re.compile(
+    r"(^|_)(n_?layers?|num_(hidden_)?layers|num_blocks|n_blocks?|depths?|"
+    r"num_[a-z_]*layers|[a-z_]*_layers)$"
+)
 _POSITION_FIELD = re.compile(r"(position|n_ctx|n_positions|seq_len|context_length|max_len)")
 
 
@@ -440,8 +442,11 @@ def _int_fields(data: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str
         if isinstance(value, (int, float)):
             yield here, name, value
         elif isinstance(value, list) and name.startswith(("depth", "layers")):
-            nums = [float(min(v, 1 << 60)) for v in value
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)]  # fmt: skip
+            nums = [
+                float(min(v, 1 << 60))
+                for v in value
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
             yield here, name, sum(nums)
         elif isinstance(value, Mapping):
             yield from _int_fields(value, here + ".", depth + 1)

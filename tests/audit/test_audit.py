@@ -47,8 +47,19 @@ def test_minilm_over_the_hub_is_consistent(hub: HubServer, minilm: str) -> None:
 def test_audit_json_follows_the_report_contract(hub: HubServer, minilm: str) -> None:
     data = json.loads(render_audit([audit(f"hf://{minilm}")], "json"))
     assert data["schema"] == "ckptdiff.report/2"
-    for field in ("ok", "missing", "unexpected", "mismatched", "dtype_changes", "coverage",
-                  "findings", "suggestions", "transfer", "source", "audit"):
+    for field in (
+        "ok",
+        "missing",
+        "unexpected",
+        "mismatched",
+        "dtype_changes",
+        "coverage",
+        "findings",
+        "suggestions",
+        "transfer",
+        "source",
+        "audit",
+    ):
         assert field in data
     assert data["ok"] is True
     assert set(data["transfer"]) >= {"requests", "bytes"}
@@ -72,8 +83,9 @@ def test_sharded_repo_index_defects(hub: HubServer, tmp_path: Path) -> None:
     shards = sorted(set(index["weight_map"].values()))
     # a key stored twice: in its own shard and in an extra one the index does not list it for
     key = next(iter(index["weight_map"]))
-    save_file({key: torch.zeros(1), "extra.weight": torch.zeros(2)},
-              folder / "model-extra.safetensors")
+    save_file(
+        {key: torch.zeros(1), "extra.weight": torch.zeros(2)}, folder / "model-extra.safetensors"
+    )
     index["weight_map"]["extra.weight"] = "model-extra.safetensors"
     (folder / shards[-1]).unlink()  # a shard the index references is absent
     index["metadata"]["total_size"] = 1
@@ -126,11 +138,15 @@ def test_dtype_field_of_transformers_5_matches(tmp_path: Path) -> None:
 
 
 def test_dtype_findings_mixed_is_info() -> None:
-    m = Manifest("x", "safetensors", {
-        "w": TensorSpec("w", (100,), "bfloat16"),
-        "norm": TensorSpec("norm", (4,), "float32"),
-        "ids": TensorSpec("ids", (4,), "int64"),
-    })
+    m = Manifest(
+        "x",
+        "safetensors",
+        {
+            "w": TensorSpec("w", (100,), "bfloat16"),
+            "norm": TensorSpec("norm", (4,), "float32"),
+            "ids": TensorSpec("ids", (4,), "int64"),
+        },
+    )
     (f,) = dtype_findings({"dtype": "bfloat16"}, m)
     assert (f.kind, f.severity) == ("mixed_dtypes", "info")
     assert dtype_findings({"torch_dtype": "auto"}, m) == []
@@ -150,8 +166,9 @@ def test_tokenizer_larger_than_vocab_size(hub: HubServer, tmp_path: Path) -> Non
 
 
 def test_tokenizer_size_counts_added_tokens_and_unigram() -> None:
-    assert tokenizer_size({"model": {"vocab": [["a", 0.0], ["b", -1.0]]},
-                           "added_tokens": [{"id": 0}, {"id": 5}]}) == (6, 2, 1)
+    assert tokenizer_size(
+        {"model": {"vocab": [["a", 0.0], ["b", -1.0]]}, "added_tokens": [{"id": 0}, {"id": 5}]}
+    ) == (6, 2, 1)
     assert tokenizer_size({}) == (0, 0, 0)
 
 
@@ -176,8 +193,14 @@ def test_both_formats_agreeing(tmp_path: Path) -> None:
 
 def test_format_findings_tolerate_tied_partners() -> None:
     a = Manifest("a", "safetensors", {"emb": TensorSpec("emb", (4, 2), "float32")})
-    b = Manifest("b", "torch-zip", {"emb": TensorSpec("emb", (4, 2), "float32"),
-                                     "head": TensorSpec("head", (4, 2), "float32")})
+    b = Manifest(
+        "b",
+        "torch-zip",
+        {
+            "emb": TensorSpec("emb", (4, 2), "float32"),
+            "head": TensorSpec("head", (4, 2), "float32"),
+        },
+    )
     assert format_findings("a", a, "b", b, [("emb", "head")]) == []
     (f,) = format_findings("a", a, "b", b)
     assert f.kind == "formats_disagree"
@@ -215,8 +238,9 @@ def test_no_config(tmp_path: Path) -> None:
     assert result.all_findings[0].severity == "info" and result.exit_code == 0
 
 
-def test_audit_many_keeps_order_and_isolates_errors(hub: HubServer, minilm: str,
-                                                    tmp_path: Path) -> None:
+def test_audit_many_keeps_order_and_isolates_errors(
+    hub: HubServer, minilm: str, tmp_path: Path
+) -> None:
     repos.bert(tmp_path / "r")
     hub.add_folder("t/bert", tmp_path / "r")
     seen: list[str] = []
@@ -284,10 +308,10 @@ def test_cli_no_sources(runner) -> None:
     assert "no repos given" in result.stderr
 
 
-def test_cli_progress_bar_goes_to_stderr(hub: HubServer, minilm: str, runner,
-                                         minilm_dir) -> None:
-    result = runner.invoke(main, ["audit", f"hf://{minilm}", str(minilm_dir), "--progress",
-                                  "--format", "jsonl"])
+def test_cli_progress_bar_goes_to_stderr(hub: HubServer, minilm: str, runner, minilm_dir) -> None:
+    result = runner.invoke(
+        main, ["audit", f"hf://{minilm}", str(minilm_dir), "--progress", "--format", "jsonl"]
+    )
     assert result.exit_code == 0, result.output
     assert "auditing" in result.stderr
     assert len(result.stdout.splitlines()) == 2

@@ -17,7 +17,9 @@ from ckptdiff.cli import LAZY_COMMANDS, main
 def _modules_after(code: str) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -42,15 +44,26 @@ def test_public_names_load_on_first_use_and_stay_functions():
 def test_help_and_inspect_import_only_what_they_use(tmp_path):
     path = tmp_path / "m.safetensors"
     save_file({"layers.0.w": torch.zeros(2), "layers.1.w": torch.zeros(2)}, str(path))
-    run = "from ckptdiff.cli import main\nimport sys\nsys.argv = {!r}\ntry:\n    main()\n" \
-          "except SystemExit:\n    pass"
+    run = (
+        "from ckptdiff.cli import main\nimport sys\nsys.argv = {!r}\ntry:\n    main()\n"
+        "except SystemExit:\n    pass"
+    )
     help_ = _modules_after(run.format(["ckptdiff", "--help"]))
     assert not {m for m in help_ if m.startswith("ckptdiff.cli.") and m.endswith("_cmd")}
     inspect = _modules_after(run.format(["ckptdiff", "inspect", str(path)]))
     commands = {m for m in inspect if m.startswith("ckptdiff.cli.") and m.endswith("_cmd")}
     assert commands == {"ckptdiff.cli.inspect_cmd"}
-    assert not {"torch", "numpy", "ckptdiff._check", "ckptdiff._diff", "ckptdiff.targets",
-                "ckptdiff.readers.hub.transport"} & inspect
+    assert (
+        not {
+            "torch",
+            "numpy",
+            "ckptdiff._check",
+            "ckptdiff._diff",
+            "ckptdiff.targets",
+            "ckptdiff.readers.hub.transport",
+        }
+        & inspect
+    )
 
 
 @pytest.mark.parametrize("name", sorted(LAZY_COMMANDS))

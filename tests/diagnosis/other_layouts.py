@@ -42,9 +42,16 @@ class _PatchEmbed(nn.Module):
 class TimmViT(nn.Module):
     """timm's ``VisionTransformer`` key layout (heads are not in the shapes)."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, embed_dim: int = 768,
-                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 num_classes: int = 1000) -> None:
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+    ) -> None:
         super().__init__()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         grid = (img_size // patch_size) ** 2
@@ -71,8 +78,10 @@ class _Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * 4)
         if stride > 1 or inplanes != planes * 4:
             self.downsample = nn.Sequential(
-                nn.AvgPool2d(stride), nn.Conv2d(inplanes, planes * 4, 1, bias=False),
-                nn.BatchNorm2d(planes * 4))
+                nn.AvgPool2d(stride),
+                nn.Conv2d(inplanes, planes * 4, 1, bias=False),
+                nn.BatchNorm2d(planes * 4),
+            )
 
 
 class _AttnPool(nn.Module):
@@ -88,8 +97,9 @@ class _AttnPool(nn.Module):
 class ModifiedResNet(nn.Module):
     """open_clip's ``ModifiedResNet`` key layout (3-conv stem, attention pool)."""
 
-    def __init__(self, layers: tuple[int, ...], output_dim: int, width: int,
-                 image_size: int) -> None:
+    def __init__(
+        self, layers: tuple[int, ...], output_dim: int, width: int, image_size: int
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, width // 2, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)
@@ -107,10 +117,18 @@ class ModifiedResNet(nn.Module):
         self.attnpool = _AttnPool(image_size // 32, width * 32, output_dim)
 
 
-def resnet_clip(embed_dim: int = 64, text_cfg: dict | None = None, width: int = 16,
-                layers: tuple[int, ...] = (1, 1, 1, 1), image_size: int = 64) -> nn.Module:
+def resnet_clip(
+    embed_dim: int = 64,
+    text_cfg: dict | None = None,
+    width: int = 16,
+    layers: tuple[int, ...] = (1, 1, 1, 1),
+    image_size: int = 64,
+) -> nn.Module:
     """An open_clip RN50-style CLIP: the fixture CLIP's text tower, a ResNet visual tower."""
-    model = build_clip(embed_dim, {"width": 32, "layers": 1, "heads": 2, "patch_size": 16,
-                                   "image_size": image_size}, text_cfg)
+    model = build_clip(
+        embed_dim,
+        {"width": 32, "layers": 1, "heads": 2, "patch_size": 16, "image_size": image_size},
+        text_cfg,
+    )
     model.visual = ModifiedResNet(layers, embed_dim, width, image_size)
     return model

@@ -98,11 +98,14 @@ def test_consistent_model_has_no_findings():
 
 
 def _mllama_like(embed, head):
-    return manifest("m", {
-        "model.language_model.embed_tokens.weight": (embed, 8),
-        "model.language_model.layers.1.cross_attn_attn_gate": (1,),
-        "lm_head.weight": (head, 8),
-    })
+    return manifest(
+        "m",
+        {
+            "model.language_model.embed_tokens.weight": (embed, 8),
+            "model.language_model.layers.1.cross_attn_attn_gate": (1,),
+            "lm_head.weight": (head, 8),
+        },
+    )
 
 
 def test_vocab_warning_is_silent_on_a_by_design_offset_and_said_once_when_true():

@@ -102,8 +102,12 @@ def test_added_tokens_suggest_vocab_size_and_no_call_a_factory_model_lacks():
 def _hf_llama(tmp_path, name, vocab):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=64, architectures=["LlamaForCausalLM"],
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        architectures=["LlamaForCausalLM"],
     )
     cfg.save_pretrained(tmp_path / name)
     return build_target(f"hf-config:{tmp_path / name}")

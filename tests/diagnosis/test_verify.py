@@ -36,8 +36,15 @@ def shapes(model):
 
 
 def qwen(**kw):
-    args = dict(vocab_size=100, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
-                intermediate_size=64, num_hidden_layers=2, architectures=["Qwen2ForCausalLM"])
+    args = dict(
+        vocab_size=100,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        architectures=["Qwen2ForCausalLM"],
+    )
     return transformers.Qwen2Config(**{**args, **kw})
 
 
@@ -48,25 +55,46 @@ def test_width_and_kv_heads_are_solved_together_and_heads_are_undetermined(tmp_p
     ck = write(on_meta(transformers.Qwen2ForCausalLM, truth), tmp_path / "ck.safetensors")
     qwen().save_pretrained(tmp_path / "target")
     out = tmp_path / "fixed.json"
-    r = CliRunner().invoke(main, ["check", ck, "--model", str(tmp_path / "target"),
-                                  "--format", "json", "--emit-config", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "check",
+            ck,
+            "--model",
+            str(tmp_path / "target"),
+            "--format",
+            "json",
+            "--emit-config",
+            str(out),
+        ],
+    )
     assert r.exit_code == 1, r.output
-    got = {s["field"]: (s["suggested"], s["status"], s["verified"])
-           for s in json.loads(r.stdout)["suggestions"]}
+    got = {
+        s["field"]: (s["suggested"], s["status"], s["verified"])
+        for s in json.loads(r.stdout)["suggestions"]
+    }
     assert got["hidden_size"] == (48, "verified", True)
     # heads x head_dim is all the shapes show: 6 x 8 and 12 x 4 fit alike
     assert got["num_attention_heads"][1:] == ("undetermined", False)
     assert got["num_key_value_heads"][1:] == ("undetermined", False)
     emitted = transformers.Qwen2Config.from_json_file(str(out))
     assert shapes(on_meta(transformers.Qwen2ForCausalLM, emitted)) == shapes(
-        on_meta(transformers.Qwen2ForCausalLM, truth))
+        on_meta(transformers.Qwen2ForCausalLM, truth)
+    )
 
 
 def test_kv_heads_with_an_explicit_head_dim_are_verified(tmp_path):
     """With head_dim fixed in the config, k/v rows pin num_key_value_heads: verified."""
     truth = transformers.LlamaConfig(
-        vocab_size=100, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=8, intermediate_size=64, num_hidden_layers=1, architectures=["LlamaForCausalLM"])
+        vocab_size=100,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        architectures=["LlamaForCausalLM"],
+    )
     ck = write(on_meta(transformers.LlamaForCausalLM, truth), tmp_path / "ck.safetensors")
     base = truth.to_dict() | {"num_key_value_heads": 4}
     (tmp_path / "t").mkdir()
@@ -77,14 +105,33 @@ def test_kv_heads_with_an_explicit_head_dim_are_verified(tmp_path):
 
 
 def mllama_config(vocab=1000):
-    text = dict(vocab_size=vocab, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=64, num_hidden_layers=2, cross_attention_layers=[1],
-                bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    vision = dict(hidden_size=32, attention_heads=4, num_hidden_layers=2, num_global_layers=1,
-                  intermediate_size=64, image_size=28, patch_size=14, vision_output_dim=64,
-                  intermediate_layers_indices=[0], max_num_tiles=4)
-    return transformers.MllamaConfig(text_config=text, vision_config=vision,
-                                     architectures=["MllamaForConditionalGeneration"])
+    text = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        cross_attention_layers=[1],
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    vision = dict(
+        hidden_size=32,
+        attention_heads=4,
+        num_hidden_layers=2,
+        num_global_layers=1,
+        intermediate_size=64,
+        image_size=28,
+        patch_size=14,
+        vision_output_dim=64,
+        intermediate_layers_indices=[0],
+        max_num_tiles=4,
+    )
+    return transformers.MllamaConfig(
+        text_config=text, vision_config=vision, architectures=["MllamaForConditionalGeneration"]
+    )
 
 
 def test_mllama_resized_gets_the_call_not_a_field(tmp_path):
@@ -96,7 +143,8 @@ def test_mllama_resized_gets_the_call_not_a_field(tmp_path):
     mllama_config().save_pretrained(tmp_path / "target")
     r = check(str(tmp_path / "target"), ck)
     assert [(s.kind, s.suggested, s.status) for s in r.suggestions] == [
-        ("call", "model.resize_token_embeddings(1016)", "verified")]
+        ("call", "model.resize_token_embeddings(1016)", "verified")
+    ]
     assert r.fixed_config is None
 
 
@@ -123,12 +171,28 @@ def test_judge_statuses_on_a_real_rebuild(tmp_path):
 def test_hf_vit_into_a_timm_vit_is_one_naming_convention_finding(tmp_path):
     """Once: 30+ 'verified' key maps pairing attention.query with blocks.0.mlp.fc2 and
     classifier with attn.proj, and a '384 classes' cause, over 256 lines."""
-    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                 intermediate_size=256, image_size=32, patch_size=8,
-                                 num_labels=10)
+    cfg = transformers.ViTConfig(
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=256,
+        image_size=32,
+        patch_size=8,
+        num_labels=10,
+    )
     ck = write(on_meta(transformers.ViTForImageClassification, cfg), tmp_path / "hf.safetensors")
-    args = ["--arg", "img_size=32", "--arg", "patch_size=8", "--arg", "embed_dim=64",
-            "--arg", "depth=3", "--arg", "num_classes=10"]
+    args = [
+        "--arg",
+        "img_size=32",
+        "--arg",
+        "patch_size=8",
+        "--arg",
+        "embed_dim=64",
+        "--arg",
+        "depth=3",
+        "--arg",
+        "num_classes=10",
+    ]
     model = "tests.diagnosis.other_layouts:timm_vit"
     r = CliRunner().invoke(main, ["check", ck, "--model", model, *args])
     assert r.exit_code == 1, r.output
@@ -136,8 +200,9 @@ def test_hf_vit_into_a_timm_vit_is_one_naming_convention_finding(tmp_path):
     assert len(lines) <= 40, r.stdout
     assert "Different naming conventions" in r.stdout and "no safe key map" in r.stdout
     assert "Suggestions" not in r.stdout and "classes" not in r.stdout
-    data = json.loads(CliRunner().invoke(
-        main, ["check", ck, "--model", model, *args, "--format", "json"]).stdout)
+    data = json.loads(
+        CliRunner().invoke(main, ["check", ck, "--model", model, *args, "--format", "json"]).stdout
+    )
     assert data["suggestions"] == [] and data["after_key_map"] is None
     (f,) = [f for f in data["findings"] if f["kind"] == "naming_convention"]
     assert f["checkpoint_family"] == "transformers ViT-like"
@@ -150,9 +215,11 @@ def test_resnet_visual_tower_against_a_vit_config_gets_no_patch_size(tmp_path):
 
     text = {"width": 32, "layers": 2, "heads": 2, "context_length": 16, "vocab_size": 100}
     ck = write(resnet_clip(64, text), tmp_path / "rn.safetensors")
-    vit = {"embed_dim": 64, "text_cfg": text,
-           "vision_cfg": {"width": 32, "layers": 2, "heads": 2, "patch_size": 16,
-                          "image_size": 64}}
+    vit = {
+        "embed_dim": 64,
+        "text_cfg": text,
+        "vision_cfg": {"width": 32, "layers": 2, "heads": 2, "patch_size": 16, "image_size": 64},
+    }
     r = check("fixtures.models:build_clip", ck, config=vit)
     assert [s for s in r.suggestions if s.kind == "config"] == []
     (f,) = [f for f in r.findings if f.kind == "foreign_branch"]
@@ -164,13 +231,22 @@ def test_resnet_visual_tower_against_a_vit_config_gets_no_patch_size(tmp_path):
 def test_a_patch_size_no_kernel_shows_is_undetermined(tmp_path):
     """LeViT's conv stem has no patch-sized kernel: patch 3 at image 32 and patch 4 at image
     40 give the same 10 x 10 grid, so neither value is verified (patch 3 once was)."""
+
     def levit(image):
         return transformers.LevitConfig(
-            image_size=image, patch_size=4, hidden_sizes=[32, 48, 64],
-            num_attention_heads=[2, 2, 2], depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=3,
-            architectures=["LevitForImageClassification"])
-    ck = write(on_meta(transformers.LevitForImageClassification, levit(40)),
-               tmp_path / "ck.safetensors")
+            image_size=image,
+            patch_size=4,
+            hidden_sizes=[32, 48, 64],
+            num_attention_heads=[2, 2, 2],
+            depths=[1, 1, 1],
+            key_dim=[8, 8, 8],
+            num_labels=3,
+            architectures=["LevitForImageClassification"],
+        )
+
+    ck = write(
+        on_meta(transformers.LevitForImageClassification, levit(40)), tmp_path / "ck.safetensors"
+    )
     levit(32).save_pretrained(tmp_path / "t")
     r = check(str(tmp_path / "t"), ck)
     statuses = {s.field: s.status for s in r.suggestions if s.kind == "config"}

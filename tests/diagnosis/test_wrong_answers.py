@@ -176,7 +176,6 @@ def test_transformers_config_keeps_num_key_value_heads(tmp_path):
 # --- 3. the position grid alone: the image size -----------------------------------------------
 
 
-
 def test_open_clip_grid_with_the_same_patch_solves_the_image_size(tmp_path):
     """Was: 'No verified fix from vision_cfg.patch_size = 9' and no image size."""
     from fixtures.models import build_clip
@@ -191,9 +190,13 @@ def test_open_clip_grid_with_the_same_patch_solves_the_image_size(tmp_path):
 
 def test_hf_clip_vision_224_config_for_a_336_checkpoint(tmp_path):
     cfg = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        patch_size=14, architectures=["CLIPVisionModel"],
-    )  # fmt: skip
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=14,
+        architectures=["CLIPVisionModel"],
+    )
     model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(image_size=336, **cfg))
     ck = save(model, tmp_path / "v336.safetensors")
     target = folder(transformers.CLIPVisionConfig(image_size=224, **cfg), tmp_path / "v224")

@@ -20,19 +20,37 @@ def write_config(folder: Path, name: str, data: dict) -> str:
 
 @pytest.fixture
 def tiny_bert(tmp_path: Path) -> str:
-    return write_config(tmp_path, "bert", {
-        "model_type": "bert", "architectures": ["BertModel"], "hidden_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-        "vocab_size": 1000, "max_position_embeddings": 64,
-    })
+    return write_config(
+        tmp_path,
+        "bert",
+        {
+            "model_type": "bert",
+            "architectures": ["BertModel"],
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+            "vocab_size": 1000,
+            "max_position_embeddings": 64,
+        },
+    )
 
 
 @pytest.fixture
 def tiny_gpt2(tmp_path: Path) -> str:
-    return write_config(tmp_path, "gpt2", {
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 64, "n_layer": 2,
-        "n_head": 4, "vocab_size": 1000, "n_positions": 64,
-    })
+    return write_config(
+        tmp_path,
+        "gpt2",
+        {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "n_embd": 64,
+            "n_layer": 2,
+            "n_head": 4,
+            "vocab_size": 1000,
+            "n_positions": 64,
+        },
+    )
 
 
 @pytest.fixture

@@ -31,7 +31,10 @@ def test_forward_is_the_function_and_returns_a_report():
     f = report.runs[0].failure
     assert (f.module, f.module_type, f.op) == ("head", "Linear", "torch.nn.functional.linear")
     assert json.loads(report.to_json())["runs"][0]["failure"]["operands"][0] == [
-        "input", [1, 616], "float32"]
+        "input",
+        [1, 616],
+        "float32",
+    ]
     assert str(report).startswith("Forward pass of tests.forward_check.test_api:TwoTowers\n")
     assert ckptdiff.forward(TwoTowers(), {"input_ids": (4, 76)}).ok
 

@@ -15,15 +15,44 @@ import torch
 
 from ckptdiff.forward_check.api import forward
 
-ARCHITECTURES = ["bert", "roberta", "distilbert", "albert", "electra", "gpt2", "gpt_neox",
-                 "opt", "llama", "mistral", "qwen2", "phi", "gemma"]
+ARCHITECTURES = [
+    "bert",
+    "roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "gpt2",
+    "gpt_neox",
+    "opt",
+    "llama",
+    "mistral",
+    "qwen2",
+    "phi",
+    "gemma",
+]
 TINY = {
-    "hidden_size": 32, "n_embd": 32, "d_model": 32, "dim": 32, "embedding_size": 32,
-    "num_hidden_layers": 2, "n_layer": 2, "n_layers": 2, "num_layers": 2,
-    "num_attention_heads": 4, "n_head": 4, "n_heads": 4, "num_key_value_heads": 2,
-    "intermediate_size": 64, "n_inner": 64, "hidden_dim": 64, "ffn_dim": 64,
-    "word_embed_proj_dim": 32, "head_dim": 8,
-    "vocab_size": 128, "max_position_embeddings": 32, "n_positions": 32,
+    "hidden_size": 32,
+    "n_embd": 32,
+    "d_model": 32,
+    "dim": 32,
+    "embedding_size": 32,
+    "num_hidden_layers": 2,
+    "n_layer": 2,
+    "n_layers": 2,
+    "num_layers": 2,
+    "num_attention_heads": 4,
+    "n_head": 4,
+    "n_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "n_inner": 64,
+    "hidden_dim": 64,
+    "ffn_dim": 64,
+    "word_embed_proj_dim": 32,
+    "head_dim": 8,
+    "vocab_size": 128,
+    "max_position_embeddings": 32,
+    "n_positions": 32,
 }
 
 
@@ -53,8 +82,7 @@ def _oracle(config: object, length: int) -> str | None:
 def test_shape_only_agrees_with_the_real_model(model_type, tmp_path):
     target, config = _config(model_type, tmp_path)
     for length in (16, 40):  # 40 is past the 32 positions of the absolute-position models
-        report = forward(target, [f"input_ids=2x{length}"], batch_sizes=[2],
-                         auto_class="AutoModel")
+        report = forward(target, [f"input_ids=2x{length}"], batch_sizes=[2], auto_class="AutoModel")
         (run,) = report.runs
         real = _oracle(config, length)
         assert (run.status == "ok") == (real is None), (model_type, length, str(report), real)

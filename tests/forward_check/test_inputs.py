@@ -48,8 +48,11 @@ def test_batch_sizes():
 
 
 def test_synthesized_batch_is_ragged_like_a_collated_one():
-    specs = [InputSpec("input_ids", (2, 10), "int64"),
-             InputSpec("attention_mask", (2, 10), "int64"), InputSpec("labels", (2, 10), "int64")]
+    specs = [
+        InputSpec("input_ids", (2, 10), "int64"),
+        InputSpec("attention_mask", (2, 10), "int64"),
+        InputSpec("labels", (2, 10), "int64"),
+    ]
     t = synthesize(specs, 3, {"input_ids": 50, "labels": 50}, real=True, pad_id=7)
     assert t["attention_mask"].sum(1).tolist() == [10, 9, 8]
     assert int(t["input_ids"].max()) < 50

@@ -24,8 +24,10 @@ DIMS = {"q_proj": 0, "lm_head": 0, "v_proj": 1}
 
 
 def _dims(model: torch.nn.Module) -> dict[str, int | None]:
-    return {k: next((d for n, d in DIMS.items() if n in k and k.endswith("weight")), None)
-            for k in model.state_dict()}
+    return {
+        k: next((d for n, d in DIMS.items() if n in k and k.endswith("weight")), None)
+        for k in model.state_dict()
+    }
 
 
 @pytest.mark.parametrize("style", ["meta", "deepspeed"])
@@ -36,7 +38,8 @@ def test_ranks_merge_to_the_model(tmp_path: Path, style: str) -> None:
     assert m.metadata["layout"] == "model-parallel"
     assert m.metadata["mp_world_size"] == 2
     assert {k: t.shape for k, t in m.tensors.items()} == {
-        k: tuple(v.shape) for k, v in model.state_dict().items()}
+        k: tuple(v.shape) for k, v in model.state_dict().items()
+    }
     layout = m.findings[0]
     assert layout.data["split_dims"] == {k: d for k, d in _dims(model).items() if d is not None}
     assert "2 ranks" in layout.message and "hidden width 16" in layout.message
@@ -45,8 +48,9 @@ def test_ranks_merge_to_the_model(tmp_path: Path, style: str) -> None:
 
 def test_params_json_gives_the_width(tmp_path: Path) -> None:
     model = _model()
-    folder = L.write_mp_shards(tmp_path / "ckpt", model, _dims(model), 4,
-                               params={"dim": 16, "n_layers": 2})
+    folder = L.write_mp_shards(
+        tmp_path / "ckpt", model, _dims(model), 4, params={"dim": 16, "n_layers": 2}
+    )
     m = ckptdiff.read(str(folder))
     assert m.metadata["hidden"] == 16 and m.metadata["mp_world_size"] == 4
     assert m.tensors["lm_head.weight"].shape == (48, 16)
@@ -82,8 +86,14 @@ def test_split_dims_rules() -> None:
         "norm.weight": T("norm.weight", (16,), "f"),
     }
     assert split_dims(specs, 2, 16) == {
-        "tok_embeddings.weight": 1, "wq.weight": 0, "wo.weight": 1, "w1.weight": 0,
-        "w1.bias": 0, "wo.bias": None, "norm.weight": None}
+        "tok_embeddings.weight": 1,
+        "wq.weight": 0,
+        "wo.weight": 1,
+        "w1.weight": 0,
+        "w1.bias": 0,
+        "wo.bias": None,
+        "norm.weight": None,
+    }
 
 
 def _llama_dims(model: torch.nn.Module) -> dict[str, int | None]:
@@ -91,15 +101,19 @@ def _llama_dims(model: torch.nn.Module) -> dict[str, int | None]:
     row-parallel o/down; norms replicated."""
     rows = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head", "embed_tokens")
     cols = ("o_proj", "down_proj")
-    return {k: 0 if any(r in k for r in rows) else 1 if any(c in k for c in cols) else None
-            for k in model.state_dict()}
+    return {
+        k: 0 if any(r in k for r in rows) else 1 if any(c in k for c in cols) else None
+        for k in model.state_dict()
+    }
 
 
 def test_one_llama_rank_is_a_shard(tmp_path: Path) -> None:
     model = L.tiny_llama(num_key_value_heads=2, tie_word_embeddings=False)
     folder = L.write_mp_shards(tmp_path / "ckpt", model, _llama_dims(model), 2)
-    report = ckptdiff.check(L.tiny_llama(num_key_value_heads=2, tie_word_embeddings=False),
-                            str(folder / "consolidated.00.pth"))
+    report = ckptdiff.check(
+        L.tiny_llama(num_key_value_heads=2, tie_word_embeddings=False),
+        str(folder / "consolidated.00.pth"),
+    )
     (shard,) = [f for f in report.findings if f.kind == "mp_shard"]
     assert shard.data["mp_world_size"] == 2 and shard.data["cut"] == shard.data["matrices"] == 16
     assert not any(f.data.get("cause") == "kv_heads" for f in report.findings)
@@ -113,7 +127,8 @@ def test_grouped_query_attention_is_not_a_shard(tmp_path: Path) -> None:
     save_file({k: v.contiguous() for k, v in gqa.state_dict().items()}, str(path))
     report = ckptdiff.check(
         L.tiny_llama(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
-        str(path))
+        str(path),
+    )
     assert len(report.mismatched) == 4  # k_proj and v_proj of both layers, half the rows
     assert not [f for f in report.findings if f.kind == "mp_shard"]
     assert any(f.data.get("cause") == "kv_heads" for f in report.findings)
@@ -124,14 +139,31 @@ def test_few_halved_matrices_are_not_a_shard() -> None:
     from ckptdiff.layouts.parallel import shard_factor_finding
     from ckptdiff.types import Manifest, Mismatch, Report
 
-    target = Manifest("t", "meta-model", {
-        k: T(k, s, "f") for k, s in [("embed.weight", (64, 16)), ("head.weight", (64, 16)),
-                                     ("a.weight", (16, 16)), ("b.weight", (16, 16)),
-                                     ("c.weight", (16, 16))]})
-    report = Report("c", "t", "safetensors", "meta-model",
-                    mismatched=(Mismatch("embed.weight", (32, 16), (64, 16), "f", "f"),
-                                Mismatch("head.weight", (32, 16), (64, 16), "f", "f")),
-                    matched=("a.weight", "b.weight", "c.weight"))
+    target = Manifest(
+        "t",
+        "meta-model",
+        {
+            k: T(k, s, "f")
+            for k, s in [
+                ("embed.weight", (64, 16)),
+                ("head.weight", (64, 16)),
+                ("a.weight", (16, 16)),
+                ("b.weight", (16, 16)),
+                ("c.weight", (16, 16)),
+            ]
+        },
+    )
+    report = Report(
+        "c",
+        "t",
+        "safetensors",
+        "meta-model",
+        mismatched=(
+            Mismatch("embed.weight", (32, 16), (64, 16), "f", "f"),
+            Mismatch("head.weight", (32, 16), (64, 16), "f", "f"),
+        ),
+        matched=("a.weight", "b.weight", "c.weight"),
+    )
     assert shard_factor_finding(report, target) is None
     whole = replace(report, matched=("a.weight",))
     assert shard_factor_finding(whole, target) is not None

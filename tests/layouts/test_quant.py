@@ -32,8 +32,9 @@ WRITERS = [
 
 
 @pytest.mark.parametrize(("write", "scheme", "label", "side"), WRITERS)
-def test_scheme_named_and_checked_at_logical_shapes(tmp_path: Path, write, scheme: str,
-                                                    label: str, side: int) -> None:
+def test_scheme_named_and_checked_at_logical_shapes(
+    tmp_path: Path, write, scheme: str, label: str, side: int
+) -> None:
     path = write(tmp_path / scheme, _model())
     m = ckptdiff.read(str(path))
     assert m.metadata["layout"] == scheme
@@ -52,8 +53,10 @@ def test_wrong_width_is_reported_at_logical_shapes(tmp_path: Path, write, scheme
     path = write(tmp_path / scheme, _model())
     report = ckptdiff.check(_model(width=32), str(path))
     mism = {m.key: m for m in report.mismatched}
-    assert (mism["model.layers.0.q_proj.weight"].checkpoint_shape,
-            mism["model.layers.0.q_proj.weight"].target_shape) == ((16, 16), (32, 32))
+    assert (
+        mism["model.layers.0.q_proj.weight"].checkpoint_shape,
+        mism["model.layers.0.q_proj.weight"].target_shape,
+    ) == ((16, 16), (32, 32))
     assert not any(k.endswith(("qweight", "scales", "qzeros", "biases")) for k in mism)
 
 
@@ -87,5 +90,7 @@ def test_cli_inspect_shows_the_mapping(tmp_path: Path, runner) -> None:
     result = runner.invoke(main, ["inspect", str(path)])
     assert result.exit_code == 0
     assert "(safetensors, layout gptq)" in result.output.splitlines()[0]
-    assert "model.layers.0.q_proj.qweight [2, 16] int32 -> model.layers.0.q_proj.weight [16x16]" \
+    assert (
+        "model.layers.0.q_proj.qweight [2, 16] int32 -> model.layers.0.q_proj.weight [16x16]"
         in result.output
+    )

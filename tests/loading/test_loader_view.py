@@ -67,7 +67,10 @@ def test_a_resized_expert_is_named_by_its_checkpoint_keys(tmp_path):
     report = check(folder, folder)
     (m,) = report.mismatched
     assert (m.key, m.checkpoint_shape, m.target_shape) == (
-        "model.layers.0.mlp.experts.down_proj", (4, 32, 50), (4, 32, 48))
+        "model.layers.0.mlp.experts.down_proj",
+        (4, 32, 50),
+        (4, 32, 48),
+    )
     (behind,) = [f for f in report.findings if f.kind == "loaded_from"]
     assert "model.layers.0.block_sparse_moe.experts.0.w2.weight" in behind.message
     assert "model.layers.0.mlp.experts.down_proj <- " in behind.message
@@ -97,7 +100,8 @@ def test_unplaced_keys_keep_their_checkpoint_names(tmp_path):
     assert [t.key for t in report.unexpected] == ["language_model.model.extra.weight"]
     view = loader_view(read(folder), build_target(folder))
     assert view.metadata["loaded_as"]["language_model.model.extra.weight"] == [
-        "model.language_model.extra.weight"]
+        "model.language_model.extra.weight"
+    ]
 
 
 def test_legacy_gamma_beta_names_load(tmp_path):
@@ -125,8 +129,12 @@ def test_an_operation_that_needs_values_is_one_finding(tmp_path, monkeypatch):
             return {target_patterns[0]: tensors[0] * float(tensors[0].max().item())}
 
     folder = save_tiny("LlamaForCausalLM", tmp_path / "llama")
-    _edit(folder, lambda s: s.__setitem__(
-        "model.layers.0.mlp.down_proj.qweight", s.pop("model.layers.0.mlp.down_proj.weight")))
+    _edit(
+        folder,
+        lambda s: s.__setitem__(
+            "model.layers.0.mlp.down_proj.qweight", s.pop("model.layers.0.mlp.down_proj.weight")
+        ),
+    )
     conversion_mapping.get_checkpoint_conversion_mapping("llama")
     table = dict(conversion_mapping._checkpoint_conversion_mapping_cache)
     table["llama"] = [WeightConverter("down_proj.qweight", "down_proj.weight", [Dequantize()])]

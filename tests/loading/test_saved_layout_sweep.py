@@ -25,8 +25,15 @@ transformers = pytest.importorskip("transformers")
 #: Saved layouts the real loader itself does not read back (checked against from_pretrained
 #: in test_loading_info_oracle.py::test_shieldgemma2_round_trip_fails_in_transformers_too).
 LOADER_FAILS = {("shieldgemma2", "Gemma3ForConditionalGeneration")}
-_DEPTH = ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers", "decoder_layers",
-          "num_decoder_layers", "num_encoder_layers")
+_DEPTH = (
+    "num_hidden_layers",
+    "num_layers",
+    "n_layer",
+    "encoder_layers",
+    "decoder_layers",
+    "num_decoder_layers",
+    "num_encoder_layers",
+)
 
 
 def _classes() -> list[tuple[str, str]]:
@@ -108,7 +115,8 @@ def test_every_saved_layout_is_compatible():
                 failures.append(
                     f"{model_type}/{name}: missing {[t.key for t in report.missing][:3]}"
                     f" unexpected {[t.key for t in report.unexpected][:3]}"
-                    f" mismatched {[m.key for m in report.mismatched][:3]}")
+                    f" mismatched {[m.key for m in report.mismatched][:3]}"
+                )
     finally:
         logging.disable(logging.NOTSET)
     print(f"{len(differ)} architectures save a layout other than their module layout")

@@ -12,15 +12,19 @@ from fixtures import layouts as L
 @pytest.fixture(scope="session")
 def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real peft LoRA (r=4, q_proj/v_proj, lm_head in modules_to_save) of a tiny Llama."""
-    return L.write_peft(tmp_path_factory.mktemp("lora") / "adapter", L.tiny_llama(),
-                        modules_to_save=["lm_head"])
+    return L.write_peft(
+        tmp_path_factory.mktemp("lora") / "adapter", L.tiny_llama(), modules_to_save=["lm_head"]
+    )
 
 
 @pytest.fixture(scope="session")
 def old_layout_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA trained when the base had no ``language_model.`` level."""
-    return L.write_peft(tmp_path_factory.mktemp("lora_old") / "adapter", L.TinyLM(),
-                        target_modules=["q_proj", "v_proj"])
+    return L.write_peft(
+        tmp_path_factory.mktemp("lora_old") / "adapter",
+        L.TinyLM(),
+        target_modules=["q_proj", "v_proj"],
+    )
 
 
 @pytest.fixture(scope="session")

@@ -54,16 +54,15 @@ def test_batched_reads_give_the_local_manifest_with_fewer_reads(
 
 
 @pytest.mark.parametrize("batch_reads", [False, True])
-def test_a_corrupt_data_pkl_is_the_same_error_both_ways(
-    tmp_path: Path, batch_reads: bool
-) -> None:
+def test_a_corrupt_data_pkl_is_the_same_error_both_ways(tmp_path: Path, batch_reads: bool) -> None:
     path = write_zip(tmp_path)
     with zipfile.ZipFile(path) as z:
         info = z.getinfo("tiny/data.pkl")
     data = bytearray(path.read_bytes())
     local_header = info.header_offset
-    name_len, extra_len = (int.from_bytes(data[local_header + i : local_header + i + 2], "little")
-                           for i in (26, 28))  # fmt: skip
+    name_len, extra_len = (
+        int.from_bytes(data[local_header + i : local_header + i + 2], "little") for i in (26, 28)
+    )
     at = local_header + 30 + name_len + extra_len + 10
     data[at] ^= 0xFF  # one byte of data.pkl
     path.write_bytes(bytes(data))

@@ -57,8 +57,11 @@ def test_known_order_picks_and_reports(keys: tuple[str, str], chosen: str) -> No
     assert finding.severity == "info"
     other = next(k for k in keys if k != chosen)
     assert f"--select {other}" in finding.message
-    assert finding.data == {"selected": chosen, "others": [other], "candidate_sizes": {
-        k: {"tensors": 2, "parameters": 10} for k in keys}}
+    assert finding.data == {
+        "selected": chosen,
+        "others": [other],
+        "candidate_sizes": {k: {"tensors": 2, "parameters": 10} for k in keys},
+    }
     assert s.metadata == {"epoch": 3}
 
 

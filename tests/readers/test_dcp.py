@@ -21,8 +21,10 @@ def test_model_part_with_global_shapes(dcp_dir: Path) -> None:
     assert m.format == "dcp" and m.metadata["layout"] == "dcp"
     assert m.selected == "model"
     assert m.candidates == ("model", "optimizer")
-    want = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
-            for k, v in mlp().state_dict().items()}
+    want = {
+        k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
+        for k, v in mlp().state_dict().items()
+    }
     assert {k: (t.shape, t.dtype) for k, t in m.tensors.items()} == want
     parts = m.metadata["parts"]
     assert parts["model"] == {"prefix": "model.", "tensors": 4, "objects": 0, "elements": 58}
@@ -39,11 +41,16 @@ def test_shapes_agree_with_torchs_own_metadata_reader(dcp_dir: Path) -> None:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     meta = FileSystemReader(str(dcp_dir)).read_metadata()
-    want = {k: tuple(v.size) for k, v in meta.state_dict_metadata.items()
-            if isinstance(v, TensorStorageMetadata)}
+    want = {
+        k: tuple(v.size)
+        for k, v in meta.state_dict_metadata.items()
+        if isinstance(v, TensorStorageMetadata)
+    }
     got = {"model." + k: t.shape for k, t in ckptdiff.read(str(dcp_dir)).tensors.items()}
-    got |= {"optim." + k: t.shape
-            for k, t in ckptdiff.read(str(dcp_dir), select="optimizer").tensors.items()}
+    got |= {
+        "optim." + k: t.shape
+        for k, t in ckptdiff.read(str(dcp_dir), select="optimizer").tensors.items()
+    }
     assert got == want
 
 
@@ -59,8 +66,10 @@ def test_select_optimizer(dcp_dir: Path) -> None:
 def test_check_against_the_model(dcp_dir: Path) -> None:
     report = ckptdiff.check(mlp(), str(dcp_dir))
     assert report.ok and len(report.matched) == 4
-    wrong = ckptdiff.check(torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.GELU(),
-                                               torch.nn.Linear(16, 2)), str(dcp_dir))
+    wrong = ckptdiff.check(
+        torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.GELU(), torch.nn.Linear(16, 2)),
+        str(dcp_dir),
+    )
     assert {m.key for m in wrong.mismatched} == {"0.weight", "0.bias", "2.weight"}
 
 
@@ -127,9 +136,11 @@ def test_reading_layouts_does_not_import_torch(
     import sys
 
     ds = L.write_deepspeed(tmp_path / "ds", mlp(), stage=3)
-    code = ("import sys, ckptdiff\n"
-            f"for s in {[str(dcp_dir), str(lora_dir), str(ds)]!r}:\n"
-            "    print(ckptdiff.read(s).metadata['layout'])\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys, ckptdiff\n"
+        f"for s in {[str(dcp_dir), str(lora_dir), str(ds)]!r}:\n"
+        "    print(ckptdiff.read(s).metadata['layout'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["dcp", "peft-lora", "deepspeed-zero3"]

@@ -64,7 +64,8 @@ def test_zero2_module_as_stored(tmp_path: Path) -> None:
     path = folder / "global_step10" / "mp_rank_00_model_states.pt"
     module = torch.load(path, map_location="meta", weights_only=True)["module"]
     assert {k: (t.shape, t.dtype) for k, t in m.tensors.items()} == {
-        k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in module.items()}
+        k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in module.items()
+    }
     report = ckptdiff.check(TinyNet(), str(folder))
     assert report.ok and len(report.dtype_changes) == 8  # bf16 weights and float buffers
 

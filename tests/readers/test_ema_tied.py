@@ -39,16 +39,20 @@ def test_model_ema_saved_from_ddp(tmp_path: Path) -> None:
     path = L.write_ema(tmp_path, _model(), ema_key="model_ema", ema_prefix="module.")
     report = ckptdiff.check(_model(), str(path))
     assert ckptdiff.read(str(path)).selected == "model_ema"
-    assert any(s.kind == "key_map" and s.field == "--strip-prefix module." and s.verified
-               for s in report.suggestions)
+    assert any(
+        s.kind == "key_map" and s.field == "--strip-prefix module." and s.verified
+        for s in report.suggestions
+    )
 
 
 def test_cli_inspect_lists_every_set(tmp_path: Path, runner) -> None:
     path = L.write_ema(tmp_path, _model())
     result = runner.invoke(main, ["inspect", str(path)])
     assert result.exit_code == 0
-    assert ("State dicts in this file: state_dict (9 tensors, 1.6K parameters), state_dict_ema "
-            "[used] (9 tensors, 1.6K parameters) (choose with --select)") in result.output
+    assert (
+        "State dicts in this file: state_dict (9 tensors, 1.6K parameters), state_dict_ema "
+        "[used] (9 tensors, 1.6K parameters) (choose with --select)"
+    ) in result.output
 
 
 # --- tied weights stored once --------------------------------------------------------------

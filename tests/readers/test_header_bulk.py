@@ -21,8 +21,11 @@ CODES = list(SAFETENSORS_DTYPES)
 
 
 def _header(rng: random.Random) -> tuple[dict, int]:
-    names = {f"{rng.choice(['layers', 'h', 'blocks.x'])}.{rng.randint(0, 30)}."
-             f"{rng.choice(['w', 'b', 'ln.weight', 'attn.q'])}" for _ in range(rng.randint(1, 30))}
+    names = {
+        f"{rng.choice(['layers', 'h', 'blocks.x'])}.{rng.randint(0, 30)}."
+        f"{rng.choice(['w', 'b', 'ln.weight', 'attn.q'])}"
+        for _ in range(rng.randint(1, 30))
+    }
     entries = []
     for name in names:
         code = rng.choice(CODES)

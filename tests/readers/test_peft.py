@@ -136,8 +136,9 @@ def test_check_against_a_base_drops_the_advice_to_do_so(lora_dir: Path) -> None:
     advice = "ckptdiff check ADAPTER --model BASE"
     (read_layout,) = [f for f in ckptdiff.read(str(lora_dir)).findings if f.kind == "layout"]
     assert advice in read_layout.message  # inspect still says it
-    (layout,) = [f for f in ckptdiff.check(L.tiny_llama(), str(lora_dir)).findings
-                 if f.kind == "layout"]
+    (layout,) = [
+        f for f in ckptdiff.check(L.tiny_llama(), str(lora_dir)).findings if f.kind == "layout"
+    ]
     assert advice not in layout.message
     assert layout.message.startswith("PEFT LORA adapter for LlamaForCausalLM (r=4, alpha=8)")
 
@@ -145,8 +146,9 @@ def test_check_against_a_base_drops_the_advice_to_do_so(lora_dir: Path) -> None:
 def test_cli_check_exit_codes(lora_dir: Path, old_layout_lora: Path, runner) -> None:
     ok = runner.invoke(main, ["check", str(lora_dir), "--model", "fixtures.layouts:tiny_llama"])
     assert ok.exit_code == 0, ok.output
-    bad = runner.invoke(main, ["check", str(old_layout_lora), "--model",
-                               "fixtures.layouts:tiny_vlm"])
+    bad = runner.invoke(
+        main, ["check", str(old_layout_lora), "--model", "fixtures.layouts:tiny_vlm"]
+    )
     assert bad.exit_code == 1
     assert "language_model." in bad.output
     assert "none of the adapter's 8 LoRA tensors" in bad.output
@@ -170,14 +172,17 @@ def test_check_adapter_on_manifests(lora_dir: Path) -> None:
     assert report.ok
 
 
-@pytest.mark.parametrize(("key", "parsed"), [
-    ("m.q.lora_A.weight", ("m.q", "lora_A", None, "weight")),
-    ("m.q.lora_B.default.weight", ("m.q", "lora_B", "default", "weight")),
-    ("m.q.lora_A.lora.weight", ("m.q", "lora_A", "lora", "weight")),
-    ("emb.lora_embedding_A", ("emb", "lora_embedding_A", None, None)),
-    ("m.q.lora_magnitude_vector", ("m.q", "lora_magnitude_vector", None, None)),
-    ("lm_head.weight", None),
-])
+@pytest.mark.parametrize(
+    ("key", "parsed"),
+    [
+        ("m.q.lora_A.weight", ("m.q", "lora_A", None, "weight")),
+        ("m.q.lora_B.default.weight", ("m.q", "lora_B", "default", "weight")),
+        ("m.q.lora_A.lora.weight", ("m.q", "lora_A", "lora", "weight")),
+        ("emb.lora_embedding_A", ("emb", "lora_embedding_A", None, None)),
+        ("m.q.lora_magnitude_vector", ("m.q", "lora_magnitude_vector", None, None)),
+        ("lm_head.weight", None),
+    ],
+)
 def test_parse_adapter_key(key: str, parsed: tuple | None) -> None:
     got = parse_adapter_key(key)
     assert (None if got is None else (got.module, got.param, got.adapter_name, got.leaf)) == parsed
@@ -187,10 +192,16 @@ def test_adapter_name_segment_lora(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    keys = {f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_{ab}.lora.weight":
-            torch.zeros((4, 16) if ab == "A" else (16, 4)) for i in range(2) for ab in "AB"}
-    (tmp_path / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]}))
+    keys = {
+        f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_{ab}.lora.weight": torch.zeros(
+            (4, 16) if ab == "A" else (16, 4)
+        )
+        for i in range(2)
+        for ab in "AB"
+    }
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]})
+    )
     save_file(keys, str(tmp_path / "adapter_model.safetensors"))
     report = ckptdiff.check(L.tiny_llama(), str(tmp_path))
     named = next(f for f in report.findings if f.kind == "adapter_name_in_keys")

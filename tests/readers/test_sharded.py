@@ -81,8 +81,10 @@ def test_key_in_two_shards_and_wrong_total_size(sharded, tmp_path):
     folder, sd = sharded
     from safetensors.torch import save_file
 
-    save_file({"0.weight": sd["0.weight"], "extra": torch.zeros(3)},
-              str(folder / "model-extra.safetensors"))
+    save_file(
+        {"0.weight": sd["0.weight"], "extra": torch.zeros(3)},
+        str(folder / "model-extra.safetensors"),
+    )
 
     def edit(data):
         data["weight_map"]["extra"] = "model-extra.safetensors"

@@ -265,8 +265,9 @@ def test_unknown_select(tmp_path: Path) -> None:
 
 def test_ambiguous_containers(tmp_path: Path) -> None:
     path = tmp_path / "two.pt"
-    torch.save({"student": nn.Linear(2, 2).state_dict(), "teacher": nn.Linear(2, 2).state_dict()},
-               path)  # fmt: skip
+    torch.save(
+        {"student": nn.Linear(2, 2).state_dict(), "teacher": nn.Linear(2, 2).state_dict()}, path
+    )
     with pytest.raises(
         SelectError,
         match=re.escape(f"Cannot read '{path}' (container): it holds 2 state dicts")

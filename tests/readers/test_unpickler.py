@@ -103,8 +103,15 @@ def test_a_tensor_becomes_a_record() -> None:
 
 
 def test_protocol_2_bytes_sets_and_complex_round_trip() -> None:
-    value = {"b": b"\x00\xffab", "e": b"", "ba": bytearray(b"xy"), "s": {1, 2}, "f": frozenset({3}),
-             "c": 1 + 2j, "sl": slice(1, 5, 2)}  # fmt: skip
+    value = {
+        "b": b"\x00\xffab",
+        "e": b"",
+        "ba": bytearray(b"xy"),
+        "s": {1, 2},
+        "f": frozenset({3}),
+        "c": 1 + 2j,
+        "sl": slice(1, 5, 2),
+    }
     assert unpickle(pickle.dumps(value, protocol=2), "x.pt").root == value
 
 
@@ -171,10 +178,16 @@ def test_stack_global_is_checked_the_same_way() -> None:
 
 @pytest.mark.parametrize(
     ("module", "name"),
-    [("argparse", "Namespace"), ("pathlib", "PosixPath"), ("numpy.core.multiarray", "scalar"),
-     ("numpy._core.multiarray", "_reconstruct"), ("numpy.dtypes", "Float64DType"),
-     ("omegaconf.dictconfig", "DictConfig"), ("datetime", "datetime")],
-)  # fmt: skip
+    [
+        ("argparse", "Namespace"),
+        ("pathlib", "PosixPath"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.dtypes", "Float64DType"),
+        ("omegaconf.dictconfig", "DictConfig"),
+        ("datetime", "datetime"),
+    ],
+)
 def test_benign_data_types_are_info(module: str, name: str) -> None:
     (finding,) = load(call(G(module, name))).findings
     assert (finding.kind, finding.severity, finding.keys) == (
@@ -245,13 +258,26 @@ def test_calling_a_placeholder_result_runs_nothing() -> None:
 
 @pytest.mark.parametrize(
     "target",
-    [G("torch._utils", "_rebuild_tensor_v2"), G("torch", "float32"), G("torch", "FloatStorage"),
-     G("collections", "OrderedDict"), G("builtins", "set"), G("mymod", "Cls")],
-)  # fmt: skip
+    [
+        G("torch._utils", "_rebuild_tensor_v2"),
+        G("torch", "float32"),
+        G("torch", "FloatStorage"),
+        G("collections", "OrderedDict"),
+        G("builtins", "set"),
+        G("mymod", "Cls"),
+    ],
+)
 def test_build_cannot_modify_shared_objects(target: G) -> None:
     for state in ((None, {"name": "int8"}), {"name": "int8"}):
-        body = enc(target) + (b"(N}" + enc("name") + enc("int8") + b"st" if isinstance(state, tuple)
-                              else b"}" + enc("name") + enc("int8") + b"s") + b"b"  # fmt: skip
+        body = (
+            enc(target)
+            + (
+                b"(N}" + enc("name") + enc("int8") + b"st"
+                if isinstance(state, tuple)
+                else b"}" + enc("name") + enc("int8") + b"s"
+            )
+            + b"b"
+        )
         with pytest.raises(ReadError):
             load(body)
     assert DTYPES["float32"].name == "float32"

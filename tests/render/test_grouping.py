@@ -9,8 +9,26 @@ import pytest
 
 from ckptdiff.render.keys import group_keys, group_keys_one_by_one
 
-PARTS = ["layers", "blocks", "h", "mlp", "attn", "0", "1", "2", "10", "31", "weight", "bias",
-         "ln_1", "sub3", "007", "{}", "a\nb", ""]
+PARTS = [
+    "layers",
+    "blocks",
+    "h",
+    "mlp",
+    "attn",
+    "0",
+    "1",
+    "2",
+    "10",
+    "31",
+    "weight",
+    "bias",
+    "ln_1",
+    "sub3",
+    "007",
+    "{}",
+    "a\nb",
+    "",
+]
 
 
 def _keys(rng: random.Random, n: int, odd: bool) -> list[str]:
@@ -27,9 +45,7 @@ def test_whole_list_grouping_is_the_one_by_one_grouping(seed):
     keys = _keys(rng, rng.randint(0, 60), odd=seed % 4 == 0)
     items = [(k, rng.choice([(1,), (2, 2)]), rng.choice(["float32", "int64"])) for k in keys]
     sig = lambda t: t[1:]  # noqa: E731
-    assert group_keys(items, lambda t: t[0], sig) == group_keys_one_by_one(
-        items, keys, sig
-    )
+    assert group_keys(items, lambda t: t[0], sig) == group_keys_one_by_one(items, keys, sig)
 
 
 def test_runs_collapse_with_ranges():
@@ -48,9 +64,14 @@ def test_manifest_json_lines_are_the_encoders():
     from ckptdiff.render.manifest import ONE_LINE, tensor_lines
     from ckptdiff.types import TensorSpec
 
-    specs = [TensorSpec('a"\\b\u00e9\n', (2, 3), "float32", 24), TensorSpec("s", (), "int64", None),
-             TensorSpec("z", (0,), "bfloat16", 0)]
-    expected = [ONE_LINE({"key": s.key, "shape": list(s.shape), "dtype": s.dtype,
-                           "nbytes": s.nbytes}) for s in specs]
+    specs = [
+        TensorSpec('a"\\b\u00e9\n', (2, 3), "float32", 24),
+        TensorSpec("s", (), "int64", None),
+        TensorSpec("z", (0,), "bfloat16", 0),
+    ]
+    expected = [
+        ONE_LINE({"key": s.key, "shape": list(s.shape), "dtype": s.dtype, "nbytes": s.nbytes})
+        for s in specs
+    ]
     assert tensor_lines(specs) == expected
     assert [json.loads(line)["key"] for line in expected] == [s.key for s in specs]

@@ -18,8 +18,19 @@ from fixtures.hostile import CASES
 def test_the_corpus_is_large_and_covers_every_group():
     groups = {c.group for c in CASES}
     assert len(CASES) >= 40
-    assert groups == {"payload", "bomb", "traversal", "zip", "legacy", "safetensors", "sniff",
-                      "evasion", "dropped", "terminal", "odd"}
+    assert groups == {
+        "payload",
+        "bomb",
+        "traversal",
+        "zip",
+        "legacy",
+        "safetensors",
+        "sniff",
+        "evasion",
+        "dropped",
+        "terminal",
+        "odd",
+    }
     assert sum(c.group == "payload" for c in CASES) >= 20
 
 
@@ -53,8 +64,13 @@ def test_scan_gives_every_hostile_file_its_own_verdict(name, corpus, canary, run
 def test_one_poisoned_file_never_hides_a_payload_beside_it(corpus, canary, runner, tmp_path):
     import shutil
 
-    for name in ("key_superscript.safetensors", "key_5000_digits.safetensors",
-                 "huge_int_payload.pt", "index_nul_shard", "route_global_reduce.pt"):
+    for name in (
+        "key_superscript.safetensors",
+        "key_5000_digits.safetensors",
+        "huge_int_payload.pt",
+        "index_nul_shard",
+        "route_global_reduce.pt",
+    ):
         src = corpus[name][1]
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     result = runner.invoke(main, ["scan", str(tmp_path), "--format", "json"])
@@ -110,8 +126,11 @@ def test_installed_script_scans_the_whole_corpus(corpus, canary):
     root = next(iter(corpus.values()))[1].parent
     proc = subprocess.run(
         [_script(), "scan", str(root), "--format", "json"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not canary.exists()
@@ -125,8 +144,9 @@ def test_installed_script_scans_the_whole_corpus(corpus, canary):
 
 def test_installed_script_inspects_a_payload(corpus, canary):
     case, path = corpus["route_dotted_name.pt"]
-    proc = subprocess.run([_script(), "inspect", str(path)], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [_script(), "inspect", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 3 and not canary.exists()
     assert "builtins.print.__self__.exec" in proc.stdout
     assert "Traceback" not in proc.stderr

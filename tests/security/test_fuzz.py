@@ -59,8 +59,19 @@ def _torch_zip() -> bytes:
 
     buf = io.BytesIO()
     w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    torch.save({"state_dict": {"w": w, "wt": w.t(), "b": torch.zeros(3, dtype=torch.bfloat16),
-                               "n": torch.tensor(7)}, "epoch": 2, "cfg": {"lr": 0.1}}, buf)
+    torch.save(
+        {
+            "state_dict": {
+                "w": w,
+                "wt": w.t(),
+                "b": torch.zeros(3, dtype=torch.bfloat16),
+                "n": torch.tensor(7),
+            },
+            "epoch": 2,
+            "cfg": {"lr": 0.1},
+        },
+        buf,
+    )
     return buf.getvalue()
 
 
@@ -93,8 +104,11 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
             data[at:at] = data[at:end]
         else:  # overwrite a length-like field with an extreme value
             width = draw(st.sampled_from([1, 2, 4, 8]))
-            value = draw(st.sampled_from([0, 1, 0x7F, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF,
-                                          (1 << 63) - 1, (1 << 64) - 1]))  # fmt: skip
+            value = draw(
+                st.sampled_from(
+                    [0, 1, 0x7F, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, (1 << 63) - 1, (1 << 64) - 1]
+                )
+            )
             data[at : at + width] = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
     return bytes(data)
 
@@ -142,20 +156,28 @@ DATA_PKL, RECORD_SIZES = _data_pkl(SEEDS["zip"])
 def test_mutated_pickle_streams(data: bytes) -> None:
     with time_limit(TIMEOUT):
         try:
-            manifest_from_zip_parts(data, RECORD_SIZES, "archive/", name="x.pt", source="x.pt",
-                                    file="x.pt", files=())  # fmt: skip
+            manifest_from_zip_parts(
+                data, RECORD_SIZES, "archive/", name="x.pt", source="x.pt", file="x.pt", files=()
+            )
         except CkptDiffError:
             pass
 
 
 @FUZZ
-@given(header=st.recursive(
-    st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats()
-    | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=4),
-    max_leaves=12,
-), tail=st.integers(0, 64))  # fmt: skip
+@given(
+    header=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(1 << 70), 1 << 70)
+        | st.floats()
+        | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=12,
+    ),
+    tail=st.integers(0, 64),
+)
 def test_arbitrary_json_headers(fuzz_dir: Path, header: object, tail: int) -> None:
     import json
 

@@ -44,9 +44,14 @@ def _both(runner, folder: Path) -> tuple[int, int]:
     return inspect.exit_code, scan.exit_code
 
 
-@pytest.mark.parametrize("victim", ["zero_pp_rank_1_mp_rank_00_model_states.pt",
-                                    "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
-                                    "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+@pytest.mark.parametrize(
+    "victim",
+    [
+        "zero_pp_rank_1_mp_rank_00_model_states.pt",
+        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    ],
+)
 def test_deepspeed_files_not_read_for_tensors_are_still_scanned(runner, tmp_path, victim):
     root = L.write_deepspeed(tmp_path / "ds", _mlp(), stage=3, dp=2)
     assert _both(runner, root) == (0, 0)

@@ -53,37 +53,80 @@ HEAD_MAPPINGS = (
 
 # config fields shrunk, by name (the values of a small config)
 WIDTHS = {
-    "hidden_size": 32, "d_model": 32, "n_embd": 32, "n_embed": 32, "embed_dim": 32, "dim": 32,
-    "hidden_dim": 32, "width": 32, "projection_dim": 16, "embedding_size": 32, "d_embed": 32,
-    "text_embed_dim": 32, "vision_embed_dim": 32, "projection_size": 16,
+    "hidden_size": 32,
+    "d_model": 32,
+    "n_embd": 32,
+    "n_embed": 32,
+    "embed_dim": 32,
+    "dim": 32,
+    "hidden_dim": 32,
+    "width": 32,
+    "projection_dim": 16,
+    "embedding_size": 32,
+    "d_embed": 32,
+    "text_embed_dim": 32,
+    "vision_embed_dim": 32,
+    "projection_size": 16,
 }
 HEADS = {
-    "num_attention_heads": 4, "n_head": 4, "n_heads": 4, "num_heads": 4,
-    "encoder_attention_heads": 4, "decoder_attention_heads": 4, "attention_heads": 4,
+    "num_attention_heads": 4,
+    "n_head": 4,
+    "n_heads": 4,
+    "num_heads": 4,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "attention_heads": 4,
 }
 KV_HEADS = {"num_key_value_heads": 2, "n_kv_heads": 2, "num_kv_heads": 2}
 HEAD_DIMS = {"head_dim": 8, "d_kv": 8, "attention_head_dim": 8, "kv_channels": 8}
 LAYERS = {
-    "num_hidden_layers": 2, "n_layer": 2, "num_layers": 2, "n_layers": 2, "encoder_layers": 2,
-    "decoder_layers": 2, "num_decoder_layers": 2, "num_encoder_layers": 2, "depth": 2,
+    "num_hidden_layers": 2,
+    "n_layer": 2,
+    "num_layers": 2,
+    "n_layers": 2,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "num_decoder_layers": 2,
+    "num_encoder_layers": 2,
+    "depth": 2,
 }
 INTERMEDIATE = {
-    "intermediate_size": 64, "ffn_dim": 64, "d_ff": 64, "n_inner": 64, "encoder_ffn_dim": 64,
-    "decoder_ffn_dim": 64, "ffn_hidden_size": 64, "moe_intermediate_size": 32,
-    "shared_expert_intermediate_size": 32, "dim_feedforward": 64, "mlp_dim": 64,
+    "intermediate_size": 64,
+    "ffn_dim": 64,
+    "d_ff": 64,
+    "n_inner": 64,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "ffn_hidden_size": 64,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32,
+    "dim_feedforward": 64,
+    "mlp_dim": 64,
 }
 EXPERTS = {
-    "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
-    "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
-    "n_group": 1, "topk_group": 1,
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "moe_num_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "first_k_dense_replace": 1,
+    "n_group": 1,
+    "topk_group": 1,
 }
 IMAGE = {"image_size": 32, "patch_size": 4}
 VOCAB = 128
 SMALL = {**WIDTHS, **HEADS, **KV_HEADS, **HEAD_DIMS, **LAYERS, **INTERMEDIATE, **EXPERTS, **IMAGE}
 # lists whose length follows the depth; a small config drops them (the class derives them)
 DEPTH_LISTS = (
-    "layer_types", "mlp_layer_types", "block_types", "layers_block_type", "out_features",
-    "out_indices", "per_layer_config", "swiglu_limits",
+    "layer_types",
+    "mlp_layer_types",
+    "block_types",
+    "layers_block_type",
+    "out_features",
+    "out_indices",
+    "per_layer_config",
+    "swiglu_limits",
 )
 # the small configs tried in turn: all shrunk, depths and counts only, the defaults
 LEVELS = ("small", "shallow", "defaults")
@@ -156,10 +199,22 @@ CLIP_FACTORY = Arch(
     "build_clip",
     {
         "embed_dim": 32,
-        "vision_cfg": {"width": 32, "layers": 2, "heads": 2, "patch_size": 8, "image_size": 32,
-                       "mlp_ratio": 4.0},
-        "text_cfg": {"width": 32, "layers": 2, "heads": 2, "context_length": 16,
-                     "vocab_size": 128, "mlp_ratio": 4.0},
+        "vision_cfg": {
+            "width": 32,
+            "layers": 2,
+            "heads": 2,
+            "patch_size": 8,
+            "image_size": 32,
+            "mlp_ratio": 4.0,
+        },
+        "text_cfg": {
+            "width": 32,
+            "layers": 2,
+            "heads": 2,
+            "context_length": 16,
+            "vocab_size": 128,
+            "mlp_ratio": 4.0,
+        },
     },
     factory="fixtures.models:build_clip",
 )

@@ -154,8 +154,9 @@ def is_verified(suggestion: dict[str, Any]) -> bool:
     return suggestion.get("verified") is True
 
 
-def run_check(ckpt: str, model_args: list[str], emit_path: str
-              ) -> tuple[int, dict[str, Any] | None, str]:
+def run_check(
+    ckpt: str, model_args: list[str], emit_path: str
+) -> tuple[int, dict[str, Any] | None, str]:
     """``ckptdiff check CKPT --model hf-config:CONFIG --emit-config OUT --format json`` (or
     ``--model pkg.module:factory --config CONFIG``), run through the installed command's entry
     point in this process.
@@ -272,8 +273,9 @@ def _run(case: Case, workdir: str) -> Outcome:
         with deadline(CHECK_SECONDS):
             code, report, stderr = run_check(ckpt, model_args, emit_path)
     except CaseTimeout as e:
-        out = Outcome(case.arch.name, case.mutation.label,
-                      case.truth_shapes != case.original_shapes)
+        out = Outcome(
+            case.arch.name, case.mutation.label, case.truth_shapes != case.original_shapes
+        )
         out.problems.append(Problem("timeout", str(e)))
         out.reproduce = command_line(ckpt, model_args, emit_path)
         out.seconds = time.perf_counter() - start
@@ -303,8 +305,9 @@ class Case:
     truth_shapes: Shapes
 
 
-def judge(case: Case, code: int, report: dict[str, Any] | None, emitted: Any,
-          stderr: str = "") -> Outcome:
+def judge(
+    case: Case, code: int, report: dict[str, Any] | None, emitted: Any, stderr: str = ""
+) -> Outcome:
     """The judge's verdict on what ``check`` answered (exit code, JSON report, emitted config:
     the parsed JSON, None when none was written, a string when it was not JSON)."""
     out = Outcome(case.arch.name, case.mutation.label, case.truth_shapes != case.original_shapes)
@@ -375,15 +378,16 @@ def _nbytes(shapes: Shapes) -> int:
 
     from tests.sweep.ckpt import SAFETENSORS_DTYPES
 
-    return sum(math.prod(shape) * SAFETENSORS_DTYPES.get(dtype, ("", 8))[1]
-               for shape, dtype in shapes.values())
+    return sum(
+        math.prod(shape) * SAFETENSORS_DTYPES.get(dtype, ("", 8))[1]
+        for shape, dtype in shapes.values()
+    )
 
 
 _RESIZE = re.compile(r"resize_token_embeddings\((\d+)\)")
 
 
-def _judge_call(case: Case, s: dict[str, Any], others: list[dict[str, Any]], out: Outcome
-                ) -> None:
+def _judge_call(case: Case, s: dict[str, Any], others: list[dict[str, Any]], out: Outcome) -> None:
     """A verified ``model.resize_token_embeddings(N)``: made on the model built with the other
     verified config fixes (the vocabulary fields left as they were), every tensor it resizes
     must then have the checkpoint's shape."""
@@ -429,8 +433,9 @@ def _judge_call(case: Case, s: dict[str, Any], others: list[dict[str, Any]], out
         out.problems.append(Problem("wrong_call", f"{text}: then {diff}"))
 
 
-def _judge_emitted(case: Case, suggestions: list[dict[str, Any]], emitted: Any, out: Outcome
-                   ) -> None:
+def _judge_emitted(
+    case: Case, suggestions: list[dict[str, Any]], emitted: Any, out: Outcome
+) -> None:
     if emitted is None:
         if any(s.get("kind") == "config" for s in suggestions):
             out.problems.append(Problem("emitted_misfit", "config fixes verified, none emitted"))

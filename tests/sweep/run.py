@@ -53,8 +53,13 @@ def drawn(arch: Arch, n: int, seed: int = 0) -> list[Mutation]:
     found: list[Mutation] = []
 
     @hypothesis_seed(seed)
-    @settings(max_examples=n, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(mutations(arch.config, arch.class_name))
     def collect(m: Mutation) -> None:
         if m not in found:
@@ -73,8 +78,9 @@ def one_class_per_type(archs: list[Arch]) -> list[Arch]:
     return list(last.values())
 
 
-def cases_for(arch: Arch, index: int = 0, kinds: int = 0, combos: int = 0, every: bool = False
-              ) -> list[Mutation]:
+def cases_for(
+    arch: Arch, index: int = 0, kinds: int = 0, combos: int = 0, every: bool = False
+) -> list[Mutation]:
     """The mutations of the ``index``-th architecture: the first of each kind (every mutation
     with ``every``), or with ``kinds`` > 0 that many kinds, turning through the kinds from one
     architecture to the next (so each kind meets a share of all architectures), plus the
@@ -164,10 +170,16 @@ def _each(iterator: Any, n: int) -> Iterator[Any]:
             return
 
 
-def sweep(archs: Iterable[Arch], kinds: int = 0, combos: int = 0, every: bool = False,
-          log: Callable[[str], None] | None = None,
-          progress: Callable[[Figures], None] | None = None, jobs: int = 1,
-          memory_gib: float = 8.0) -> Figures:
+def sweep(
+    archs: Iterable[Arch],
+    kinds: int = 0,
+    combos: int = 0,
+    every: bool = False,
+    log: Callable[[str], None] | None = None,
+    progress: Callable[[Figures], None] | None = None,
+    jobs: int = 1,
+    memory_gib: float = 8.0,
+) -> Figures:
     """Run every case of ``archs`` (in ``jobs`` processes), logging every 25 architectures."""
     figures = Figures()
     archs = list(archs)
@@ -191,9 +203,11 @@ def sweep(archs: Iterable[Arch], kinds: int = 0, combos: int = 0, every: bool = 
             figures.harness_errors += errors
             if log and ((i + 1) % 25 == 0 or i + 1 == len(archs)):
                 s = figures.summary()
-                log(f"[{time.perf_counter() - start:6.0f}s] {i + 1}/{len(archs)} architectures, "
+                log(
+                    f"[{time.perf_counter() - start:6.0f}s] {i + 1}/{len(archs)} architectures, "
                     f"{s['cases']} cases, {s['wrong_verified']} wrong verified, "
-                    f"{s['emitted_misfit']} misfit, {s['missed_fix']} missed")
+                    f"{s['emitted_misfit']} misfit, {s['missed_fix']} missed"
+                )
                 if progress:
                     progress(figures)
     finally:
@@ -202,12 +216,15 @@ def sweep(archs: Iterable[Arch], kinds: int = 0, combos: int = 0, every: bool = 
     return figures
 
 
-def print_figures(figures: Figures, skipped: list[Any], seconds: float, out: Any = sys.stdout
-                  ) -> None:
+def print_figures(
+    figures: Figures, skipped: list[Any], seconds: float, out: Any = sys.stdout
+) -> None:
     s = figures.summary()
     w = out.write
-    w(f"\nckptdiff sweep: {s['architectures']} architectures, {s['cases']} cases "
-      f"({s['shapes_moved']} moved shapes), {seconds:.0f} s\n")
+    w(
+        f"\nckptdiff sweep: {s['architectures']} architectures, {s['cases']} cases "
+        f"({s['shapes_moved']} moved shapes), {seconds:.0f} s\n"
+    )
     w(f"  wrong verified claims:          {s['wrong_verified']}\n")
     w(f"  emitted configs that do not fit: {s['emitted_misfit']}\n")
     w(f"  missed fixes:                   {s['missed_fix']}\n")
@@ -261,13 +278,16 @@ def findings_markdown(figures: Figures, command: str) -> str:
             archs = sorted({o.arch for o in group})
             lines.append(f"### mutation `{mkind}`: {len(group)} cases, {len(archs)} architectures")
             lines.append("")
-            lines.append("Architectures: " + ", ".join(archs[:40]) + (" ..." if len(archs) > 40
-                                                                      else ""))
+            lines.append(
+                "Architectures: " + ", ".join(archs[:40]) + (" ..." if len(archs) > 40 else "")
+            )
             lines.append("")
             for o in group[:4]:
                 detail = "; ".join(p.detail for p in o.problems if p.kind == kind)
-                claimed = ", ".join(f"{v['kind']} {v['field']}={v['suggested']!r}"
-                                    for v in o.verified) or "nothing verified"
+                claimed = (
+                    ", ".join(f"{v['kind']} {v['field']}={v['suggested']!r}" for v in o.verified)
+                    or "nothing verified"
+                )
                 lines.append(f"- {o.arch} `{o.mutation}`: claimed {claimed}; {detail}")
                 lines.append(f"  - `{_repro(o)}`")
             lines.append("")
@@ -275,7 +295,7 @@ def findings_markdown(figures: Figures, command: str) -> str:
 
 
 def _repro(o: Outcome) -> str:
-    changes = o.mutation[o.mutation.index("(") + 1: -1].split(", ")
+    changes = o.mutation[o.mutation.index("(") + 1 : -1].split(", ")
     args = " ".join(f"--mutation {c}" for c in changes)
     return f".venv/bin/python -m tests.sweep.run --arch {o.arch} {args} --keep /tmp/case"
 
@@ -297,24 +317,38 @@ def _log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.sweep.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tests.sweep.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--only", action="append", default=[], help="model types to sweep")
     p.add_argument("--arch", help="one architecture, TYPE/Class")
     p.add_argument("--mutation", action="append", default=[], help="path=value (with --arch)")
     p.add_argument("--keep", help="with --arch: the folder to keep the case's files in")
     p.add_argument("--combos", type=int, default=0, help="drawn combinations per architecture")
-    p.add_argument("--kinds", type=int, default=1,
-                   help="mutation kinds per architecture, turning from one to the next, plus "
-                   "the shape-invisible one (0: every kind)")
+    p.add_argument(
+        "--kinds",
+        type=int,
+        default=1,
+        help="mutation kinds per architecture, turning from one to the next, plus "
+        "the shape-invisible one (0: every kind)",
+    )
     p.add_argument("--every", action="store_true", help="every mutation, not one per kind")
     p.add_argument("--jobs", type=int, default=1, help="processes (the machine is shared)")
-    p.add_argument("--memory-gib", type=float, default=8.0,
-                   help="address-space cap of each sweeping process (0: none)")
+    p.add_argument(
+        "--memory-gib",
+        type=float,
+        default=8.0,
+        help="address-space cap of each sweeping process (0: none)",
+    )
     p.add_argument("--stride", type=int, default=1, help="every Nth architecture only")
-    p.add_argument("--all-classes", action="store_true",
-                   help="the base and the task class of each model type (default: one class "
-                   "per model type, the task class where there is one)")
+    p.add_argument(
+        "--all-classes",
+        action="store_true",
+        help="the base and the task class of each model type (default: one class "
+        "per model type, the task class where there is one)",
+    )
     p.add_argument("--refresh", action="store_true", help="re-probe the buildable architectures")
     p.add_argument("--findings", help="write the findings grouped by class to this markdown file")
     p.add_argument("--results", help="write every outcome as JSON to this file")
@@ -332,8 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         if arch is None:
             print(f"no buildable architecture {args.arch} (see {cache_path()})", file=sys.stderr)
             return 2
-        mutation_list = ([_parse_mutation(args.mutation)] if args.mutation
-                         else cases_for(arch, 0, 0, args.combos, args.every))
+        mutation_list = (
+            [_parse_mutation(args.mutation)]
+            if args.mutation
+            else cases_for(arch, 0, 0, args.combos, args.every)
+        )
         for m in mutation_list:
             outcome = run_case(arch, m, args.keep)
             print(json.dumps(outcome.to_dict(), indent=1, default=str))
@@ -358,16 +395,30 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.findings).write_text(text, encoding="utf-8")
         if args.results:
             Path(args.results).write_text(
-                json.dumps({"summary": figures.summary(),
-                            "outcomes": [o.to_dict() for o in figures.outcomes],
-                            "invalid": figures.invalid,
-                            "harness_errors": figures.harness_errors}, indent=1, default=str),
+                json.dumps(
+                    {
+                        "summary": figures.summary(),
+                        "outcomes": [o.to_dict() for o in figures.outcomes],
+                        "invalid": figures.invalid,
+                        "harness_errors": figures.harness_errors,
+                    },
+                    indent=1,
+                    default=str,
+                ),
                 encoding="utf-8",
             )
 
     start = time.perf_counter()
-    figures = sweep(archs, args.kinds, args.combos, args.every, log=_log, progress=save,
-                    jobs=args.jobs, memory_gib=args.memory_gib)
+    figures = sweep(
+        archs,
+        args.kinds,
+        args.combos,
+        args.every,
+        log=_log,
+        progress=save,
+        jobs=args.jobs,
+        memory_gib=args.memory_gib,
+    )
     seconds = time.perf_counter() - start
     print_figures(figures, enumeration.skipped, seconds)
     save(figures, done=True)

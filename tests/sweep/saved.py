@@ -86,13 +86,19 @@ def check_saved(arch: Arch, saved: Shapes, workdir: str) -> SavedOutcome:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.sweep.saved", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tests.sweep.saved",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--only", action="append", default=[], help="model types to check")
     p.add_argument("--keep", help="keep each case's files under this folder")
     p.add_argument("--results", help="write the outcomes as JSON to this file")
-    p.add_argument("--all-classes", action="store_true",
-                   help="the base and the task class of each model type (default: one class)")
+    p.add_argument(
+        "--all-classes",
+        action="store_true",
+        help="the base and the task class of each model type (default: one class)",
+    )
     args = p.parse_args(argv)
     from tests.sweep.run import limit_memory, one_class_per_type
 
@@ -120,16 +126,20 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="ckptdiff-saved-") as tmp:
                 outcomes.append(check_saved(arch, saved, tmp))
     passed = [o for o in outcomes if o.ok]
-    print(f"saved layout: {len(archs)} architectures, {len(outcomes)} save in another layout "
-          f"than their modules; check says compatible for {len(passed)}, not for "
-          f"{len(outcomes) - len(passed)}; {len(unbuilt)} could not be reverted on meta")
+    print(
+        f"saved layout: {len(archs)} architectures, {len(outcomes)} save in another layout "
+        f"than their modules; check says compatible for {len(passed)}, not for "
+        f"{len(outcomes) - len(passed)}; {len(unbuilt)} could not be reverted on meta"
+    )
     groups: dict[str, list[str]] = collections.defaultdict(list)
     for o in outcomes:
         if not o.ok:
             groups[o.detail.split(",")[0] if o.detail else f"exit {o.exit_code}"].append(o.arch)
     for label, names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        print(f"  not compatible ({label}): {len(names)}: {', '.join(names[:12])}"
-              + (" ..." if len(names) > 12 else ""))
+        print(
+            f"  not compatible ({label}): {len(names)}: {', '.join(names[:12])}"
+            + (" ..." if len(names) > 12 else "")
+        )
     for name, why in unbuilt[:10]:
         print(f"  not reverted: {name}: {why}")
     if args.results:

@@ -29,17 +29,46 @@ from tests.sweep.run import first_of_each_kind
 
 # architecture -> the mutation kinds of the sample
 SAMPLE: dict[tuple[str, str], tuple[str, ...]] = {
-    ("bert", "BertModel"): ("width", "width_heads", "layers", "vocab", "intermediate",
-                            "positions", "heads", "invisible"),
+    ("bert", "BertModel"): (
+        "width",
+        "width_heads",
+        "layers",
+        "vocab",
+        "intermediate",
+        "positions",
+        "heads",
+        "invisible",
+    ),
     ("gpt2", "GPT2LMHeadModel"): ("width", "width_heads", "layers", "vocab", "positions", "heads"),
-    ("llama", "LlamaForCausalLM"): ("width", "layers", "vocab", "intermediate", "kv_heads",
-                                    "invisible"),
+    ("llama", "LlamaForCausalLM"): (
+        "width",
+        "layers",
+        "vocab",
+        "intermediate",
+        "kv_heads",
+        "invisible",
+    ),
     ("qwen2", "Qwen2ForCausalLM"): ("width_heads", "layers", "vocab"),
     ("t5", "T5ForConditionalGeneration"): ("width", "vocab"),
-    ("vit", "ViTForImageClassification"): ("width", "layers", "image", "patch", "classes",
-                                           "heads", "invisible"),
-    ("open_clip", "build_clip"): ("width", "width_heads", "layers", "image", "patch",
-                                  "positions", "heads", "vocab"),
+    ("vit", "ViTForImageClassification"): (
+        "width",
+        "layers",
+        "image",
+        "patch",
+        "classes",
+        "heads",
+        "invisible",
+    ),
+    ("open_clip", "build_clip"): (
+        "width",
+        "width_heads",
+        "layers",
+        "image",
+        "patch",
+        "positions",
+        "heads",
+        "vocab",
+    ),
 }
 
 _ARCHS: dict[tuple[str, str], Arch] = {}
@@ -78,15 +107,22 @@ def test_single_mutation(key: tuple[str, str], mutation: Mutation) -> None:
         assert outcome.verified, describe(outcome)
 
 
-@settings(max_examples=6, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=6,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 @given(st.data())
 def test_combined_mutations(data: st.DataObject) -> None:
     key = data.draw(st.sampled_from(sorted(SAMPLE)), label="architecture")
     a = arch(*key)
     pool = [m for m in sample_mutations(a, SAMPLE[key]) if m.kind != "invisible"]
-    parts = data.draw(st.lists(st.sampled_from(pool), min_size=2, max_size=3, unique=True),
-                      label="mutations")
+    parts = data.draw(
+        st.lists(st.sampled_from(pool), min_size=2, max_size=3, unique=True), label="mutations"
+    )
     paths = [p for m in parts for p, _ in m.changes]
     if len(paths) != len(set(paths)):
         return
@@ -104,8 +140,7 @@ def widened() -> Case:
 
 
 def verified(field: str, value: object) -> dict[str, object]:
-    return {"kind": "config", "field": field, "current": None, "suggested": value,
-            "verified": True}
+    return {"kind": "config", "field": field, "current": None, "suggested": value, "verified": True}
 
 
 def test_judge_accepts_the_truth(widened: Case) -> None:

@@ -14,9 +14,15 @@ import pytest
 from ckptdiff.targets import build_target, cache, rebuild
 
 BERT = {
-    "architectures": ["BertModel"], "model_type": "bert", "vocab_size": 120,
-    "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 32, "max_position_embeddings": 40, "type_vocab_size": 2,
+    "architectures": ["BertModel"],
+    "model_type": "bert",
+    "vocab_size": 120,
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 40,
+    "type_vocab_size": 2,
 }
 
 
@@ -119,8 +125,9 @@ def test_cli_second_check_imports_neither_torch_nor_transformers(
     env.pop("CKPTDIFF_NO_CACHE", None)
 
     def run(*args: str) -> tuple[list[object], str]:
-        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                             text=True, env=env, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True
+        ).stdout
         *report, last = out.strip().splitlines()
         return json.loads(last), "\n".join(report)
 

@@ -31,8 +31,10 @@ def test_peft_adapter_base_model_class(tmp_path):
     adapter = L.write_peft(tmp_path / "lora", L.tiny_llama(), modules_to_save=["lm_head"])
     peft_cfg = json.loads((adapter / "adapter_config.json").read_text())
     assert peft_cfg["auto_mapping"] is None or peft_cfg["auto_mapping"].get("base_model_class")
-    peft_cfg["auto_mapping"] = {"base_model_class": "LlamaForCausalLM",
-                                "parent_library": "transformers.models.llama.modeling_llama"}
+    peft_cfg["auto_mapping"] = {
+        "base_model_class": "LlamaForCausalLM",
+        "parent_library": "transformers.models.llama.modeling_llama",
+    }
     (adapter / "adapter_config.json").write_text(json.dumps(peft_cfg))
     report = check(config, str(adapter))
     assert report.ok, str(report)

@@ -38,7 +38,13 @@ def test_a_sub_config_typo_names_its_path(tmp_path):
 
 
 def test_saved_configs_have_no_typos(tmp_path):
-    for name in ("LlamaForCausalLM", "MixtralForCausalLM", "LlavaForConditionalGeneration",
-                 "MllamaForConditionalGeneration", "T5ForConditionalGeneration", "CLIPModel"):
+    for name in (
+        "LlamaForCausalLM",
+        "MixtralForCausalLM",
+        "LlavaForConditionalGeneration",
+        "MllamaForConditionalGeneration",
+        "T5ForConditionalGeneration",
+        "CLIPModel",
+    ):
         folder = save_tiny(name, tmp_path / name)
         assert not [f for f in build_target(folder).findings if f.kind == "config_unknown_field"]

@@ -348,9 +348,11 @@ def test_unknown_override_fields_are_target_errors(tmp_path):
     with pytest.raises(TargetError) as e:
         build_target(str(tmp_path), args=["vocab_szie=30527", "hiden_size=384"])
     assert "unknown config field 'vocab_szie' for BertConfig (did you mean vocab_size?)" in str(
-        e.value)
+        e.value
+    )
     assert "unknown config field 'hiden_size' for BertConfig (did you mean hidden_size?)" in str(
-        e.value)
+        e.value
+    )
     with pytest.raises(TargetError, match="unknown config field 'nonexistent_field'"):
         build_target(str(tmp_path), config={"nonexistent_field": 3})  # --config keys too
 
@@ -358,17 +360,24 @@ def test_unknown_override_fields_are_target_errors(tmp_path):
 def test_unknown_fields_of_sub_configs(tmp_path):
     config, _ = tiny("clip")
     config.save_pretrained(tmp_path)
-    with pytest.raises(TargetError, match=re.escape(
+    with pytest.raises(
+        TargetError,
+        match=re.escape(
             "unknown config field 'text_config.vocab_szie' for CLIPTextConfig "
-            "(did you mean text_config.vocab_size?)")):
+            "(did you mean text_config.vocab_size?)"
+        ),
+    ):
         build_target(str(tmp_path), args=["text_config.vocab_szie=5"])
 
 
-@pytest.mark.parametrize("arg", [
-    "num_labels=3",  # a property
-    "label2id.extra=7",  # a free-form dict field
-    "torch_dtype=float16",  # a legacy alias __init__ still reads
-])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "num_labels=3",  # a property
+        "label2id.extra=7",  # a free-form dict field
+        "torch_dtype=float16",  # a legacy alias __init__ still reads
+    ],
+)
 def test_known_spellings_of_config_fields_are_accepted(tmp_path, arg):
     config, _ = tiny("bert")
     config.save_pretrained(tmp_path)
@@ -376,8 +385,9 @@ def test_known_spellings_of_config_fields_are_accepted(tmp_path, arg):
 
 
 def test_aliases_and_legacy_keywords_are_fields(tmp_path):
-    GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=99, n_positions=16,
-               architectures=["GPT2Model"]).save_pretrained(tmp_path / "gpt2")
+    GPT2Config(
+        n_embd=32, n_layer=1, n_head=4, vocab_size=99, n_positions=16, architectures=["GPT2Model"]
+    ).save_pretrained(tmp_path / "gpt2")
     m = build_target(str(tmp_path / "gpt2"), args=["hidden_size=64"])  # attribute_map alias
     assert m.tensors["wte.weight"].shape == (99, 64)
     LlamaConfig(**TINY_LLAMA).save_pretrained(tmp_path / "llama")
@@ -392,4 +402,5 @@ def test_cli_unknown_arg_field_exits_2(runner, tmp_path):
     result = runner.invoke(main, ["check", folder, "--model", folder, "--arg", "vocab_szie=3"])
     assert result.exit_code == 2
     assert "unknown config field 'vocab_szie' for BertConfig (did you mean vocab_size?)" in (
-        result.output)
+        result.output
+    )

@@ -44,7 +44,9 @@ def test_shared_module_is_one_tied_group_per_tensor():
     # the sharing is kept as information
     assert m.tied == () and m.aliases == {}
     assert m.metadata["shared_tensors"] == [
-        ["encoder.bias", "decoder.bias"], ["encoder.weight", "decoder.weight"]]
+        ["encoder.bias", "decoder.bias"],
+        ["encoder.weight", "decoder.weight"],
+    ]
     assert m.metadata["loader"] == "load_state_dict"
     assert m.buffers == {"steps"}
     assert m.tensors["steps"].dtype == "int64" and m.tensors["steps"].shape == ()

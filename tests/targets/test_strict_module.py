@@ -12,7 +12,7 @@ from torch import nn
 from ckptdiff import check
 from ckptdiff.cli import main
 
-SELF_LOADING = textwrap.dedent('''
+SELF_LOADING = textwrap.dedent("""
     import os, torch
     from torch import nn
 
@@ -25,7 +25,7 @@ SELF_LOADING = textwrap.dedent('''
 
     def build(weights=os.path.join(os.path.dirname(__file__), "net.pt")):
         return Net(weights)
-''')
+""")
 
 
 class Aliased(nn.Module):
@@ -40,8 +40,7 @@ class Aliased(nn.Module):
 def test_constructor_that_torch_loads_its_weights(tmp_path, runner):
     (tmp_path / "selfload.py").write_text(SELF_LOADING)
     torch.save(nn.Linear(4, 3).state_dict(), tmp_path / "raw.pt")
-    torch.save({"fc." + k: v for k, v in nn.Linear(4, 3).state_dict().items()},
-               tmp_path / "net.pt")
+    torch.save({"fc." + k: v for k, v in nn.Linear(4, 3).state_dict().items()}, tmp_path / "net.pt")
     report = check(f"{tmp_path}/selfload.py:build", str(tmp_path / "net.pt"))
     assert report.ok
 
@@ -49,8 +48,9 @@ def test_constructor_that_torch_loads_its_weights(tmp_path, runner):
 def test_a_constructor_load_that_fails_says_which_call(tmp_path, runner):
     (tmp_path / "selfload.py").write_text(SELF_LOADING)
     torch.save({"fc.weight": torch.zeros(3, 4)}, tmp_path / "ck.pt")
-    result = runner.invoke(main, ["check", str(tmp_path / "ck.pt"), "-m",
-                                  f"{tmp_path}/selfload.py:build"])
+    result = runner.invoke(
+        main, ["check", str(tmp_path / "ck.pt"), "-m", f"{tmp_path}/selfload.py:build"]
+    )
     assert result.exit_code == 2
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1
@@ -62,8 +62,12 @@ def test_aliased_module_needs_both_names_as_strict_loading_does(tmp_path):
     path = tmp_path / "one_name.safetensors"
     save_file({"lin0.weight": torch.zeros(2, 2), "lin0.bias": torch.zeros(2)}, path)
     report = check(model, str(path))
-    oracle = model.load_state_dict({"lin0.weight": torch.zeros(2, 2),
-                                    "lin0.bias": torch.zeros(2)}, strict=False)
-    assert {t.key for t in report.missing} == set(oracle.missing_keys) == {
-        "lins.0.weight", "lins.0.bias"}
+    oracle = model.load_state_dict(
+        {"lin0.weight": torch.zeros(2, 2), "lin0.bias": torch.zeros(2)}, strict=False
+    )
+    assert (
+        {t.key for t in report.missing}
+        == set(oracle.missing_keys)
+        == {"lins.0.weight", "lins.0.bias"}
+    )
     assert not report.ok

@@ -153,8 +153,12 @@ class HttpRangeSource:
                     f"Cannot read '{self.source}' ({self.name}): unexpected HTTP "
                     f"{response.status_code} to a range request."
                 )
-            data = read_body(response, limit=_range_length(byte_range),
-                             deadline=request_deadline(), what=f"'{self.source}' ({self.name})")
+            data = read_body(
+                response,
+                limit=_range_length(byte_range),
+                deadline=request_deadline(),
+                what=f"'{self.source}' ({self.name})",
+            )
             self.transfer.add(0, len(data), ranged=True)
             offset, total_size = _content_range(response.headers.get("Content-Range"))
             if total_size is not None and self.size is None:

@@ -183,13 +183,20 @@ class HubRepo:
         from huggingface_hub import constants, hf_hub_url
         from huggingface_hub.utils import build_hf_headers
 
-        url = hf_hub_url(self.source.repo_id, path, revision=self.commit,
-                         endpoint=constants.ENDPOINT)  # fmt: skip
+        url = hf_hub_url(
+            self.source.repo_id, path, revision=self.commit, endpoint=constants.ENDPOINT
+        )
         return download_small_file(
-            url, repo_id=self.source.repo_id, path=path, commit=self.commit,
-            listed_size=self.files.get(path), headers=build_hf_headers(),
-            source=self.source.text, transfer=self.transfer, whole_weights=whole_weights,
-        )  # fmt: skip
+            url,
+            repo_id=self.source.repo_id,
+            path=path,
+            commit=self.commit,
+            listed_size=self.files.get(path),
+            headers=build_hf_headers(),
+            source=self.source.text,
+            transfer=self.transfer,
+            whole_weights=whole_weights,
+        )
 
     def _remember_revision(self) -> None:
         """Record ``refs/<revision> -> commit`` in the cache, as ``hf_hub_download`` does when
@@ -316,8 +323,10 @@ class HubRepo:
         try:
             reader = self.reader(name)
             manifest = read_remote_file(
-                reader, source=f"{self.source.text}: {shard}",
-                file=posixpath.basename(shard), shard=shard,
+                reader,
+                source=f"{self.source.text}: {shard}",
+                file=posixpath.basename(shard),
+                shard=shard,
                 first_read=None if keys is None else first_read_size(keys, reader.size),
             )
         except (NeedsWholeFile, RangeNotSupportedError) as e:
@@ -440,13 +449,15 @@ def read_remote_file(
     if pickle_like:
         tail = src.tail(ZIP_TAIL_SIZE)
         if b"PK\x05\x06" in tail[1]:
-            return read_source(src, "zip", source=source, file=file, where=where,
-                               select=select, tail=tail)  # fmt: skip
+            return read_source(
+                src, "zip", source=source, file=file, where=where, select=select, tail=tail
+            )
     head = src.read(0, SNIFF_SIZE if pickle_like else first_read or FIRST_READ_SIZE)
     kind = sniff_bytes(head[:512], src.size)
     try:
-        return read_source(src, kind, source=source, file=file, where=where, select=select,
-                           shard=shard, head=head)  # fmt: skip
+        return read_source(
+            src, kind, source=source, file=file, where=where, select=select, shard=shard, head=head
+        )
     except WholeFileNeeded as e:
         raise NeedsWholeFile(
             f"Cannot read {where}: this is a legacy torch pickle (saved before torch 1.6), "

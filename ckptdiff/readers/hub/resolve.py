@@ -68,7 +68,9 @@ def _online_repo(src: HubSource) -> HubRepo:
     describe = describe_for(src.text, src.repo_id, "repo info", src.page)
     info = call_with_retries(
         lambda: api.model_info(
-            src.repo_id, revision=src.revision, files_metadata=True,
+            src.repo_id,
+            revision=src.revision,
+            files_metadata=True,
             timeout=constants.HF_HUB_ETAG_TIMEOUT,
         ),
         transfer=transfer,
@@ -78,8 +80,10 @@ def _online_repo(src: HubSource) -> HubRepo:
     files: dict[str, int | None] = {}
     if info.siblings is not None:
         for sibling in info.siblings:
-            size = sibling.size if sibling.size is not None else (
-                sibling.lfs.size if sibling.lfs is not None else None
+            size = (
+                sibling.size
+                if sibling.size is not None
+                else (sibling.lfs.size if sibling.lfs is not None else None)
             )
             files[sibling.rfilename] = size
     else:
@@ -137,8 +141,7 @@ def _set_root(repo: HubRepo, src: HubSource) -> None:
         return
     if src.kind == "file":
         raise HubNotFoundError(
-            f"Cannot read '{src.text}': {repo.label} has no file '{path}'"
-            f"{_near(path, repo.files)}."
+            f"Cannot read '{src.text}': {repo.label} has no file '{path}'{_near(path, repo.files)}."
         )
     if not any(f.startswith(path + "/") for f in repo.files):
         raise HubNotFoundError(

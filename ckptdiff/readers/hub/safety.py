@@ -161,9 +161,12 @@ def download_small_file(
         )
     deadline = None if whole_weights else request_deadline()
     with get_session().stream(
-        "GET", url, headers={**headers, "Accept-Encoding": "identity"},
-        timeout=timeout_seconds(), follow_redirects=True,
-    ) as response:  # fmt: skip
+        "GET",
+        url,
+        headers={**headers, "Accept-Encoding": "identity"},
+        timeout=timeout_seconds(),
+        follow_redirects=True,
+    ) as response:
         transfer.add(1 + len(response.history))
         if response.status_code >= 400:
             read_body(response, limit=1 << 20, deadline=deadline, what=what)
@@ -208,8 +211,9 @@ def _cache_paths(repo_id: str, path: str, commit: str, etag: str) -> tuple[str |
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    storage = os.path.join(constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo_id,
-                                                                    repo_type="model"))
+    storage = os.path.join(
+        constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo_id, repo_type="model")
+    )
     snapshots = os.path.abspath(os.path.join(storage, "snapshots", commit))
     pointer = os.path.abspath(os.path.join(snapshots, *path.split("/")))
     if os.path.commonpath([snapshots, pointer]) != snapshots:  # names were checked: a belt

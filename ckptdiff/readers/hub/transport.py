@@ -82,8 +82,9 @@ class Transfer:
         self.cached = 0
         self._parent = parent
 
-    def add(self, requests: int = 0, nbytes: int = 0, cached: int = 0, ranged: bool = False
-            ) -> None:
+    def add(
+        self, requests: int = 0, nbytes: int = 0, cached: int = 0, ranged: bool = False
+    ) -> None:
         """Count more requests, bytes (``ranged``: received by a range request) or cached files.
 
         The parent (the process-wide :data:`TOTAL`) counts them too.
@@ -104,8 +105,12 @@ class Transfer:
     def to_dict(self) -> dict[str, int]:
         """The JSON form: ``{"requests", "bytes", "range_bytes", "cached_files"}``."""
         with self._lock:
-            return {"requests": self.requests, "bytes": self.bytes,
-                    "range_bytes": self.range_bytes, "cached_files": self.cached}
+            return {
+                "requests": self.requests,
+                "bytes": self.bytes,
+                "range_bytes": self.range_bytes,
+                "cached_files": self.cached,
+            }
 
 
 #: Every hub request this process made (what ``--stats`` prints).

@@ -284,10 +284,19 @@ def _build_allowed() -> dict[tuple[str, str], Any]:
     for name, dtype in DTYPES.items():
         allowed[("torch", name)] = dtype
     for name in (
-        "strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc",
-        "_mkldnn", "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine",
-        "per_channel_symmetric", "per_channel_affine_float_qparams",
-    ):  # fmt: skip
+        "strided",
+        "sparse_coo",
+        "sparse_csr",
+        "sparse_csc",
+        "sparse_bsr",
+        "sparse_bsc",
+        "_mkldnn",
+        "per_tensor_affine",
+        "per_tensor_symmetric",
+        "per_channel_affine",
+        "per_channel_symmetric",
+        "per_channel_affine_float_qparams",
+    ):
         allowed[("torch", name)] = _Fake(f"torch.{name}", None)
     allowed[("torch.serialization", "_get_layout")] = _Fake(
         "torch.serialization._get_layout", lambda name: _Fake(f"layout {name}", None)

@@ -215,7 +215,9 @@ def globals_in(
     except Exception:  # the walk ends where the pickle stops being one
         pass
     return [
-        f for module, name in names
+        f
+        for module, name in names
         if (f := global_finding(module, name)).severity == "security"
-        and (module, name) not in ALLOWED_GLOBALS and (module, name) not in (extra or {})
+        and (module, name) not in ALLOWED_GLOBALS
+        and (module, name) not in (extra or {})
     ]

@@ -120,32 +120,80 @@ def placeholder(module: str, name: str) -> type[Opaque]:
 BENIGN_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     [
         ("argparse", "Namespace"),
-        *(("pathlib", n) for n in ("Path", "PosixPath", "WindowsPath", "PurePath",
-                                    "PurePosixPath", "PureWindowsPath")),
-        *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
-          for n in ("scalar", "_reconstruct")),
+        *(
+            ("pathlib", n)
+            for n in (
+                "Path",
+                "PosixPath",
+                "WindowsPath",
+                "PurePath",
+                "PurePosixPath",
+                "PureWindowsPath",
+            )
+        ),
+        *(
+            (m, n)
+            for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+            for n in ("scalar", "_reconstruct")
+        ),
         ("numpy", "dtype"),
         ("numpy", "ndarray"),
-        *(("omegaconf." + m, n) for m, n in (
-            ("dictconfig", "DictConfig"), ("listconfig", "ListConfig"),
-            ("base", "ContainerMetadata"), ("base", "Metadata"), ("nodes", "AnyNode"),
-            ("nodes", "StringNode"), ("nodes", "IntegerNode"), ("nodes", "FloatNode"),
-            ("nodes", "BooleanNode"), ("nodes", "PathNode"), ("nodes", "BytesNode"))),
+        *(
+            ("omegaconf." + m, n)
+            for m, n in (
+                ("dictconfig", "DictConfig"),
+                ("listconfig", "ListConfig"),
+                ("base", "ContainerMetadata"),
+                ("base", "Metadata"),
+                ("nodes", "AnyNode"),
+                ("nodes", "StringNode"),
+                ("nodes", "IntegerNode"),
+                ("nodes", "FloatNode"),
+                ("nodes", "BooleanNode"),
+                ("nodes", "PathNode"),
+                ("nodes", "BytesNode"),
+            )
+        ),
         ("collections", "defaultdict"),
         ("collections", "Counter"),
         ("collections", "deque"),
         *(("datetime", n) for n in ("datetime", "date", "time", "timedelta", "timezone")),
         *(("typing", n) for n in ("Any", "Union", "Optional", "List", "Dict", "Tuple")),
-        *(("builtins", n) for n in ("dict", "list", "tuple", "int", "float", "bool", "str",
-                                     "object", "NoneType", "range")),
+        *(
+            ("builtins", n)
+            for n in (
+                "dict",
+                "list",
+                "tuple",
+                "int",
+                "float",
+                "bool",
+                "str",
+                "object",
+                "NoneType",
+                "range",
+            )
+        ),
         ("decimal", "Decimal"),
         ("fractions", "Fraction"),
         ("uuid", "UUID"),
-        *(("torch", n) for n in ("FloatTensor", "DoubleTensor", "HalfTensor", "BFloat16Tensor",
-                                 "LongTensor", "IntTensor", "ShortTensor", "CharTensor",
-                                 "ByteTensor", "BoolTensor")),
+        *(
+            ("torch", n)
+            for n in (
+                "FloatTensor",
+                "DoubleTensor",
+                "HalfTensor",
+                "BFloat16Tensor",
+                "LongTensor",
+                "IntTensor",
+                "ShortTensor",
+                "CharTensor",
+                "ByteTensor",
+                "BoolTensor",
+            )
+        ),
     ]
-)  # fmt: skip
+)
 _NUMPY_DTYPE_CLASS = re.compile(r"[A-Za-z0-9]+DType")
 
 
@@ -163,7 +211,6 @@ def py3_name(module: str, name: str) -> tuple[str, str]:
     if module in _compat_pickle.IMPORT_MAPPING:
         return _compat_pickle.IMPORT_MAPPING[module], name
     return module, name
-
 
 
 def _printable(text: str, limit: int = 200) -> str:

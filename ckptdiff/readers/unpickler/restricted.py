@@ -175,7 +175,6 @@ class _Restricted:
         )
 
 
-
 class _RestrictedUnpickler(_Restricted, pickle.Unpickler):
     """The C unpickler with our ``find_class`` and ``persistent_load``."""
 

@@ -53,5 +53,6 @@ def record(findings: Iterable[Finding], context: str) -> None:
     if seen is not None:
         seen.extend(
             dataclasses.replace(f, data={**(f.data or {}), "pickle": context})
-            for f in findings if f.severity == "security"
+            for f in findings
+            if f.severity == "security"
         )

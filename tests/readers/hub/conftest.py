@@ -23,8 +23,7 @@ def hub_server() -> Iterator[HubServer]:
     server.stop()
 
 
-def configure_hub(monkeypatch: pytest.MonkeyPatch, url: str, cache: Path,
-                  token_file: Path) -> None:
+def configure_hub(monkeypatch: pytest.MonkeyPatch, url: str, cache: Path, token_file: Path) -> None:
     """Point huggingface_hub (env and already-imported constants) at ``url``."""
     from huggingface_hub import constants
 
@@ -37,8 +36,9 @@ def configure_hub(monkeypatch: pytest.MonkeyPatch, url: str, cache: Path,
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("CKPTDIFF_ALLOW_DOWNLOAD", raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(token_file))

@@ -26,13 +26,27 @@ def tokenizer_json(vocab_size: int, added: int = 0) -> bytes:
     for i in range(len(vocab), vocab_size):
         vocab[f"tok{i}"] = i
     added_tokens = [
-        {"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": True}
+        {
+            "id": i,
+            "content": c,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for c, i in list(vocab.items())[:5]
     ]
     added_tokens += [
-        {"id": vocab_size + i, "content": f"<extra_{i}>", "single_word": False, "lstrip": False,
-         "rstrip": False, "normalized": False, "special": True}
+        {
+            "id": vocab_size + i,
+            "content": f"<extra_{i}>",
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for i in range(added)
     ]
     data = {
@@ -43,8 +57,15 @@ def tokenizer_json(vocab_size: int, added: int = 0) -> bytes:
     return json.dumps(data).encode()
 
 
-def bert(folder: Path, *, dtype: Any = None, tokenizer: int | None = 99, added: int = 0,
-         config_dtype: str | None = None, **overrides: Any) -> Path:
+def bert(
+    folder: Path,
+    *,
+    dtype: Any = None,
+    tokenizer: int | None = 99,
+    added: int = 0,
+    config_dtype: str | None = None,
+    **overrides: Any,
+) -> Path:
     """A tiny BertModel saved with ``save_pretrained`` (config.json + model.safetensors)."""
     import torch
     from transformers import BertConfig, BertModel
@@ -116,8 +137,9 @@ def both_formats(folder: Path, disagree: bool) -> Path:
 # --- the benchmark's synthetic repo ------------------------------------------------------------
 
 
-def _llama_tensors(hidden: int, layers: int, inter: int, vocab: int, kv: int, heads: int
-                   ) -> Iterator[tuple[str, tuple[int, ...]]]:
+def _llama_tensors(
+    hidden: int, layers: int, inter: int, vocab: int, kv: int, heads: int
+) -> Iterator[tuple[str, tuple[int, ...]]]:
     head_dim = hidden // heads
     yield "model.embed_tokens.weight", (vocab, hidden)
     for i in range(layers):
@@ -135,8 +157,9 @@ def _llama_tensors(hidden: int, layers: int, inter: int, vocab: int, kv: int, he
     yield "lm_head.weight", (vocab, hidden)
 
 
-def _header(tensors: list[tuple[str, tuple[int, ...]]], dtype: str, itemsize: int
-            ) -> tuple[bytes, int]:
+def _header(
+    tensors: list[tuple[str, tuple[int, ...]]], dtype: str, itemsize: int
+) -> tuple[bytes, int]:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     pos = 0
     for key, shape in tensors:
@@ -148,9 +171,16 @@ def _header(tensors: list[tuple[str, tuple[int, ...]]], dtype: str, itemsize: in
     return struct.pack("<Q", len(raw)) + raw, pos
 
 
-def synthetic_llama(shards: int = 8, *, hidden: int = 4096, layers: int = 36,
-                    inter: int = 14336, vocab: int = 32000, heads: int = 32, kv: int = 8
-                    ) -> tuple[dict[str, RepoFile | bytes], int]:
+def synthetic_llama(
+    shards: int = 8,
+    *,
+    hidden: int = 4096,
+    layers: int = 36,
+    inter: int = 14336,
+    vocab: int = 32000,
+    heads: int = 32,
+    kv: int = 8,
+) -> tuple[dict[str, RepoFile | bytes], int]:
     """A Llama repo of ``shards`` bfloat16 safetensors shards whose bytes are never made.
 
     Returns:
@@ -176,20 +206,23 @@ def synthetic_llama(shards: int = 8, *, hidden: int = 4096, layers: int = 36,
     files["model.safetensors.index.json"] = json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2
     ).encode()
-    files["config.json"] = json.dumps({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": inter,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv,
-        "vocab_size": vocab,
-        "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16",
-    }, indent=2).encode()
+    files["config.json"] = json.dumps(
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": hidden,
+            "intermediate_size": inter,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv,
+            "vocab_size": vocab,
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16",
+        },
+        indent=2,
+    ).encode()
     files["tokenizer.json"] = tokenizer_json(vocab)
     files["generation_config.json"] = b'{"bos_token_id": 1, "eos_token_id": 2}'
     files["README.md"] = b"# synthetic llama\n"

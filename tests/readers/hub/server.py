@@ -196,8 +196,9 @@ class HubServer:
 
     # -- repos --
 
-    def add_repo(self, repo_id: str, files: Mapping[str, RepoFile | bytes | str | Path],
-                 **knobs: Any) -> Repo:
+    def add_repo(
+        self, repo_id: str, files: Mapping[str, RepoFile | bytes | str | Path], **knobs: Any
+    ) -> Repo:
         """Serve ``files`` (bytes, paths on disk, or RepoFile objects) as ``repo_id``."""
         served: dict[str, RepoFile] = {}
         for path, f in files.items():
@@ -231,23 +232,32 @@ class HubServer:
         with self.lock:
             self.hits.append(hit)
 
-    def requests(self, repo: str | None = None, path: str | None = None,
-                 kind: str | None = None) -> int:
+    def requests(
+        self, repo: str | None = None, path: str | None = None, kind: str | None = None
+    ) -> int:
         return len(self._select(repo, path, kind))
 
-    def bytes(self, repo: str | None = None, path: str | None = None,
-              kind: str | None = None) -> int:
+    def bytes(
+        self, repo: str | None = None, path: str | None = None, kind: str | None = None
+    ) -> int:
         return sum(h.bytes for h in self._select(repo, path, kind))
 
     def _select(self, repo: str | None, path: str | None, kind: str | None) -> list[Hit]:
         with self.lock:
-            return [h for h in self.hits if (repo is None or h.repo == repo)
-                    and (path is None or h.path == path) and (kind is None or h.kind == kind)]
+            return [
+                h
+                for h in self.hits
+                if (repo is None or h.repo == repo)
+                and (path is None or h.path == path)
+                and (kind is None or h.kind == kind)
+            ]
 
     def summary(self, repo: str | None = None) -> list[tuple[str, str | None, str, int, int]]:
         """``(method, path, range, status, bytes)`` of each request, for messages."""
-        return [(h.method, h.path, h.range or "", h.status, h.bytes)  # type: ignore[misc]
-                for h in self._select(repo, None, None)]
+        return [
+            (h.method, h.path, h.range or "", h.status, h.bytes)  # type: ignore[misc]
+            for h in self._select(repo, None, None)
+        ]
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None | str:
@@ -277,12 +287,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --
 
-    def _send(self, status: int, body: bytes = b"", headers: Mapping[str, str] | None = None,
-              *, repo: str | None, path: str | None, kind: str) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        *,
+        repo: str | None,
+        path: str | None,
+        kind: str,
+    ) -> None:
         # counted before the answer leaves: a client never sees an answer not yet counted
         sent = len(body) if self.command != "HEAD" else 0
-        self.hub.record(Hit(self.command, repo, path, kind, status, self.headers.get("Range"),
-                            sent))
+        self.hub.record(
+            Hit(self.command, repo, path, kind, status, self.headers.get("Range"), sent)
+        )
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -293,11 +312,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, data: Any, *, repo: str | None, kind: str = "api") -> None:
         body = json.dumps(data).encode()
-        self._send(status, body, {"Content-Type": "application/json"}, repo=repo, path=None,
-                   kind=kind)
+        self._send(
+            status, body, {"Content-Type": "application/json"}, repo=repo, path=None, kind=kind
+        )
 
-    def _error(self, status: int, code: str | None, message: str, *, repo: str | None,
-               path: str | None, kind: str) -> None:
+    def _error(
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        *,
+        repo: str | None,
+        path: str | None,
+        kind: str,
+    ) -> None:
         headers = {"Content-Type": "application/json"}
         if code:
             headers["X-Error-Code"] = code
@@ -336,8 +364,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _gate(self, repo: Repo, kind: str, path: str | None) -> bool:
         """Apply the repo's knobs; True when an answer was already sent."""
         if repo.private and self._token() not in repo.tokens:
-            self._error(401, "RepoNotFound", "Repository not found", repo=repo.repo_id,
-                        path=path, kind=kind)
+            self._error(
+                401, "RepoNotFound", "Repository not found", repo=repo.repo_id, path=path, kind=kind
+            )
             return True
         matches = repo.fail_on == kind or (
             repo.fail_on == "range" and kind == "resolve" and self.headers.get("Range")
@@ -353,16 +382,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _revision_ok(self, repo: Repo, rev: str, path: str | None, kind: str) -> bool:
         if rev in ("main", repo.sha, repo.hostile.get("sha")):
             return True
-        self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", repo=repo.repo_id,
-                    path=path, kind=kind)
+        self._error(
+            404,
+            "RevisionNotFound",
+            f"Invalid rev id: {rev}",
+            repo=repo.repo_id,
+            path=path,
+            kind=kind,
+        )
         return False
 
     def _api(self, parts: list[str], query: Mapping[str, list[str]]) -> None:
         repo_id = f"{parts[0]}/{parts[1]}"
         repo = self.hub.repos.get(repo_id)
         if repo is None:
-            self._error(404, "RepoNotFound", "Repository not found", repo=repo_id, path=None,
-                        kind="api")
+            self._error(
+                404, "RepoNotFound", "Repository not found", repo=repo_id, path=None, kind="api"
+            )
             return
         if self._gate(repo, "api", None):
             return
@@ -389,8 +425,11 @@ class _Handler(BaseHTTPRequestHandler):
                 sib["size"] = repo.files[path].size
                 sib["blobId"] = hashlib.sha1(repo.oid(path).encode()).hexdigest()
                 if repo.is_lfs(path):
-                    sib["lfs"] = {"size": repo.files[path].size, "sha256": repo.oid(path),
-                                  "pointerSize": 134}
+                    sib["lfs"] = {
+                        "size": repo.files[path].size,
+                        "sha256": repo.oid(path),
+                        "pointerSize": 134,
+                    }
             siblings.append(sib)
         siblings += [{"rfilename": name, "size": 10} for name in repo.hostile.get("names", ())]
         return {
@@ -412,15 +451,22 @@ class _Handler(BaseHTTPRequestHandler):
         for path in sorted(repo.files):
             if not path.startswith(prefix):
                 continue
-            rel = path[len(prefix):]
+            rel = path[len(prefix) :]
             if "/" in rel and not recursive:
                 dirs.add(prefix + rel.split("/", 1)[0])
                 continue
-            entry: dict[str, Any] = {"type": "file", "oid": repo.oid(path),
-                                     "size": repo.files[path].size, "path": path}
+            entry: dict[str, Any] = {
+                "type": "file",
+                "oid": repo.oid(path),
+                "size": repo.files[path].size,
+                "path": path,
+            }
             if repo.is_lfs(path):
-                entry["lfs"] = {"oid": repo.oid(path), "size": repo.files[path].size,
-                                "pointerSize": 134}
+                entry["lfs"] = {
+                    "oid": repo.oid(path),
+                    "size": repo.files[path].size,
+                    "pointerSize": 134,
+                }
             out.append(entry)
         out += [{"type": "directory", "oid": "0" * 40, "path": d} for d in sorted(dirs)]
         return out
@@ -428,24 +474,36 @@ class _Handler(BaseHTTPRequestHandler):
     def _resolve(self, repo_id: str, rev: str, path: str) -> None:
         repo = self.hub.repos.get(repo_id)
         if repo is None:
-            self._error(404, "RepoNotFound", "Repository not found", repo=repo_id, path=path,
-                        kind="resolve")
+            self._error(
+                404, "RepoNotFound", "Repository not found", repo=repo_id, path=path, kind="resolve"
+            )
             return
         if self._gate(repo, "resolve", path):
             return
         if repo.gated and self._token() not in repo.tokens:
             status = 403 if self._token() else 401
-            self._error(status, "GatedRepo",
-                        f"Access to model {repo_id} is restricted. You must have access to it "
-                        "and be authenticated to access it. Please log in.",
-                        repo=repo_id, path=path, kind="resolve")
+            self._error(
+                status,
+                "GatedRepo",
+                f"Access to model {repo_id} is restricted. You must have access to it "
+                "and be authenticated to access it. Please log in.",
+                repo=repo_id,
+                path=path,
+                kind="resolve",
+            )
             return
         if not self._revision_ok(repo, rev, path, "resolve"):
             return
         f = repo.files.get(path)
         if f is None:
-            self._error(404, "EntryNotFound", f"{path} does not exist on \"{rev}\"",
-                        repo=repo_id, path=path, kind="resolve")
+            self._error(
+                404,
+                "EntryNotFound",
+                f'{path} does not exist on "{rev}"',
+                repo=repo_id,
+                path=path,
+                kind="resolve",
+            )
             return
         headers = {
             "ETag": f'"{repo.oid(path)}"',
@@ -477,12 +535,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._stream(status, headers, f, start, end, repo=repo_id, path=path)
 
-    def _hostile_stream(self, status: int, headers: Mapping[str, str], repo: Repo, start: int,
-                        end: int, path: str) -> None:
+    def _hostile_stream(
+        self, status: int, headers: Mapping[str, str], repo: Repo, start: int, end: int, path: str
+    ) -> None:
         """A body with no end (no Content-Length, zeros until the client hangs up, at most
         4 GiB), or one byte every ``drip`` seconds."""
-        hit = Hit(self.command, repo.repo_id, path, "resolve", status, self.headers.get("Range"),
-                  0)
+        hit = Hit(self.command, repo.repo_id, path, "resolve", status, self.headers.get("Range"), 0)
         self.hub.record(hit)
         self.send_response(status)
         for k, v in headers.items():
@@ -509,8 +567,17 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, OSError):
             return
 
-    def _stream(self, status: int, headers: Mapping[str, str], f: RepoFile, start: int, end: int,
-                *, repo: str, path: str) -> None:
+    def _stream(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        f: RepoFile,
+        start: int,
+        end: int,
+        *,
+        repo: str,
+        path: str,
+    ) -> None:
         hit = Hit(self.command, repo, path, "resolve", status, self.headers.get("Range"), 0)
         self.hub.record(hit)
         self.send_response(status)

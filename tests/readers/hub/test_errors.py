@@ -67,9 +67,7 @@ def test_gated_repo_with_a_token_without_access(
         read("hf://t/gated")
 
 
-def test_gated_repo_with_access(
-    hub: HubServer, bert_repo, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_gated_repo_with_access(hub: HubServer, bert_repo, monkeypatch: pytest.MonkeyPatch) -> None:
     _, folder = bert_repo("t/gated", gated=True, tokens={"hf_good"})
     set_token(monkeypatch, "hf_good")
     assert read("hf://t/gated").tensors == read(str(folder)).tensors
@@ -77,10 +75,13 @@ def test_gated_repo_with_access(
 
 def test_private_repo_looks_missing_without_a_token(hub: HubServer, bert_repo, runner) -> None:
     bert_repo("t/private", private=True, tokens={"hf_good"})
-    with pytest.raises(HubNotFoundError, match=re.escape(
-        "there is no repo t/private, or it is private and no token was sent (HF_TOKEN is unset "
-        "and you are not logged in) (HTTP 401)."
-    )):
+    with pytest.raises(
+        HubNotFoundError,
+        match=re.escape(
+            "there is no repo t/private, or it is private and no token was sent (HF_TOKEN is unset "
+            "and you are not logged in) (HTTP 401)."
+        ),
+    ):
         read("hf://t/private")
 
 
@@ -140,7 +141,9 @@ def test_unreachable_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         port = s.getsockname()[1]
     configure_hub(monkeypatch, f"http://127.0.0.1:{port}", tmp_path / "cache", tmp_path / "tok")
     monkeypatch.setattr(remote, "MAX_RETRIES", 1)
-    with pytest.raises(HubUnavailableError, match=r"cannot reach http://127\.0\.0\.1.*HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        HubUnavailableError, match=r"cannot reach http://127\.0\.0\.1.*HF_HUB_OFFLINE=1"
+    ):
         read("hf://t/bert")
 
 
@@ -174,8 +177,11 @@ def test_offline_with_an_empty_cache(
 ) -> None:
     bert_repo()
     set_offline(monkeypatch)
-    with pytest.raises(HubOfflineError, match=r"HF_HUB_OFFLINE is set and the local cache .* "
-                                              r"holds nothing of t/bert@main"):
+    with pytest.raises(
+        HubOfflineError,
+        match=r"HF_HUB_OFFLINE is set and the local cache .* "
+        r"holds nothing of t/bert@main",
+    ):
         read("hf://t/bert")
     assert hub.requests("t/bert") == 0
     _one_line_exit_2(runner, ["inspect", "hf://t/bert"], r"HF_HUB_OFFLINE is set")
@@ -189,8 +195,11 @@ def test_offline_with_only_small_files_cached(
     bert_repo()
     hf_hub_download("t/bert", "config.json")
     set_offline(monkeypatch)
-    with pytest.raises(HubOfflineError, match=r"cached snapshot of t/bert@\w+ holds no weights "
-                                              r"\(only config.json\)"):
+    with pytest.raises(
+        HubOfflineError,
+        match=r"cached snapshot of t/bert@\w+ holds no weights "
+        r"\(only config.json\)",
+    ):
         read("hf://t/bert")
 
 

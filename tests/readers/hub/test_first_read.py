@@ -57,8 +57,7 @@ def test_a_longer_header_than_estimated_costs_a_second_request(
     folder = tmp_path / "meta"
     folder.mkdir()
     # metadata far longer than an estimate allows for
-    save_file({"w": torch.zeros(2)}, str(folder / "a.safetensors"),
-              metadata={"notes": "x" * 5000})
+    save_file({"w": torch.zeros(2)}, str(folder / "a.safetensors"), metadata={"notes": "x" * 5000})
     save_file({"v": torch.zeros(2)}, str(folder / "b.safetensors"))
     index = {"metadata": {}, "weight_map": {"w": "a.safetensors", "v": "b.safetensors"}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))

@@ -22,8 +22,14 @@ from tests.readers.hub.server import HubServer, SyntheticFile
 
 
 def _files_outside(root: Path, cache: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if cache not in p.parents and p != cache
-            and p.name not in ("bert", "hf-token") and "t_" not in str(p)]  # fmt: skip
+    return [
+        p
+        for p in root.rglob("*")
+        if cache not in p.parents
+        and p != cache
+        and p.name not in ("bert", "hf-token")
+        and "t_" not in str(p)
+    ]
 
 
 @pytest.fixture
@@ -36,8 +42,14 @@ def sharded_repo(hub: HubServer, tmp_path: Path):
     return add
 
 
-_ESCAPES = ["../../../../escaped", "/tmp/escaped-abs", "..", "main/../../../x",
-            "ABCDEF0123456789ABCDEF0123456789ABCDEF01", "e" * 39]
+_ESCAPES = [
+    "../../../../escaped",
+    "/tmp/escaped-abs",
+    "..",
+    "main/../../../x",
+    "ABCDEF0123456789ABCDEF0123456789ABCDEF01",
+    "e" * 39,
+]
 
 
 @pytest.mark.parametrize("sha", _ESCAPES)
@@ -51,15 +63,19 @@ def test_a_hostile_model_info_sha_is_refused(hub, sharded_repo, runner, tmp_path
     assert not (tmp_path / "hf-cache" / "models--evil--sha" / "refs").exists()
 
 
-@pytest.mark.parametrize("knob, value, message", [
-    ("commit", "../../../../escaped", "not a 40-hex-digit commit id"),
-    ("commit", "0" * 40, "not the repo's commit"),
-    ("etag", '"../../../../escaped"', "not a plain content id"),
-    ("etag", '"a/b"', "not a plain content id"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "knob, value, message",
+    [
+        ("commit", "../../../../escaped", "not a 40-hex-digit commit id"),
+        ("commit", "0" * 40, "not the repo's commit"),
+        ("etag", '"../../../../escaped"', "not a plain content id"),
+        ("etag", '"a/b"', "not a plain content id"),
+    ],
+)
 @pytest.mark.parametrize("command", ["inspect", "audit"])
-def test_hostile_file_headers_never_name_a_path(hub, sharded_repo, runner, tmp_path, knob,
-                                                value, message, command):
+def test_hostile_file_headers_never_name_a_path(
+    hub, sharded_repo, runner, tmp_path, knob, value, message, command
+):
     sharded_repo("evil/headers", **{knob: value})
     result = runner.invoke(main, [command, "hf://evil/headers"])
     assert result.exit_code == 3, result.output
@@ -67,8 +83,16 @@ def test_hostile_file_headers_never_name_a_path(hub, sharded_repo, runner, tmp_p
     assert not list(tmp_path.parent.glob("**/escaped*")), "a write outside the cache"
 
 
-@pytest.mark.parametrize("name", ["../escaped.safetensors", "/abs/escaped.safetensors",
-                                  "a/../../escaped.json", "a\\..\\escaped", "x\x1b[2Ky.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../escaped.safetensors",
+        "/abs/escaped.safetensors",
+        "a/../../escaped.json",
+        "a\\..\\escaped",
+        "x\x1b[2Ky.json",
+    ],
+)
 def test_listed_names_that_leave_the_repo_are_refused(hub, sharded_repo, runner, name):
     sharded_repo("evil/names", names=[name])
     for command in ("inspect", "scan", "audit"):
@@ -97,8 +121,9 @@ def test_an_endless_206_body_is_cut_at_the_range_asked_for(hub, tmp_path, runner
     assert hub.bytes("evil/endless", "model.safetensors") < 64 << 20
 
 
-def test_an_endless_index_json_is_refused_at_the_small_file_cap(hub, sharded_repo, runner,
-                                                                monkeypatch):
+def test_an_endless_index_json_is_refused_at_the_small_file_cap(
+    hub, sharded_repo, runner, monkeypatch
+):
     repo = sharded_repo("evil/endless-index", endless=["model.safetensors.index.json"])
     listed = repo.files["model.safetensors.index.json"].size
     for command in ("inspect", "audit"):
@@ -143,12 +168,16 @@ def test_a_zip_entry_far_after_data_pkl_is_not_read_to(hub, tmp_path, runner):
     assert hub.bytes("evil/far", "pytorch_model.bin") < 256 << 10
 
 
-def test_nothing_lands_outside_the_cache_after_the_hostile_cases(hub, sharded_repo, runner,
-                                                                tmp_path):
+def test_nothing_lands_outside_the_cache_after_the_hostile_cases(
+    hub, sharded_repo, runner, tmp_path
+):
     sharded_repo("evil/all", sha="../../../../escaped")
     runner.invoke(main, ["inspect", "hf://evil/all"])
     sharded_repo("evil/all2", etag='"../../../../escaped"')
     runner.invoke(main, ["inspect", "hf://evil/all2"])
     assert not [p for p in tmp_path.parent.rglob("escaped*")]
-    assert all(str(p).startswith(str(tmp_path)) for p in tmp_path.rglob("*") if os.path.islink(p)
-               and not os.path.realpath(p).startswith(str(tmp_path)))
+    assert all(
+        str(p).startswith(str(tmp_path))
+        for p in tmp_path.rglob("*")
+        if os.path.islink(p) and not os.path.realpath(p).startswith(str(tmp_path))
+    )

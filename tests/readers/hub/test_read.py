@@ -113,8 +113,9 @@ def test_torch_bin_reads_only_data_pkl_and_the_directory(hub: HubServer, tmp_pat
     with zipfile.ZipFile(path) as z:
         infos = sorted(z.infolist(), key=lambda i: i.header_offset)
     ends = [i.header_offset for i in infos[1:]] + [None]
-    storages = [(i.header_offset, end) for i, end in zip(infos, ends, strict=True)
-                if "/data/" in i.filename]
+    storages = [
+        (i.header_offset, end) for i, end in zip(infos, ends, strict=True) if "/data/" in i.filename
+    ]
     # no requested range touches a storage record
     for hit in hub.hits:
         if hit.path != "pytorch_model.bin":
@@ -135,8 +136,9 @@ def test_legacy_pickle_needs_allow_download(hub: HubServer, tmp_path: Path) -> N
 
     folder = tmp_path / "legacy"
     folder.mkdir()
-    torch.save({"w": torch.zeros(3)}, folder / "pytorch_model.bin",
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"w": torch.zeros(3)}, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False
+    )
     hub.add_folder("t/legacy", folder)
     with pytest.raises(UnsupportedFormatError, match="legacy torch pickle.*--allow-download"):
         read("hf://t/legacy")
@@ -170,16 +172,27 @@ def test_parse_hub_source_forms() -> None:
     assert parse_hub_source("hf://org/repo@refs/pr/3/vae").revision == "refs/pr/3"
     assert parse_hub_source("hf://org/repo@refs/pr/3/vae").path == "vae"
     assert parse_hub_source("https://huggingface.co/org/repo/tree/refs%2Fpr%2F1").revision == (
-        "refs/pr/1")
+        "refs/pr/1"
+    )
     src = parse_hub_source("https://huggingface.co/org/repo/blob/main/a/b.bin")
-    assert (src.repo_id, src.revision, src.path, src.kind) == ("org/repo", "main", "a/b.bin",
-                                                               "file")
+    assert (src.repo_id, src.revision, src.path, src.kind) == (
+        "org/repo",
+        "main",
+        "a/b.bin",
+        "file",
+    )
     assert parse_hub_source("hf://models/org/repo").repo_id == "org/repo"
 
 
-@pytest.mark.parametrize("bad", ["hf://onlyname", "hf://datasets/org/data",
-                                 "https://huggingface.co/org/repo/commits/main",
-                                 "https://huggingface.co/org/repo/blob/main"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "hf://onlyname",
+        "hf://datasets/org/data",
+        "https://huggingface.co/org/repo/commits/main",
+        "https://huggingface.co/org/repo/blob/main",
+    ],
+)
 def test_malformed_sources_are_usage_errors(bad: str) -> None:
     from ckptdiff.errors import UsageError
 
