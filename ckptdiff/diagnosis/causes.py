@@ -308,8 +308,10 @@ def kv_heads(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
     heads = _heads_in_config(target.config)
     if heads:
         head_dim = q // heads
+        n = a // head_dim if head_dim else 0
         how = (
-            f" = {a // head_dim} key/value heads of {head_dim} (head_dim from {heads} heads)"
+            f" = {n} key/value head{'s' if n != 1 else ''} of {head_dim} "
+            f"(head_dim from {heads} heads)"
             if head_dim and a % head_dim == 0
             else ""
         )
@@ -393,4 +395,7 @@ def causes(
         found = rule(report, checkpoint, target)
         if found:
             out.extend(found)
-    return out
+    # k/v biases of another size look like a width on their own; with the query rows equal
+    # the hidden width did not move: the key/value heads tell the story
+    kv = {k for f in out if f.data.get("cause") == "kv_heads" for k in f.keys}
+    return [f for f in out if not (f.data.get("cause") == "width" and set(f.keys) <= kv)]

@@ -286,8 +286,10 @@ def _heads_alternatives(
     target: Manifest,
 ) -> None:
     """A verified head count stays verified only when no other count fits as well: twice or
-    half of it, alone and with the other head fields of its sub-config (the head dim); a
-    patch or image size only when the other one scaled to the same grid does not fit."""
+    half of it, alone and with the other head fields of its sub-config (the head dim), and
+    the field left as it was with another head field of its sub-config doubled or halved
+    instead (4 key/value heads of 8 fit where 2 query heads of 16 do); a patch or image size
+    only when the other one scaled to the same grid does not fit."""
     from ckptdiff.diagnosis.verify import bad_keys
 
     if outcome.report is None:
@@ -297,8 +299,9 @@ def _heads_alternatives(
         f = c.suggestion.field
         if v.status != "verified":
             continue
-        values = {**_int_leaves(target.config or {}), **overrides}
-        trials = _grid_trials(f, values, _int_leaves(target.config or {}))
+        before = _int_leaves(target.config or {})
+        values = {**before, **overrides}
+        trials = _grid_trials(f, values, before)
         if _heads_field(f):
             group = [g for g in values if _heads_field(g) and _same_sub(g, f)] or [f]
             for factor in (2.0, 0.5):
@@ -306,6 +309,10 @@ def _heads_alternatives(
                     alt = {g: values[g] * factor for g in fields}
                     if all(float(x).is_integer() and x >= 1 for x in alt.values()):
                         trials.append({g: int(x) for g, x in alt.items()})
+                for g in group:
+                    x = values[g] * factor
+                    if g != f and f in before and float(x).is_integer() and x >= 1:
+                        trials.append({f: before[f], g: int(x)})
         for alt in trials:
             other = apply_fix(ck, target, Fix({**overrides, **alt}))
             if other.report is not None and bad_keys(other.report) <= bad:

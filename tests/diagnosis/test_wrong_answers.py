@@ -161,6 +161,60 @@ def test_gqa_checkpoint_against_a_factory_that_defaults_num_kv_heads_to_none(tmp
     assert check(LLAMA, ck, args=fixed).ok
 
 
+def test_key_value_heads_or_query_heads_when_the_head_dim_is_free(tmp_path):
+    """Was: num_key_value_heads = 4 verified for a checkpoint with 2 query heads of 16 (the
+    target: 4 of 8, 2 key/value heads): 4 key/value heads of 8 fit the same shapes, so the
+    head count stays the config's own, and the linear-attention heads beside it must not hide
+    the other answer."""
+    cls = getattr(transformers, "OlmoHybridConfig", None)
+    if cls is None:
+        pytest.skip("this transformers has no OlmoHybrid")
+    args = dict(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_key_value_heads=2,
+        linear_num_key_heads=2,
+        linear_num_value_heads=2,
+        linear_key_head_dim=8,
+        linear_value_head_dim=16,
+        pad_token_id=0,
+        eos_token_id=1,
+        architectures=["OlmoHybridForCausalLM"],
+    )
+    with torch.device("meta"):
+        model = transformers.OlmoHybridForCausalLM(cls(num_attention_heads=2, **args))
+    sd = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+    ck = save(sd, tmp_path / "m.safetensors")
+    r = check(folder(cls(num_attention_heads=4, **args), tmp_path / "cfg"), ck)
+    assert suggestions(r) == {"num_key_value_heads": (2, 4, "undetermined")}
+    (s,) = [s for s in r.suggestions if s.kind == "config"]
+    assert "num_key_value_heads = 2, num_attention_heads = 2 fits as well" in s.message
+
+
+def test_key_value_biases_of_another_size_are_not_a_hidden_width(tmp_path):
+    """Was: 'hidden width: 8 in the checkpoint vs 16 in the target' beside the grouped-query
+    cause, for a Qwen2 checkpoint with 1 key/value head where the config says 2: the k/v
+    biases differ, the query rows and every norm agree."""
+    args = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        architectures=["Qwen2ForCausalLM"],
+    )
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(num_key_value_heads=1, **args))
+    ck = save(model, tmp_path / "m.safetensors")
+    target = folder(transformers.Qwen2Config(num_key_value_heads=2, **args), tmp_path / "cfg")
+    r = check(target, ck)
+    (cause,) = kinds(r, "cause")
+    assert cause.data["cause"] == "kv_heads"
+    assert "= 1 key/value head of 8 (head_dim from 4 heads)" in cause.message
+    assert suggestions(r) == {"num_key_value_heads": (2, 1, "undetermined")}
+
+
 def test_transformers_config_keeps_num_key_value_heads(tmp_path):
     ck = save(
         transformers.LlamaForCausalLM(llama_config(hidden_size=64, num_key_value_heads=2)),

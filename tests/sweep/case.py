@@ -68,6 +68,8 @@ PROBLEMS = {
     "unknown_field": "a verified field the config does not have",
     "emitted_misfit": "the emitted config does not rebuild the checkpoint's keys and shapes",
     "missed_fix": "the shapes moved, a fix exists, nothing was verified",
+    "undetermined": "nothing verified: check said the shapes cannot tell the value (another "
+    "value fits as well) and the config it emitted fits",
     "false_alarm": "the shapes did not move, check did not say compatible",
     "error": "check failed on a valid checkpoint and config",
     "timeout": "check took longer than the case's limit",
@@ -329,6 +331,19 @@ def judge(
             )
         return out
     if not suggestions:
+        told = [
+            s
+            for s in report.get("suggestions", [])
+            if s.get("kind") == "config" and s.get("status") == "undetermined"
+        ]
+        if told and isinstance(emitted, dict):
+            _judge_emitted(case, told, emitted, out)
+            if not out.problems:
+                shown = "; ".join(_label(s) for s in told)
+                out.problems.append(
+                    Problem("undetermined", f"said {shown}; truth {case.mutation.label}")
+                )
+                return out
         out.problems.append(Problem("missed_fix", f"exit {code}; truth {case.mutation.label}"))
         return out
     _judge_values(case, suggestions, out)

@@ -118,6 +118,7 @@ class Figures:
             "wrong_verified": sum(o.wrong_verified for o in self.outcomes),
             "emitted_misfit": self.count("emitted_misfit"),
             "missed_fix": self.count("missed_fix"),
+            "undetermined": self.count("undetermined"),
             "false_alarm": self.count("false_alarm"),
             "error": self.count("error"),
             "by_problem": {k: self.count(k) for k in PROBLEMS},
@@ -228,6 +229,7 @@ def print_figures(
     w(f"  wrong verified claims:          {s['wrong_verified']}\n")
     w(f"  emitted configs that do not fit: {s['emitted_misfit']}\n")
     w(f"  missed fixes:                   {s['missed_fix']}\n")
+    w(f"  said undetermined, config fits: {s['undetermined']}\n")
     w(f"  false alarms (fits, not ok):    {s['false_alarm']}\n")
     w(f"  errors from check:              {s['error']}\n")
     w("  by class: " + ", ".join(f"{k} {v}" for k, v in s["by_problem"].items() if v) + "\n")
@@ -259,7 +261,8 @@ def findings_markdown(figures: Figures, command: str) -> str:
         f"From `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
         f"{s['cases']} cases over {s['architectures']} architectures; {s['wrong_verified']} "
         f"with a wrong verified claim, {s['emitted_misfit']} emitted configs that do not fit, "
-        f"{s['missed_fix']} missed fixes, {s['false_alarm']} false alarms, {s['error']} errors.",
+        f"{s['missed_fix']} missed fixes, {s['undetermined']} said undetermined (the config "
+        f"fits), {s['false_alarm']} false alarms, {s['error']} errors.",
         "",
         "Reproduce one case (files kept in the folder, the ckptdiff command printed):",
         "`.venv/bin/python -m tests.sweep.run --arch TYPE/Class --mutation path=value --keep DIR`",

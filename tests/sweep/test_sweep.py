@@ -171,6 +171,15 @@ def test_judge_catches_a_missed_fix_and_a_status_word(widened: Case) -> None:
     assert judge(widened, 1, report, None).kinds == {"emitted_misfit"}
 
 
+def test_judge_counts_an_honest_undetermined_apart_from_a_missed_fix(widened: Case) -> None:
+    told = {**verified("hidden_size", 48), "verified": False, "status": "undetermined"}
+    report = {"suggestions": [told]}
+    assert judge(widened, 1, report, {"hidden_size": 48}).kinds == {"undetermined"}
+    # an undetermined config that does not fit is no excuse
+    assert judge(widened, 1, report, {"hidden_size": 64}).kinds == {"emitted_misfit", "missed_fix"}
+    assert judge(widened, 1, report, None).kinds == {"missed_fix"}
+
+
 def test_judge_catches_claims_on_a_checkpoint_that_fits() -> None:
     a = arch("bert", "BertModel")
     case = make_case(a, Mutation("invisible", (("hidden_dropout_prob", 0.25),), visible=False))
