@@ -342,6 +342,8 @@ def class_count(report: Report, ck: Manifest, target: Manifest) -> list[Finding]
         ):
             continue
         a, b = m.checkpoint_shape, m.target_shape
+        if len(a) == 1 and _explained_by_width(report, m):
+            continue  # the head's hidden dense (classifier.dense.bias): a width, not classes
         if a and b and len(a) == len(b) and a[0] != b[0] and a[1:] == b[1:]:
             keys.append(m.key)
             pair = pair or (a[0], b[0])

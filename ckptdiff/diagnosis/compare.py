@@ -9,15 +9,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
+from ckptdiff.naming import LAYER_INDEX, containers, key_parts
 from ckptdiff.sorting import natural_key
 from ckptdiff.types import (
     Coverage,
     DtypeChange,
+    Finding,
     Manifest,
     Mismatch,
     Report,
     TensorSpec,
 )
+from ckptdiff.wording import listed
 
 __all__ = ["compare", "module_coverage"]
 
@@ -63,6 +66,7 @@ def compare(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Report
     tied: list[str] = []
     buffers_missing: list[TensorSpec] = []
     ignored: list[TensorSpec] = []
+    missing_by_rule: list[TensorSpec] = []
     supplied: set[str] = set()
     for key, want in target.tensors.items():
         have = ck.get(key)
@@ -78,22 +82,37 @@ def compare(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Report
             tied.append(key)
             supplied.add(key)
         elif any(p.search(key) for p in ignore_missing):
-            ignored.append(want)
+            missing_by_rule.append(want)
         elif key in target.buffers:
             buffers_missing.append(want)
         else:
             missing.append(want)
 
     unexpected: list[TensorSpec] = []
+    by_rule: list[TensorSpec] = []
     for key, have in checkpoint.tensors.items():
         if key in target.tensors:
             continue
-        if key in target.non_persistent or any(p.search(key) for p in ignore_unexpected):
+        if key in target.non_persistent:
             ignored.append(have)
+        elif any(p.search(key) for p in ignore_unexpected):
+            by_rule.append(have)
         elif _tied_supplier(key, target, target.tensors) is not None:
             tied.append(key)
         else:
             unexpected.append(have)
+    # an ignore list hides what it was written for, not layers one side lacks
+    deeper = _layers_beyond([t.key for t in by_rule], target.tensors)
+    shallower = _layers_beyond([t.key for t in missing_by_rule], ck)
+    ignored += [t for t in by_rule if t.key not in deeper]
+    ignored += [t for t in missing_by_rule if t.key not in shallower]
+    unexpected += [t for t in by_rule if t.key in deeper]
+    missing += [t for t in missing_by_rule if t.key in shallower]
+    findings = checkpoint.findings + target.findings
+    if deeper:
+        findings += (_hidden_layers(sorted(deeper, key=natural_key), ignore_unexpected, True),)
+    if shallower:
+        findings += (_hidden_layers(sorted(shallower, key=natural_key), ignore_missing, False),)
 
     by_key = lambda t: natural_key(t.key)  # noqa: E731
     return Report(
@@ -110,7 +129,49 @@ def compare(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Report
         tied=tuple(sorted(set(tied), key=natural_key)),
         buffers_missing=tuple(sorted(buffers_missing, key=by_key)),
         coverage=module_coverage(target.tensors.values(), supplied, depth),
-        findings=checkpoint.findings + target.findings,
+        findings=findings,
+    )
+
+
+def _layers_beyond(keys: list[str], other: Iterable[str]) -> set[str]:
+    """The keys among ``keys`` that are layers of a container the other side has, at an index
+    it does not have (``encoder.layers.2.*`` where the other side has layers 0 and 1)."""
+    if not keys:
+        return set()
+    have = containers(other)
+    out = set()
+    for key in keys:
+        parts = key_parts(key)
+        for i, p in enumerate(parts):
+            if i and LAYER_INDEX.match(p):
+                tmpl = ".".join("#" if LAYER_INDEX.match(q) else q for q in parts[:i])
+                if have.get(tmpl) and int(p) not in have[tmpl]:
+                    out.add(key)
+                    break
+    return out
+
+
+def _hidden_layers(keys: list[str], rules: list[re.Pattern[str]], unexpected: bool) -> Finding:
+    patterns = sorted({p.pattern for p in rules if any(p.search(k) for k in keys)})
+    shown = ", ".join(patterns)
+    if unexpected:
+        what = f"{len(keys)} checkpoint key(s) are layers the target does not have"
+        rule, then = "unexpected", "drop them without a word, so a deeper checkpoint loads"
+    else:
+        what = f"{len(keys)} target key(s) are layers the checkpoint does not have"
+        rule, then = "missing", "leave them at their initial values without a word, so a "
+        then += "shallower checkpoint loads"
+    return Finding(
+        "ignore_rule_hides_layers",
+        f"{what} ({listed(keys)}): the model class's ignore list (_keys_to_ignore_on_load_"
+        f"{rule}: {shown}) has from_pretrained {then} as if it fit; they are listed as {rule}.",
+        tuple(keys[:50]),
+        "warning",
+        {
+            "patterns": patterns,
+            "count": len(keys),
+            "side": "checkpoint" if unexpected else "target",
+        },
     )
 
 

@@ -18,7 +18,16 @@ from ckptdiff.diagnosis.heads import head_fixes
 from ckptdiff.diagnosis.lint import vocab_tensors
 from ckptdiff.diagnosis.solve import heads_like
 from ckptdiff.diagnosis.suggest import suggest_config
-from ckptdiff.diagnosis.verify import Builder, Fix, Outcome, Rebuild, Verdict, apply_fix, judge
+from ckptdiff.diagnosis.verify import (
+    Builder,
+    Fix,
+    Outcome,
+    Rebuild,
+    Verdict,
+    apply_fix,
+    bad_keys,
+    judge,
+)
 from ckptdiff.naming import VOCAB_HEAD_ROWS
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
 from ckptdiff.wording import listed, sampled
@@ -145,6 +154,8 @@ def _judge_all(
     help nothing are dropped and the rest judged again without them."""
     for _ in range(3):
         outcome = apply_fix(ck, target, Fix(dict(overrides)))
+        if _drop_breaking_followers(candidates, overrides, outcome, ck, target):
+            outcome = apply_fix(ck, target, Fix(dict(overrides)))
         judged = [
             (c, judge(outcome, report, c.touched, shape_invisible=c.shape_invisible))
             for c in candidates
@@ -159,6 +170,34 @@ def _judge_all(
             candidates.clear()
             overrides.clear()
     return [], apply_fix(ck, target, Fix())
+
+
+def _drop_breaking_followers(
+    candidates: list[Any],
+    overrides: dict[str, Any],
+    outcome: Outcome,
+    ck: Manifest,
+    target: Manifest,
+) -> bool:
+    """A vocabulary field set only because it repeats the solved one (the decoder's beside
+    the encoder's) goes when the whole fix fits better without it: there it is a field of its
+    own that shapes show (Dia's decoder vocabulary sizes its embeddings). True when one went."""
+    followers = [c for c in candidates if c.suggestion.data.get("follows")]
+    if outcome.report is None or not followers:
+        return False
+    bad = len(bad_keys(outcome.report))
+    if not bad:
+        return False
+    dropped = False
+    for c in followers:
+        f = c.suggestion.field
+        rest = {k: v for k, v in overrides.items() if k != f}
+        trial = apply_fix(ck, target, Fix(rest))
+        if trial.report is not None and len(bad_keys(trial.report)) < bad:
+            candidates.remove(c)
+            overrides.pop(f, None)
+            bad, dropped = len(bad_keys(trial.report)), True
+    return dropped
 
 
 def _not_verified(s: Suggestion, v: Verdict, outcome: Outcome) -> Finding:
@@ -290,8 +329,6 @@ def _heads_alternatives(
     the field left as it was with another head field of its sub-config doubled or halved
     instead (4 key/value heads of 8 fit where 2 query heads of 16 do); a patch or image size
     only when the other one scaled to the same grid does not fit."""
-    from ckptdiff.diagnosis.verify import bad_keys
-
     if outcome.report is None:
         return
     bad = bad_keys(outcome.report)

@@ -197,7 +197,9 @@ class Builder:
         if hit is None:
             self.builds += 1
             try:
-                full = with_per_layer_lists(self.target.config or {}, overrides)
+                full = with_per_layer_lists(
+                    self.target.config or {}, overrides, derive=config_deriver(self.target)
+                )
                 hit = self._rebuild(self.target, full)
             except CkptDiffError as e:
                 hit = str(e)
@@ -214,10 +216,33 @@ class Builder:
         return hit
 
 
-def with_per_layer_lists(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+Derive = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+def config_deriver(target: Manifest) -> Derive | None:
+    """For a transformers target: the config as its class completes it (lists it derives
+    from other fields filled in), to tell a derived per-layer list from one written out."""
+    info = target.metadata.get("target")
+    if not isinstance(info, Mapping) or info.get("kind") not in ("hf-config", "hf-class"):
+        return None
+    from ckptdiff.targets.hf import completed_config
+
+    return completed_config
+
+
+def with_per_layer_lists(
+    config: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    *,
+    derive: Derive | None = None,
+) -> dict[str, Any]:
     """``overrides`` plus the per-layer lists a changed layer count carries along: a config
     whose ``layer_types`` lists 2 entries beside ``num_hidden_layers = 3`` does not build,
-    so the list is cycled to the new count (``[a, b]`` -> ``[a, b, a]``).
+    so the list is cycled to the new count (``[a, b]`` -> ``[a, b, a]``). A list the config
+    class derives from other fields (``mlp_layer_types`` from ``first_k_dense_replace``:
+    ``derive`` of the config without it gives it back) is left to the class to derive again
+    for the new count (written as null): ``[dense, sparse]`` becomes
+    ``[dense, sparse, sparse]``, as the model was built, not ``[dense, sparse, dense]``.
 
     Example:
         >>> with_per_layer_lists({"n_layers": 2, "layer_types": ["a", "b"]}, {"n_layers": 3})
@@ -247,8 +272,22 @@ def with_per_layer_lists(config: Mapping[str, Any], overrides: Mapping[str, Any]
                 and len(value) == old
                 and key not in overrides
             ):
-                out[key] = [value[i % len(value)] for i in range(new)]
+                derived = derive is not None and _derived(config, key, value, derive)
+                out[key] = None if derived else [value[i % len(value)] for i in range(new)]
     return out
+
+
+def _derived(config: Mapping[str, Any], dotted: str, value: list[Any], derive: Derive) -> bool:
+    """True when the config class gives ``value`` back for ``dotted`` left unset."""
+    from ckptdiff.targets.factory import deep_merge
+
+    try:
+        node: Any = derive(deep_merge(dict(config), {dotted: None}))
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+    except Exception:  # noqa: BLE001 - a config that does not complete: keep the list as written
+        return False
+    return node == value
 
 
 def _label_maps(node: Mapping[str, Any], parent: str, n: int) -> dict[str, Any]:
@@ -270,7 +309,7 @@ def emitted_config(target: Manifest, overrides: Mapping[str, Any]) -> dict[str, 
     from ckptdiff.targets.factory import deep_merge, set_dotted
 
     config = dict(target.config or {})
-    full = with_per_layer_lists(config, overrides)
+    full = with_per_layer_lists(config, overrides, derive=config_deriver(target))
     out = deep_merge(config, {k: v for k, v in full.items() if not _is_label_map(k)})
     for k, v in full.items():  # label maps replace the old ones (a merge would keep extras)
         if _is_label_map(k):

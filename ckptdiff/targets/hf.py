@@ -180,6 +180,23 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None, base: Any
         ) from e
 
 
+def completed_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` as its transformers config class completes it (``to_dict`` of the object:
+    defaults and derived fields filled in).
+
+    Raises:
+        TargetError: no known ``model_type``; the class's own errors otherwise.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = data.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise TargetError(f"no config class for model_type {printable(repr(model_type))}")
+    with quiet_transformers():
+        done: dict[str, Any] = CONFIG_MAPPING[model_type].from_dict(dict(data)).to_dict()
+    return done
+
+
 def unknown_fields(
     config_class: Any, data: Mapping[str, Any], overrides: Mapping[str, Any], prefix: str = ""
 ) -> list[tuple[str, str, str | None]]:

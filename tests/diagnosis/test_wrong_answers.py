@@ -7,6 +7,7 @@ what is marked verified really loads.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 import torch
@@ -272,6 +273,26 @@ def test_a_wider_bert_is_not_added_tokens(tmp_path):
     assert suggestions(r) == {"hidden_size": (32, 48, True)}
 
 
+def test_a_wider_roberta_classifier_is_not_another_class_count(tmp_path):
+    """Was: 'class count of the head: 48 classes in the checkpoint vs 32' for the bias of
+    RoBERTa's classifier.dense, the hidden dense before the output projection."""
+    args = dict(
+        vocab_size=100,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        architectures=["RobertaForSequenceClassification"],
+    )
+    model = transformers.RobertaForSequenceClassification(
+        transformers.RobertaConfig(hidden_size=48, **args)
+    )
+    ck = save(model, tmp_path / "w48.safetensors")
+    r = check(folder(transformers.RobertaConfig(hidden_size=32, **args), tmp_path / "cfg"), ck)
+    assert {f.data["cause"] for f in kinds(r, "cause")} == {"width"}
+    assert suggestions(r)["hidden_size"] == (32, 48, True)
+
+
 def test_added_tokens_are_still_vocabulary_rows(tmp_path):
     model = transformers.BertModel(bert_config())
     sd = dict(model.state_dict())
@@ -418,3 +439,137 @@ def test_config_evidence_counts_keys(tmp_path):
     (s,) = [s for s in r.suggestions if s.field == "hidden_size"]
     assert s.data["explains"] == 37 and s.evidence[-1] == "... 32 more"
     assert "(+36 more)" in render_report_table(r)
+
+
+# --- 7. an ignore list that hides layers ------------------------------------------------------
+
+
+class _Ignoring(torch.nn.Module):
+    """Mimi's way: the class ignores every unexpected key under ``encoder.``."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^encoder\."]
+
+    def __init__(self, layers: int) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Module()
+        self.encoder.layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(layers))
+
+
+def build_ignoring(layers: int = 2) -> torch.nn.Module:
+    return _Ignoring(layers)
+
+
+def test_an_ignore_list_does_not_hide_a_deeper_checkpoint(tmp_path):
+    """Was: 'compatible', the extra layer listed as ignored, harmless (MimiModel ignores
+    ^encoder\\. and ^decoder\\.: from_pretrained drops a third layer without a word)."""
+    ck = save(build_ignoring(3), tmp_path / "deep.safetensors")
+    spec = "tests.diagnosis.test_wrong_answers:build_ignoring"
+    r = check(spec, ck)
+    assert not r.ok
+    assert {t.key for t in r.unexpected} == {"encoder.layers.2.weight", "encoder.layers.2.bias"}
+    (hidden,) = kinds(r, "ignore_rule_hides_layers")
+    assert "_keys_to_ignore_on_load_unexpected: ^encoder\\." in hidden.message
+    assert suggestions(r) == {"layers": (2, 3, True)}
+    # keys the list was written for stay ignored
+    sd = {**build_ignoring(2).state_dict(), "encoder.extra.weight": torch.zeros(2)}
+    r = check(spec, save(sd, tmp_path / "extra.safetensors"))
+    assert r.ok and [t.key for t in r.ignored] == ["encoder.extra.weight"]
+
+
+def test_an_ignore_list_of_missing_keys_does_not_hide_a_shallower_checkpoint():
+    body = {f"enc.layers.{i}.weight": (4, 4) for i in range(2)}
+    ck = manifest("c", body)
+    tg = manifest(
+        "t", {**body, "enc.layers.2.weight": (4, 4)}, metadata={"ignore_missing": [r"^enc\."]}
+    )
+    r = diff_manifests(ck, tg)
+    assert [t.key for t in r.missing] == ["enc.layers.2.weight"] and not r.ignored
+    (hidden,) = kinds(r, "ignore_rule_hides_layers")
+    assert hidden.data["side"] == "target"
+    # the same list over a key of a layer the checkpoint has: ignored, as the loader does
+    tg = manifest(
+        "t", {**body, "enc.layers.1.extra": (2,)}, metadata={"ignore_missing": [r"^enc\."]}
+    )
+    r = diff_manifests(ck, tg)
+    assert r.ok and [t.key for t in r.ignored] == ["enc.layers.1.extra"]
+
+
+# --- 8. per-layer lists the config class derives ------------------------------------------------
+
+
+def test_a_deeper_moe_checkpoint_gets_the_layer_types_its_config_class_derives(tmp_path):
+    """Was: num_hidden_layers = 3 'partial': the derived mlp_layer_types [dense, sparse] was
+    cycled to [dense, sparse, dense] where the class derives [dense, sparse, sparse]."""
+    cls = getattr(transformers, "Glm4MoeLiteConfig", None)
+    if cls is None:
+        pytest.skip("this transformers has no Glm4MoeLite")
+    args = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        kv_lora_rank=16,
+        q_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        pad_token_id=0,
+        architectures=["Glm4MoeLiteForCausalLM"],
+    )
+    with torch.device("meta"):
+        model = transformers.Glm4MoeLiteForCausalLM(cls(num_hidden_layers=3, **args))
+    sd = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+    ck = save(sd, tmp_path / "m.safetensors")
+    target = folder(cls(num_hidden_layers=2, **args), tmp_path / "cfg")
+    r = check(target, ck)
+    assert suggestions(r) == {"num_hidden_layers": (2, 3, True)}
+    fixed = fixed_config_of(r)
+    assert fixed is not None and fixed["mlp_layer_types"] is None  # the class derives it
+    built = cls.from_dict(fixed)
+    assert built.mlp_layer_types == ["dense", "sparse", "sparse"]
+    assert check(target, ck, args={"num_hidden_layers": 3, "mlp_layer_types": None}).ok
+
+
+def test_a_vocabulary_field_that_sizes_its_own_weights_does_not_follow_another(tmp_path):
+    """Was: decoder_config.vocab_size = 136 added 'as well, if it repeats' the encoder's, which
+    broke Dia's decoder embeddings: the encoder's own fix went from verified to partial."""
+    cls = getattr(transformers, "DiaConfig", None)
+    if cls is None:
+        pytest.skip("this transformers has no Dia")
+    small = dict(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=128,
+    )
+    decoder = dict(
+        small,
+        cross_num_attention_heads=4,
+        cross_head_dim=8,
+        cross_num_key_value_heads=2,
+        cross_hidden_size=32,
+        pad_token_id=124,
+        eos_token_id=121,
+        bos_token_id=122,
+    )
+
+    def dia(encoder_vocab: int) -> Any:
+        return cls(
+            encoder_config={**small, "vocab_size": encoder_vocab},
+            decoder_config=decoder,
+            architectures=["DiaForConditionalGeneration"],
+        )
+
+    with torch.device("meta"):
+        model = transformers.DiaForConditionalGeneration(dia(136))
+    sd = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+    ck = save(sd, tmp_path / "m.safetensors")
+    r = check(folder(dia(128), tmp_path / "cfg"), ck)
+    assert suggestions(r) == {"encoder_config.vocab_size": (128, 136, True)}
