@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable
 
 from ckptdiff.errors import SourceNotFoundError
+from ckptdiff.gc_pause import gc_paused
 from ckptdiff.readers.folder import resolve_folder
 from ckptdiff.readers.weights_file import read_file
 from ckptdiff.types import Finding, Manifest
@@ -69,7 +70,7 @@ def read_witnessed(source: str, fn: Callable[[], Manifest]) -> Manifest:
     from ckptdiff.readers.unpickler.witness import witness
     from ckptdiff.terminal import printable
 
-    with witness() as seen:
+    with witness() as seen, gc_paused():
         try:
             manifest = fn()
         except UnsafeCheckpointError:

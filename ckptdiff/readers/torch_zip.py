@@ -10,17 +10,16 @@ requests go through the same steps; the zip structures are :mod:`ckptdiff.reader
 
 from __future__ import annotations
 
-import gc
 import itertools
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 
 from ckptdiff.errors import (
     ReadError,
     UnsafeUnreadableError,
     UnsupportedFormatError,
 )
+from ckptdiff.gc_pause import gc_paused
 from ckptdiff.readers import unpickler as _unpickler
 from ckptdiff.readers.byte_source import ByteSource, LocalFile, display_name
 from ckptdiff.readers.containers import select_state_dict
@@ -281,7 +280,7 @@ def read_zip_source(
     Raises:
         ReadError, UnsupportedFormatError, SelectError: as :func:`read_torch_zip`.
     """
-    with _gc_paused():  # tens of thousands of small acyclic objects: no collection pays off
+    with gc_paused():  # tens of thousands of small acyclic objects: no collection pays off
         entries, prefix, data, byteorder = _read_data_pkl(src, tail)
         return manifest_from_zip_parts(
             data,
@@ -294,18 +293,6 @@ def read_zip_source(
             select=select,
             byteorder=byteorder,
         )
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for the block (it is back on after, if it was on)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def read_directory(

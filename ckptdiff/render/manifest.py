@@ -11,6 +11,7 @@ from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any
 
+from ckptdiff.gc_pause import gc_paused
 from ckptdiff.render.keys import group_keys
 from ckptdiff.render.tables import count_label, finding_line, table
 from ckptdiff.sorting import natural_key
@@ -187,6 +188,17 @@ def render_manifest(
         full: list every key; by default keys that differ only in one layer index and share
             shape and dtype are one row (``layers.{0-31}.ln.weight``), as ``diff`` shows them.
     """
+    with gc_paused():  # tens of thousands of keys and rows, no cycle among them
+        return _render_manifest(m, fmt, tensors, depth, full)
+
+
+def _render_manifest(
+    m: Manifest,
+    fmt: str,
+    tensors: Sequence[TensorSpec] | None,
+    depth: int | None,
+    full: bool,
+) -> str:
     specs = list(m.tensors.values()) if tensors is None else list(tensors)
     numels = _numels(specs)
     if fmt == "json":
