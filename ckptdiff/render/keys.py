@@ -43,10 +43,12 @@ def group_keys(
     """
     keys = list(map(key, items))
     joined = "\n".join(keys)
-    templates = _INDEX_LINES.sub("{}", joined).split("\n")
+    # one regex pass: text and layer indices alternate
+    parts = _INDEX_LINES.split(joined)
+    indices = parts[1::2]
+    templates = "{}".join(parts[0::2]).split("\n")
     if "{}" in joined or len(templates) != len(keys):  # keys of their own braces or lines
         return group_keys_one_by_one(items, keys, sig)
-    indices = _INDEX_LINES.findall(joined)
     counts = list(map(str.count, templates, repeat("{}")))
     starts = list(accumulate(counts, initial=0))
     # no index or several: a row of its own (its position stands for its template)
@@ -75,7 +77,9 @@ def group_keys(
     return out
 
 
-_INDEX_LINES = re.compile(_INDEX.pattern, re.MULTILINE)
+#: :data:`_INDEX` over lines, as one group (for ``split``): a digit first, so the regex engine
+#: skips to digits, then a look back at the character before it (a dot, a line start).
+_INDEX_LINES = re.compile(r"([0-9](?<![^.\n][0-9])[0-9]{0,17}(?=\.))")
 
 
 def group_keys_one_by_one(
