@@ -82,8 +82,13 @@ def tensor_lines(specs: Sequence[TensorSpec]) -> list[str]:
     field by field over the whole list (strings by the encoder's own C escaping; numbers and
     lists of numbers in the encoder's form)."""
     keys = map(encode_basestring_ascii, map(attrgetter("key"), specs))
-    shapes = map(shape_str, map(attrgetter("shape"), specs))  # "[4, 4]": the encoder's form
-    dtypes = map(encode_basestring_ascii, map(attrgetter("dtype"), specs))
+    shape_list = list(map(attrgetter("shape"), specs))
+    dtype_list = list(map(attrgetter("dtype"), specs))
+    # a few distinct shapes and dtypes among many tensors: each written once
+    shape_text = {s: shape_str(s) for s in set(shape_list)}  # "[4, 4]": the encoder's form
+    dtype_text = {d: encode_basestring_ascii(d) for d in set(dtype_list)}
+    shapes = map(shape_text.__getitem__, shape_list)
+    dtypes = map(dtype_text.__getitem__, dtype_list)
     sizes = ONE_LINE(list(map(attrgetter("nbytes"), specs)))[1:-1].split(", ")
     return list(map(_TENSOR_LINE, keys, shapes, dtypes, sizes))
 
