@@ -17,6 +17,10 @@ __all__ = ["printable"]
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
+#: The ASCII characters of :data:`_UNSAFE` (C0 controls and DEL), with and without ``\n``.
+_ASCII_UNSAFE = bytes([*range(0x20), 0x7F])
+_ASCII_UNSAFE_BUT_NEWLINE = _ASCII_UNSAFE.replace(b"\n", b"")
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -43,6 +47,11 @@ def printable(text: object, *, keep_newlines: bool = False) -> str:
         'w\\\\x1b[2K\\\\rCLEAN'
     """
     s = str(text)
+    if s.isascii():  # the usual case, checked in one C pass: nothing unsafe, nothing to do
+        ascii_text = s.encode("ascii")
+        unsafe = _ASCII_UNSAFE_BUT_NEWLINE if keep_newlines else _ASCII_UNSAFE
+        if len(ascii_text.translate(None, unsafe)) == len(ascii_text):
+            return s
     if keep_newlines:
         return "\n".join(_UNSAFE.sub(_escape, line) for line in s.split("\n"))
     return _UNSAFE.sub(_escape, s)
