@@ -12,6 +12,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
+from operator import attrgetter
 from typing import Any
 
 from ckptdiff.errors import ReadError, SelectError, UnsafeCheckpointError
@@ -105,8 +106,9 @@ def parse_index(raw: bytes, source: str) -> tuple[dict[str, str], dict[str, Any]
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ReadError(f"Cannot read '{source}' (index): not valid JSON ({e}).") from e
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    if not isinstance(weight_map, dict) or not (
+        # json.loads makes exact str objects: their type alone, over whole lists
+        set(map(type, weight_map.keys())) | set(map(type, weight_map.values())) <= {str}
     ):
         raise ReadError(
             f"Cannot read '{source}' (index): expected {{\"weight_map\": {{key: shard file}}}}."
@@ -232,6 +234,9 @@ def index_manifest(
         ['shard_missing']
     """
     shards = list(dict.fromkeys(weight_map.values()))
+    agreed = _agreed_tensors(weight_map, shards, shard_specs)
+    if agreed is not None:
+        return _sharded_manifest(agreed, index_meta, shards, [], [], source, files, unsafe)
     findings: list[Finding] = []
     found: dict[str, TensorSpec] = {}
     where: dict[str, list[str]] = {}
@@ -311,9 +316,44 @@ def index_manifest(
             tensors[key] = found[key]
     for key in unlisted:
         tensors[key] = found[key]
+    return _sharded_manifest(
+        tensors, index_meta, shards, missing_files, findings, source, files, unsafe
+    )
 
+
+def _agreed_tensors(
+    weight_map: Mapping[str, str],
+    shards: list[str],
+    shard_specs: Mapping[str, Mapping[str, TensorSpec]],
+) -> dict[str, TensorSpec] | None:
+    """The tensors in index order when every shard was read and the index and the shards agree
+    (each key in exactly the shard the index names, none unlisted, none twice); else None."""
+    if not all(name in shard_specs for name in shards):
+        return None
+    shard_of: dict[str, str] = {}
+    found: dict[str, TensorSpec] = {}
+    for name in shards:
+        specs = shard_specs[name]
+        shard_of.update(dict.fromkeys(specs, name))
+        found.update(specs)
+    if sum(len(shard_specs[name]) for name in shards) != len(found) or shard_of != weight_map:
+        return None
+    return dict(zip(weight_map, map(found.__getitem__, weight_map), strict=True))
+
+
+def _sharded_manifest(
+    tensors: dict[str, TensorSpec],
+    index_meta: Mapping[str, Any],
+    shards: list[str],
+    missing_files: list[str],
+    findings: list[Finding],
+    source: str,
+    files: tuple[str, ...],
+    unsafe: Iterable[Finding],
+) -> Manifest:
+    """The sharded manifest, with the index's ``total_size`` checked against the tensors."""
     total = index_meta.get("total_size")
-    stored = sum(s.nbytes or 0 for s in tensors.values())
+    stored = sum(filter(None, map(attrgetter("nbytes"), tensors.values())))
     if isinstance(total, float) and not math.isfinite(total):
         findings.append(
             Finding(
