@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from itertools import repeat
 from typing import Any
 
-__all__ = ["natural_key", "natural_order"]
+__all__ = ["natural_indices", "natural_key", "natural_order"]
 
 _DIGITS = re.compile(r"([0-9]{1,18})")  # ASCII, bounded: int() of any match works
 _split = _DIGITS.split
@@ -35,24 +34,37 @@ def natural_key(key: str) -> tuple[Any, ...]:
 def natural_order(keys: Iterable[str]) -> list[str]:
     """``keys`` sorted by :func:`natural_key`, in a few whole-list passes.
 
-    Every digit run of every key is padded to one width behind a ``\\0`` (which sorts before
-    any other character, as the end of a text part does in :func:`natural_key`), so plain string
-    order is natural order; the stable sort keeps ties (``a07``, ``a7``) in their given order,
-    as sorting by :func:`natural_key` does. Keys with line breaks or NUL characters take the
-    key-at-a-time way.
-
     Example:
         >>> natural_order(["b.10", "b.9", "a", "conv.w", "conv1.w"])
         ['a', 'b.9', 'b.10', 'conv1.w', 'conv.w']
     """
     keys = list(keys)
+    return list(map(keys.__getitem__, natural_indices(keys)))
+
+
+def natural_indices(keys: Sequence[str]) -> list[int]:
+    """The positions of ``keys`` in the order of :func:`natural_order` (a stable sort).
+
+    Every digit run of every key is padded to one width behind a ``\\0`` (which sorts before
+    any other character, as the end of a text part does in :func:`natural_key`), so plain string
+    order is natural order; the stable sort keeps ties (``a07``, ``a7``) in their given order,
+    as sorting by :func:`natural_key` does. Each distinct digit run is padded once. Keys with
+    line breaks or NUL characters take the key-at-a-time way.
+
+    Example:
+        >>> natural_indices(["b.10", "b.9", "a"])
+        [2, 1, 0]
+    """
+    positions = range(len(keys))
     joined = "\n".join(keys)
     if "\0" in joined:
-        return sorted(keys, key=_natural_key)
+        return sorted(positions, key=lambda i: _natural_key(keys[i]))
     parts = _split(joined)
-    width = max(map(len, parts[1::2]), default=0)
-    parts[1::2] = map("\0".__add__, map(str.zfill, parts[1::2], repeat(width)))
+    numbers = parts[1::2]
+    width = max(map(len, numbers), default=0)
+    padded_number = {n: "\0" + n.zfill(width) for n in set(numbers)}
+    parts[1::2] = map(padded_number.__getitem__, numbers)
     padded = "".join(parts).split("\n")
     if len(padded) != len(keys):  # a key with a line break of its own
-        return sorted(keys, key=_natural_key)
-    return list(map(keys.__getitem__, sorted(range(len(keys)), key=padded.__getitem__)))
+        return sorted(positions, key=lambda i: _natural_key(keys[i]))
+    return sorted(positions, key=padded.__getitem__)

@@ -16,7 +16,7 @@ from operator import gt, itemgetter, mul, sub
 from typing import Any
 
 from ckptdiff.errors import ReadError
-from ckptdiff.sorting import natural_key, natural_order
+from ckptdiff.sorting import natural_indices, natural_key
 from ckptdiff.types import TensorSpec, new_specs
 
 __all__ = [
@@ -246,15 +246,16 @@ def _parse_in_bulk(
         return None
     if data_size is not None and sorted_ends[-1] != data_size:
         return None
+    # the header's own order is the writer's: the specs are made in natural key order
+    at = natural_indices(keys)
     specs = new_specs(
-        keys,
-        list(map(tuple, shapes)),
-        list(map(_TORCH_NAMES.__getitem__, dtypes)),
-        nbytes,
+        list(map(keys.__getitem__, at)),
+        list(map(tuple, map(shapes.__getitem__, at))),
+        list(map(_TORCH_NAMES.__getitem__, map(dtypes.__getitem__, at))),
+        list(map(nbytes.__getitem__, at)),
         name,
     )
-    ordered = natural_order(specs)
-    return dict(zip(ordered, map(specs.__getitem__, ordered), strict=True)), dict(metadata)
+    return specs, dict(metadata)
 
 
 def _parse_one_by_one(
