@@ -165,7 +165,7 @@ def _has_no_duplicates(raw: bytes, header: dict[str, Any]) -> bool:
     except TypeError:  # a value without a length: not a header the bulk path takes
         return False
     compact = raw.rstrip(b" ")  # writers pad the header with spaces
-    if len(compact.translate(None, b" \t\n\r")) != len(compact) and _SPACED.search(raw):
+    if any(space in compact for space in (b" ", b"\t", b"\n", b"\r")) and _SPACED.search(raw):
         written = len(_MEMBER.findall(raw))
     else:
         written = raw.count(b'":')
@@ -208,6 +208,9 @@ def _parse_in_bulk(
         offsets = list(map(itemgetter("data_offsets"), entries))
     except KeyError:
         return None
+    # the entries' dicts are done with: freed now, not kept beside the specs (1M tensors: GBs)
+    header.clear()
+    del entries
     if not set(dtypes) <= _BITS.keys():
         return None
     if set(map(type, shapes)) != {list} or set(map(type, offsets)) != {list}:
@@ -217,8 +220,10 @@ def _parse_in_bulk(
     dims = list(chain.from_iterable(shapes))
     if dims and (set(map(type, dims)) != {int} or min(dims) < 0 or max(dims) > MAX_DIM):
         return None
+    del dims
     begins = list(map(itemgetter(0), offsets))
     ends = list(map(itemgetter(1), offsets))
+    del offsets
     if set(map(type, begins)) | set(map(type, ends)) != {int}:
         return None
     if min(begins) < 0 or max(ends) > MAX_DIM or any(map(gt, begins, ends)):
