@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, repeat
+from operator import add, mul
 from typing import Any
 
 __all__ = ["group_keys", "group_keys_one_by_one"]
@@ -50,31 +51,44 @@ def group_keys(
     if "{}" in joined or len(templates) != len(keys):  # keys of their own braces or lines
         return group_keys_one_by_one(items, keys, sig)
     counts = list(map(str.count, templates, repeat("{}")))
-    starts = list(accumulate(counts, initial=0))
-    # no index or several: a row of its own (its position stands for its template)
-    rows_of: list[Any] = [
-        t if c == 1 else n for n, (t, c) in enumerate(zip(templates, counts, strict=True))
-    ]
-    group_of = list(zip(rows_of, map(sig, items), strict=False))
-    ids = {g: n for n, g in enumerate(dict.fromkeys(group_of))}
-    codes = list(map(ids.__getitem__, group_of))
+    if len(indices) == len(keys) and min(counts) == 1:  # one index a key: key n's is indices[n]
+        starts: Sequence[int] = range(len(keys))
+        rows_of: list[Any] = templates
+    else:
+        starts = list(accumulate(counts, initial=0))
+        # no index or several: a row of its own (its position stands for its template)
+        rows_of = [
+            t if c == 1 else n for n, (t, c) in enumerate(zip(templates, counts, strict=True))
+        ]
+    # a group is a (row, signature) pair, coded as one int: row code * signatures + its code
+    row_codes, _ = _first_seen_codes(rows_of)
+    sig_codes, n_sigs = _first_seen_codes(list(map(sig, items)))
+    pair_codes = list(map(add, map(mul, row_codes, repeat(n_sigs)), sig_codes))
+    codes, n_groups = _first_seen_codes(pair_codes)
     by_group = sorted(range(len(codes)), key=codes.__getitem__)  # stable: first seen first
     out: list[tuple[str, Any, int]] = []
     at = 0
-    sizes = map(Counter(codes).__getitem__, range(len(ids)))
-    for (template, _), size in zip(ids, sizes, strict=False):
+    for size in map(Counter(codes).__getitem__, range(n_groups)):
         members = by_group[at : at + size]
         at += size
         first = members[0]
+        template = rows_of[first]
         if counts[first] != 1:
             out.append((keys[first], items[first], 1))
         elif size == 1:
             out.append((template.replace("{}", str(int(indices[starts[first]]))), items[first], 1))
         else:
-            positions = map(starts.__getitem__, members)
+            positions = members if type(starts) is range else map(starts.__getitem__, members)
             label = "{" + _ranges(map(int, map(indices.__getitem__, positions))) + "}"
             out.append((template.replace("{}", label), items[first], size))
     return out
+
+
+def _first_seen_codes(values: list[Any]) -> tuple[list[int], int]:
+    """Each value's number among the distinct values in order of first appearance, and how
+    many distinct values there are."""
+    number = {v: n for n, v in enumerate(dict.fromkeys(values))}
+    return list(map(number.__getitem__, values)), len(number)
 
 
 #: :data:`_INDEX` over lines, as one group (for ``split``): a digit first, so the regex engine
