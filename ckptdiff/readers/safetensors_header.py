@@ -221,12 +221,14 @@ def _parse_in_bulk(
     if dims and (set(map(type, dims)) != {int} or min(dims) < 0 or max(dims) > MAX_DIM):
         return None
     del dims
-    begins = list(map(itemgetter(0), offsets))
-    ends = list(map(itemgetter(1), offsets))
+    bounds = list(chain.from_iterable(offsets))  # [begin, end] pairs, end to end
     del offsets
-    if set(map(type, begins)) | set(map(type, ends)) != {int}:
+    if set(map(type, bounds)) != {int} or min(bounds) < 0 or max(bounds) > MAX_DIM:
         return None
-    if min(begins) < 0 or max(ends) > MAX_DIM or any(map(gt, begins, ends)):
+    begins = bounds[0::2]
+    ends = bounds[1::2]
+    del bounds
+    if any(map(gt, begins, ends)):
         return None
     numels = list(map(prod, shapes))
     if max(numels) > MAX_DIM or (
@@ -243,13 +245,15 @@ def _parse_in_bulk(
         nbytes = [(n * b + 7) >> 3 for n, b in zip(numels, bits, strict=False)]
     if nbytes != list(map(sub, ends, begins)):
         return None
-    # the data region, tiled: sorted by begin, each tensor ends where the next begins
-    order = sorted(range(len(begins)), key=begins.__getitem__)
-    sorted_begins = list(map(begins.__getitem__, order))
-    sorted_ends = list(map(ends.__getitem__, order))
-    if sorted_begins[0] != 0 or sorted_begins[1:] != sorted_ends[:-1]:
-        return None
-    if data_size is not None and sorted_ends[-1] != data_size:
+    # the data region, tiled: sorted by begin, each tensor ends where the next begins (when
+    # the header's order tiles it, begins never decrease: that order is the sorted one)
+    if begins[0] != 0 or begins[1:] != ends[:-1]:
+        order = sorted(range(len(begins)), key=begins.__getitem__)
+        begins = list(map(begins.__getitem__, order))
+        ends = list(map(ends.__getitem__, order))
+        if begins[0] != 0 or begins[1:] != ends[:-1]:
+            return None
+    if data_size is not None and ends[-1] != data_size:
         return None
     # the header's own order is the writer's: the specs are made in natural key order
     at = natural_indices(keys)

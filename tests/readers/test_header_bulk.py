@@ -20,7 +20,7 @@ from ckptdiff.readers.safetensors_header import (
 CODES = list(SAFETENSORS_DTYPES)
 
 
-def _header(rng: random.Random) -> tuple[dict, int]:
+def _header(rng: random.Random, in_data_order: bool = False) -> tuple[dict, int]:
     names = {
         f"{rng.choice(['layers', 'h', 'blocks.x'])}.{rng.randint(0, 30)}."
         f"{rng.choice(['w', 'b', 'ln.weight', 'attn.q'])}"
@@ -43,7 +43,8 @@ def _header(rng: random.Random) -> tuple[dict, int]:
         header[name] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
     items = list(header.items())
-    rng.shuffle(items)
+    if not in_data_order:
+        rng.shuffle(items)
     return dict(items), offset
 
 
@@ -89,10 +90,11 @@ def _outcome(fn, raw: bytes, size: int | None):
     return ("ok", list(specs.items()), meta)
 
 
+@pytest.mark.parametrize("in_data_order", [False, True])
 @pytest.mark.parametrize("seed", range(300))
-def test_bulk_and_one_by_one_agree(seed):
+def test_bulk_and_one_by_one_agree(seed, in_data_order):
     rng = random.Random(seed)
-    header, size = _header(rng)
+    header, size = _header(rng, in_data_order)
     separators = rng.choice([(",", ":"), (", ", ": "), (",", " :")])
     text = json.dumps(header, separators=separators)
     if seed % 3:
