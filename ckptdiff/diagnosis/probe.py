@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import CkptDiffError
-from ckptdiff.naming import containers
+from ckptdiff.naming import containers, in_container
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Suggestion
 
@@ -311,5 +311,4 @@ _HEADS_LIKE = re.compile(r"(^|_)(heads?|n_head|head_dim)($|_)")
 
 
 def _under(key: str, container: str) -> bool:
-    rx = "^" + re.escape(container).replace("\\#", r"\d+") + r"\.\d+(\.|$)"
-    return re.match(rx, key) is not None
+    return in_container(key, container)

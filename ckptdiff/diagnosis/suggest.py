@@ -41,6 +41,7 @@ from ckptdiff.diagnosis.probe import (
 )
 from ckptdiff.diagnosis.rounds import solve_rounds
 from ckptdiff.diagnosis.solve import _shape_text, _Solved
+from ckptdiff.naming import layer_range
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
 from ckptdiff.wording import listed, sampled
@@ -100,7 +101,7 @@ def suggest_config(
 
     for f, sol in evidence.items():
         keys = list(dict.fromkeys(k for k, _ in sol.dims)) + [
-            f"{c}.{{0-{_count(checkpoint, c) - 1}}}" for c in sol.containers
+            layer_range(c, _count(checkpoint, c)) for c in sol.containers
         ]
         out.overrides[f] = sol.value
         now = _current(config, defaults, f)
