@@ -45,9 +45,6 @@ KNOWN_CIRCLES: dict[frozenset[str], str] = {
 
 #: Private names taken from another module today: importing file -> names (all: _DIAGNOSIS).
 KNOWN_PRIVATE: dict[str, set[str]] = {
-    "ckptdiff/diagnosis/causes.py": {"_cause"},
-    "ckptdiff/diagnosis/diagnose.py": {"_alignment_findings"},
-    "ckptdiff/diagnosis/grid.py": {"_cause"},
     "ckptdiff/diagnosis/heads.py": {"_Prober", "_shape_text"},
     "ckptdiff/diagnosis/rounds.py": {
         "_Prober",
@@ -87,7 +84,6 @@ KNOWN_PRIVATE: dict[str, set[str]] = {
         "_Solved",
         "_shape_text",
     },
-    "ckptdiff/diagnosis/tensor_ops.py": {"_tail_regex", "_template"},
     "ckptdiff/forward_check/run.py": {"_as_module"},
 }
 

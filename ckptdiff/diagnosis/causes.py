@@ -9,8 +9,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ckptdiff.diagnosis.cause_finding import cause_finding
 from ckptdiff.diagnosis.grid import patch_size, position_rows
-from ckptdiff.diagnosis.keys import _cause
 from ckptdiff.diagnosis.lint import vocab_tensors
 from ckptdiff.naming import (
     CLASS_HEADS,
@@ -48,7 +48,7 @@ def zero3_placeholders(report: Report, ck: Manifest, target: Manifest) -> list[F
                 else "the target is still partitioned: load before the DeepSpeed engine wraps it"
             )
             out.append(
-                _cause(
+                cause_finding(
                     "zero3",
                     f"ZeRO-3 placeholders: {len(empty)} of the {side}'s {len(m.tensors)} "
                     f"tensors have shape [0]: {fix}",
@@ -68,7 +68,7 @@ def scalar_vs_one(report: Report, ck: Manifest, target: Manifest) -> list[Findin
         return None
     m0 = next(m for m in report.mismatched if m.key == keys[0])
     return [
-        _cause(
+        cause_finding(
             "scalar",
             f"{listed(keys)}: a scalar [] on one side and [1] on the other; "
             "reshape-compatible (value.reshape(target_shape)), as open_clip does",
@@ -94,7 +94,7 @@ def depth(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | Non
         n, m = len(a[tmpl]), len(b[tmpl])
         extra = f"{abs(n - m)} layer{'s' if abs(n - m) != 1 else ''}"
         out.append(
-            _cause(
+            cause_finding(
                 "depth",
                 f"depth: the checkpoint has {n} layers in {tmpl}, the target "
                 f"{m} (the keys of {extra} are "
@@ -162,7 +162,7 @@ def width(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | Non
             )
         ]
         out.append(
-            _cause(
+            cause_finding(
                 "width",
                 f"hidden width: {a} in the checkpoint vs {b} in the target{_scale(report, a, b)}, "
                 f"across {len(keys)} keys ({listed(keys)})",
@@ -211,7 +211,7 @@ def mlp_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
             if not any(x * b == y * a for a, b in widths) and (x, y) not in widths:
                 by_pair[(x, y)].append(m.key)
     out = [
-        _cause(
+        cause_finding(
             "mlp",
             f"MLP size: {x} in the checkpoint vs {y} in the target ({listed(keys)})",
             keys,
@@ -251,7 +251,7 @@ def vocab_rows(report: Report, ck: Manifest, target: Manifest) -> list[Finding] 
         else f"{-grown} fewer rows in the checkpoint"
     )
     return [
-        _cause(
+        cause_finding(
             "vocab",
             f"vocabulary rows: {detail}: {how}",
             keys,
@@ -278,7 +278,7 @@ def relative_position_heads(report: Report, ck: Manifest, target: Manifest) -> l
     if not keys or pair is None:
         return None
     return [
-        _cause(
+        cause_finding(
             "heads",
             f"attention heads: the relative-position tables have {pair[0]} "
             f"columns in the checkpoint vs {pair[1]} in the target "
@@ -340,7 +340,7 @@ def kv_heads(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
     else:
         how = " (key/value heads = rows / head_dim; head_dim is not in the shapes)"
     return [
-        _cause(
+        cause_finding(
             "kv_heads",
             f"grouped-query attention: k/v projections have {a} rows in the "
             f"checkpoint vs {b} in the target{how} ({listed(keys)})",
@@ -377,7 +377,7 @@ def rnn_cell(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
         return None
     ga, gb, h = pair
     return [
-        _cause(
+        cause_finding(
             "rnn_cell",
             f"recurrent cell: the checkpoint's layers are {_GATES[ga]}, the target's "
             f"{_GATES[gb]}: {ga * h} vs {gb * h} rows at hidden size {h} ({listed(keys)}); "
@@ -410,7 +410,7 @@ def class_count(report: Report, ck: Manifest, target: Manifest) -> list[Finding]
     if not keys or pair is None:
         return None
     return [
-        _cause(
+        cause_finding(
             "classes",
             f"class count of the head: {pair[0]} classes in the checkpoint vs "
             f"{pair[1]} in the target ({listed(keys)}): set num_labels/num_classes to "

@@ -8,7 +8,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 
-from ckptdiff.diagnosis.keys import _cause
+from ckptdiff.diagnosis.cause_finding import cause_finding
 from ckptdiff.naming import POSITION_HINTS
 from ckptdiff.types import Finding, Manifest, Mismatch, Report
 from ckptdiff.wording import listed
@@ -86,7 +86,7 @@ def position_rows(report: Report, ck: Manifest, target: Manifest) -> list[Findin
             else:
                 fix = "interpolate the position embedding, or match the grid"
             out.append(
-                _cause(
+                cause_finding(
                     "position_grid",
                     f"position grid of {m.key}: checkpoint {sa}"
                     f"{where_a}, target {sb}{where_b}: {fix}",
@@ -101,7 +101,7 @@ def position_rows(report: Report, ck: Manifest, target: Manifest) -> list[Findin
             )
         else:
             out.append(
-                _cause(
+                cause_finding(
                     "positions",
                     f"position rows of {m.key}: {a} in the checkpoint vs "
                     f"{b} in the target (the context length): set it to {a}, or "
@@ -122,7 +122,7 @@ def patch_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] 
         if len(a) == 4 and len(b) == 4 and a[2:] != b[2:]:
             by[(a[2], b[2])].append(m.key)
     return [
-        _cause(
+        cause_finding(
             "patch_size",
             f"patch size (conv kernel) of {listed(keys)}: {x} in the "
             f"checkpoint vs {y} in the target",
