@@ -45,45 +45,6 @@ KNOWN_CIRCLES: dict[frozenset[str], str] = {
 
 #: Private names taken from another module today: importing file -> names (all: _DIAGNOSIS).
 KNOWN_PRIVATE: dict[str, set[str]] = {
-    "ckptdiff/diagnosis/heads.py": {"_Prober", "_shape_text"},
-    "ckptdiff/diagnosis/rounds.py": {
-        "_Prober",
-        "_Sensitivity",
-        "_sensitivity",
-        "_Solved",
-        "_companions",
-        "_drop_breaking",
-        "_free",
-        "_grid_solve",
-        "_joint_solve",
-        "_keep_head_dim",
-        "_linear_holds",
-        "_observations",
-        "_search",
-        "_solve_fields",
-        "_touched_keys",
-    },
-    "ckptdiff/diagnosis/solve.py": {
-        "_grid",
-        "_patch",
-        "_HEADS_LIKE",
-        "_Prober",
-        "_Sensitivity",
-        "_container_counts",
-        "_shape_changes",
-        "_under",
-    },
-    "ckptdiff/diagnosis/suggest.py": {
-        "_HEADS_LIKE",
-        "_Prober",
-        "_Sensitivity",
-        "_container_counts",
-        "_current",
-        "_probe_worthy",
-        "_unset_fields",
-        "_Solved",
-        "_shape_text",
-    },
     "ckptdiff/forward_check/run.py": {"_as_module"},
 }
 

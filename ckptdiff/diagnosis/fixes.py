@@ -16,7 +16,7 @@ from typing import Any
 
 from ckptdiff.diagnosis.heads import head_fixes
 from ckptdiff.diagnosis.lint import vocab_tensors
-from ckptdiff.diagnosis.solve import heads_like
+from ckptdiff.diagnosis.probe import heads_like
 from ckptdiff.diagnosis.suggest import suggest_config
 from ckptdiff.diagnosis.verify import (
     Builder,

@@ -22,7 +22,7 @@ def _is_square(n: int) -> int | None:
     return r if r * r == n and r > 1 else None
 
 
-def _grid(rows: int) -> tuple[int, int] | None:
+def square_grid(rows: int) -> tuple[int, int] | None:
     """``(grid, prefix tokens)``: 577 -> (24, 1), 729 -> (27, 0)."""
     for extra in (1, 0):
         g = _is_square(rows - extra)
@@ -31,7 +31,9 @@ def _grid(rows: int) -> tuple[int, int] | None:
     return None
 
 
-def _patch(m: Manifest, branch: str) -> int | None:
+def patch_of(m: Manifest, branch: str) -> int | None:
+    """The patch size of ``branch`` (its first key component): the side of a square conv
+    kernel over 1, 3 or 4 channels (``[1024, 3, 14, 14]`` -> 14), or None."""
     for k, t in m.tensors.items():
         if (
             len(t.shape) == 4
@@ -66,11 +68,11 @@ def position_rows(report: Report, ck: Manifest, target: Manifest) -> list[Findin
         branch = m.key.split(".")[0]
         visionish = (
             any(h in m.key for h in ("visual", "vision", "image", "patch", "pos_embed"))
-            or _patch(target, branch) is not None
+            or patch_of(target, branch) is not None
         )
-        ga, gb = _grid(a), _grid(b)
+        ga, gb = square_grid(a), square_grid(b)
         if visionish and ga and gb:
-            pa, pb = _patch(ck, branch), _patch(target, branch)
+            pa, pb = patch_of(ck, branch), patch_of(target, branch)
             sa = f"{a} = {ga[0]}*{ga[0]}" + ("+1" if ga[1] else "")
             sb = f"{b} = {gb[0]}*{gb[0]}" + ("+1" if gb[1] else "")
             img_a = ga[0] * pa if pa else None

@@ -1,6 +1,7 @@
 """Probing: rebuild the target with one config field changed and see which dimensions of
-which keys move, and which layer containers grow. The config fields worth probing and the
-candidate type the solver hands the verifier.
+which keys move, and which layer containers grow; what still differs from the checkpoint. The
+config fields worth probing (heads among them) and the candidate type the solver hands the
+verifier.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import CkptDiffError
-from ckptdiff.naming import containers, in_container
+from ckptdiff.naming import containers
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Suggestion
 
@@ -137,7 +138,9 @@ def _label_counts(config: Mapping[str, Any], at: str = "") -> dict[str, int]:
     return out
 
 
-def _probe_worthy(dotted: str) -> bool:
+def probe_worthy(dotted: str) -> bool:
+    """True for a config field worth probing: not an id, seed, epsilon, dropout... (by its
+    leaf's name) and not inside a list (``id2label.0``)."""
     name = dotted.rsplit(".", 1)[-1].lower()
     if name.endswith(_SKIP_SUFFIXES) or any(w in name for w in _SKIP_WORDS):
         return False
@@ -182,14 +185,14 @@ def factory_defaults(target: Manifest) -> dict[str, Any]:
     return out
 
 
-def _unset_fields(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, int]:
+def unset_fields(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, int]:
     """Int fields whose value is None (in the config, or a factory's default) that are worth
-    probing: ``dotted -> 0`` (they are probed from explicit values, see :func:`_sensitivity`)."""
+    probing: ``dotted -> 0`` (they are probed from explicit values, see :func:`sensitivity`)."""
     out: dict[str, int] = {}
     leaves = [(d, v) for d, v in dotted_leaves(config)] + list(defaults.items())
     for dotted, v in leaves:
         name = dotted.rsplit(".", 1)[-1].lower()
-        if v is None and _probe_worthy(dotted) and _INT_LIKE.search(name):
+        if v is None and probe_worthy(dotted) and _INT_LIKE.search(name):
             out[dotted] = 0
     return out
 
@@ -201,7 +204,7 @@ def _get(config: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def _current(config: Mapping[str, Any], defaults: Mapping[str, Any], dotted: str) -> Any:
+def current_value(config: Mapping[str, Any], defaults: Mapping[str, Any], dotted: str) -> Any:
     """The value a field has now: the config's, else the factory's default, else None."""
     try:
         return _get(config, dotted)
@@ -219,7 +222,7 @@ def fixed_config(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
 # --- probing -------------------------------------------------------------------------------------
 
 
-class _Prober:
+class Prober:
     """Builds the target with overrides on meta through ``rebuild`` (the verifier's cached
     builder); a build that fails is None, its error kept in ``errors``."""
 
@@ -230,6 +233,8 @@ class _Prober:
         self.errors: dict[str, str] = {}
 
     def build(self, overrides: Mapping[str, Any]) -> Manifest | None:
+        """The target rebuilt with ``overrides`` (the target itself for none), or None when it
+        does not build."""
         if not overrides:
             return self.target
         self.builds += 1
@@ -241,8 +246,9 @@ class _Prober:
 
 
 @dataclass
-class _Sensitivity:
-    """What changing one field (from ``v0`` to ``v1``) moves."""
+class Sensitivity:
+    """What changing one field (from ``v0`` to ``v1``) moves: ``(key, dim) -> (d0, d1)`` and
+    ``container -> (n0, n1)`` (layer counts)."""
 
     v0: float
     v1: float
@@ -254,7 +260,9 @@ class _Sensitivity:
         return not self.dims and not self.containers
 
 
-def _shape_changes(a: Manifest, b: Manifest) -> dict[DimKey, tuple[int, int]]:
+def shape_changes(a: Manifest, b: Manifest) -> dict[DimKey, tuple[int, int]]:
+    """``(key, dim) -> (size in a, size in b)`` of every dimension that differs between keys
+    of the same rank in both."""
     out = {}
     for key, t in a.tensors.items():
         u = b.tensors.get(key)
@@ -266,8 +274,8 @@ def _shape_changes(a: Manifest, b: Manifest) -> dict[DimKey, tuple[int, int]]:
     return out
 
 
-def _container_counts(m: Manifest) -> dict[str, int]:
-
+def container_counts(m: Manifest) -> dict[str, int]:
+    """``container -> number of layers`` (``encoder.layer`` -> 12) of a manifest."""
     return {k: len(v) for k, v in containers(m.tensors).items()}
 
 
@@ -279,36 +287,55 @@ def _probe_value(v: int | float) -> int | float:
 _UNSET_PROBES = ((1, 2), (2, 4), (4, 8), (8, 16))
 
 
-def _sensitivity(
-    prober: _Prober,
+def sensitivity(
+    prober: Prober,
     base: Mapping[str, Any],
     cur: Manifest,
     fld: str,
     v0: int | float,
     unset: bool = False,
-) -> _Sensitivity | None:
+) -> Sensitivity | None:
+    """What changing ``fld`` moves, measured against ``cur`` by a rebuild at twice its value
+    (or one more); an unset field (``unset``) is compared between two explicit values. None
+    when no probe builds."""
     if unset:  # no value to start from: compare two explicit ones
         for a, b in _UNSET_PROBES:
             ma, mb = prober.build({**base, fld: a}), prober.build({**base, fld: b})
             if ma is None or mb is None:
                 continue
-            ca, cb = _container_counts(ma), _container_counts(mb)
+            ca, cb = container_counts(ma), container_counts(mb)
             containers = {c: (ca[c], cb[c]) for c in ca if c in cb and ca[c] != cb[c]}
-            return _Sensitivity(a, b, _shape_changes(ma, mb), containers)
+            return Sensitivity(a, b, shape_changes(ma, mb), containers)
         return None
     for v1 in (_probe_value(v0), v0 + 1 if isinstance(v0, int) else v0 + 0.5):
         m = prober.build({**base, fld: v1})
         if m is None:
             continue
-        ca, cb = _container_counts(cur), _container_counts(m)
+        ca, cb = container_counts(cur), container_counts(m)
         containers = {c: (ca[c], cb[c]) for c in ca if c in cb and ca[c] != cb[c]}
-        return _Sensitivity(v0, v1, _shape_changes(cur, m), containers)
+        return Sensitivity(v0, v1, shape_changes(cur, m), containers)
     return None
 
 
 #: Config fields shapes cannot pin down that change what the weights compute: the heads.
-_HEADS_LIKE = re.compile(r"(^|_)(heads?|n_head|head_dim)($|_)")
+HEADS_LIKE = re.compile(r"(^|_)(heads?|n_head|head_dim)($|_)")
 
 
-def _under(key: str, container: str) -> bool:
-    return in_container(key, container)
+def observations(
+    ck: Manifest, cur: Manifest
+) -> tuple[dict[DimKey, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """``(key, dim) -> (checkpoint, current)`` and ``container -> (checkpoint, current)``."""
+    dims = shape_changes(cur, ck)
+    dims = {k: (c, t) for k, (t, c) in dims.items()}
+    ca, cc = container_counts(ck), container_counts(cur)
+    containers = {c: (ca[c], cc[c]) for c in cc if c in ca and ca[c] != cc[c]}
+    return dims, containers
+
+
+def heads_like(dotted: str) -> bool:
+    """True for attention-head fields (``num_attention_heads``, ``vision_cfg.heads``,
+    ``num_key_value_heads``, ``head_dim``): shapes show their product with the head dim at
+    most, so a value is verified only when no other value fits as well."""
+    return HEADS_LIKE.search(dotted.rsplit(".", 1)[-1].lower()) is not None or (
+        "heads" in dotted.rsplit(".", 1)[-1].lower()
+    )
