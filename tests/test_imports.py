@@ -43,10 +43,8 @@ KNOWN_CIRCLES: dict[frozenset[str], str] = {
     frozenset({"ckptdiff.forward_check.render", "ckptdiff.forward_check.report"}): _DIAGNOSIS,
 }
 
-#: Private names taken from another module today: importing file -> names (all: _DIAGNOSIS).
-KNOWN_PRIVATE: dict[str, set[str]] = {
-    "ckptdiff/forward_check/run.py": {"_as_module"},
-}
+#: Private names taken from another module: importing file -> names (none today).
+KNOWN_PRIVATE: dict[str, set[str]] = {}
 
 
 @dataclass(frozen=True)
