@@ -381,7 +381,7 @@ def _manifest(target: TargetSpec, model: nn.Module) -> Manifest:
         config = None
     metadata: dict[str, Any] = {"target": target.to_dict()}
     if target.kind in ("hf-config", "hf-class"):
-        from ckptdiff.loading.hf import PATTERNS_KEY, source_patterns
+        from ckptdiff.targets.conversions import PATTERNS_KEY, source_patterns
 
         try:
             metadata[PATTERNS_KEY] = source_patterns(model)
