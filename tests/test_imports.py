@@ -36,10 +36,7 @@ LONG_MODULES: dict[str, str] = {
 }
 
 #: Circles that exist today, each a set of modules (the test names the imports that close it).
-KNOWN_CIRCLES: dict[frozenset[str], str] = {
-    # report.py's __str__ imports render, render.py imports report
-    frozenset({"ckptdiff.forward_check.render", "ckptdiff.forward_check.report"}): _DIAGNOSIS,
-}
+KNOWN_CIRCLES: dict[frozenset[str], str] = {}
 
 #: Private names taken from another module: importing file -> names (none today).
 KNOWN_PRIVATE: dict[str, set[str]] = {}
