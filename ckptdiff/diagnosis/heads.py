@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.diagnosis.compare import compare
+from ckptdiff.diagnosis.fields import factory_defaults
 from ckptdiff.diagnosis.lint import vocab_tensors
-from ckptdiff.diagnosis.probe import Candidate, Prober, Rebuild, factory_defaults
+from ckptdiff.diagnosis.probe import Candidate, Prober, Rebuild
 from ckptdiff.naming import VOCAB_HEAD_ROWS
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Manifest, Report, Suggestion

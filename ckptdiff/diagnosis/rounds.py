@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.diagnosis.compare import compare
+from ckptdiff.diagnosis.fields import heads_like
 from ckptdiff.diagnosis.probe import (
     Prober,
     Sensitivity,
-    heads_like,
     observations,
     sensitivity,
 )

@@ -25,19 +25,21 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ckptdiff.diagnosis.compare import compare
-from ckptdiff.diagnosis.probe import (
+from ckptdiff.diagnosis.fields import (
     HEADS_LIKE,
+    current_value,
+    factory_defaults,
+    numeric_fields,
+    probe_worthy,
+    unset_fields,
+)
+from ckptdiff.diagnosis.probe import (
     Candidate,
     Prober,
     Rebuild,
     Sensitivity,
     SuggestResult,
     container_counts,
-    current_value,
-    factory_defaults,
-    numeric_fields,
-    probe_worthy,
-    unset_fields,
 )
 from ckptdiff.diagnosis.rounds import solve_rounds
 from ckptdiff.diagnosis.solve import Solved
