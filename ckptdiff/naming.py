@@ -95,14 +95,24 @@ def has_part(key: str, names: Iterable[str]) -> bool:
     return any(n in parts for n in names)
 
 
+#: A recurrent layer's parameters carry the layer index in the leaf name: ``weight_ih_l2``,
+#: ``bias_hh_l0_reverse`` (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``); their container is written
+#: ``rnn.*_l`` (its layers ``rnn.*_l{0-3}``).
+RNN_LEAF = re.compile(r"^(?:weight|bias)_(?:ih|hh|hr)_l([0-9]{1,9})(?:_reverse)?$")
+RNN_SUFFIX = ".*_l"
+
+
 def containers(keys: Iterable[str]) -> dict[str, set[int]]:
-    """``container template -> indices``: ``visual.transformer.resblocks -> {0..23}``.
+    """``container template -> indices``: ``visual.transformer.resblocks -> {0..23}``, and
+    ``rnn.*_l -> {0, 1}`` for an ``nn.LSTM`` at ``rnn`` with two layers.
 
     Indices below the first are written ``#`` in the template (``blocks.#.experts``).
 
     Example:
         >>> dict(containers(["h.0.w", "h.1.w", "w"]))
         {'h': {0, 1}}
+        >>> dict(containers(["rnn.weight_ih_l0", "rnn.weight_hh_l1_reverse"]))
+        {'rnn.*_l': {0, 1}}
     """
     out: dict[str, set[int]] = defaultdict(set)
     for key in keys:
@@ -111,4 +121,33 @@ def containers(keys: Iterable[str]) -> dict[str, set[int]]:
             if LAYER_INDEX.match(p) and i:
                 tmpl = ".".join("#" if LAYER_INDEX.match(q) else q for q in parts[:i])
                 out[tmpl].add(int(p))
+        if len(parts) > 1 and (m := RNN_LEAF.match(parts[-1])):
+            base = ".".join("#" if LAYER_INDEX.match(q) else q for q in parts[:-1])
+            out[base + RNN_SUFFIX].add(int(m.group(1)))
     return out
+
+
+def in_container(key: str, container: str) -> bool:
+    """Whether ``key`` belongs to one layer of ``container`` (a template of :func:`containers`).
+
+    Example:
+        >>> in_container("blocks.3.fc.weight", "blocks"), in_container("rnn.bias_hh_l2", "rnn.*_l")
+        (True, True)
+    """
+    if container.endswith(RNN_SUFFIX):
+        base = re.escape(container[: -len(RNN_SUFFIX)]).replace("\\#", r"\d+")
+        leaf = RNN_LEAF.pattern.lstrip("^")
+        return re.match(rf"^{base}\.{leaf}", key) is not None
+    rx = "^" + re.escape(container).replace("\\#", r"\d+") + r"\.\d+(\.|$)"
+    return re.match(rx, key) is not None
+
+
+def layer_range(container: str, n: int) -> str:
+    """How the keys of ``n`` layers of ``container`` are written.
+
+    Example:
+        >>> layer_range("blocks", 12), layer_range("rnn.*_l", 4)
+        ('blocks.{0-11}', 'rnn.*_l{0-3}')
+    """
+    sep = "" if container.endswith(RNN_SUFFIX) else "."
+    return f"{container}{sep}{{0-{n - 1}}}"

@@ -7,11 +7,16 @@ sample with ``... 3 more`` words it here, so the same thing reads the same every
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ckptdiff.types import Manifest
 
 __all__ = [
     "EVIDENCE_SAMPLES",
     "human",
     "human_bytes",
+    "key_shape_str",
     "listed",
     "percent",
     "sampled",
@@ -56,6 +61,12 @@ def percent(part: float, whole: float) -> str:
 def shape_str(shape: Sequence[int]) -> str:
     """``[1024, 3, 14, 14]``; a scalar is ``[]``."""
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def key_shape_str(m: Manifest, key: str) -> str:
+    """The shape of ``key`` in ``m`` as :func:`shape_str` words it; ``-`` when ``m`` lacks it."""
+    t = m.tensors.get(key)
+    return shape_str(t.shape) if t is not None else "-"
 
 
 def listed(items: Sequence[str], n: int = 2) -> str:

@@ -195,7 +195,16 @@ def _module_shares(report: Report) -> dict[str, float]:
     return {c.module: c.share for c in report.coverage if c.module.count(".") == 0}
 
 
-def _alignment_findings(al: Alignment) -> tuple[list[Finding], list[Suggestion]]:
+def alignment_findings(al: Alignment) -> tuple[list[Finding], list[Suggestion]]:
+    """What an alignment tells the user: a finding per key transform (``key_rename``,
+    ``transposed``, ``fused_qkv``) and one ``key_map`` suggestion holding every rule, with the
+    coverage before and after; nothing when no transform was found.
+
+    Example:
+        >>> findings, suggestions = alignment_findings(align(ck, target))  # doctest: +SKIP
+        >>> suggestions[0].kind  # doctest: +SKIP
+        'key_map'
+    """
     if not al.transforms:
         return [], []
     findings = []

@@ -9,8 +9,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ckptdiff.diagnosis.cause_finding import cause_finding
 from ckptdiff.diagnosis.grid import patch_size, position_rows
-from ckptdiff.diagnosis.keys import _cause
 from ckptdiff.diagnosis.lint import vocab_tensors
 from ckptdiff.naming import (
     CLASS_HEADS,
@@ -18,9 +18,11 @@ from ckptdiff.naming import (
     HEAD_NAMES,
     MLP_HINTS,
     POSITION_HINTS,
+    RNN_LEAF,
     VOCAB_HEAD_ROWS,
     containers,
     has_part,
+    in_container,
     key_parts,
 )
 from ckptdiff.types import Finding, Manifest, Mismatch, Report
@@ -46,7 +48,7 @@ def zero3_placeholders(report: Report, ck: Manifest, target: Manifest) -> list[F
                 else "the target is still partitioned: load before the DeepSpeed engine wraps it"
             )
             out.append(
-                _cause(
+                cause_finding(
                     "zero3",
                     f"ZeRO-3 placeholders: {len(empty)} of the {side}'s {len(m.tensors)} "
                     f"tensors have shape [0]: {fix}",
@@ -66,7 +68,7 @@ def scalar_vs_one(report: Report, ck: Manifest, target: Manifest) -> list[Findin
         return None
     m0 = next(m for m in report.mismatched if m.key == keys[0])
     return [
-        _cause(
+        cause_finding(
             "scalar",
             f"{listed(keys)}: a scalar [] on one side and [1] on the other; "
             "reshape-compatible (value.reshape(target_shape)), as open_clip does",
@@ -86,14 +88,13 @@ def depth(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | Non
     for tmpl in sorted(set(a) & set(b)):
         if len(a[tmpl]) == len(b[tmpl]):
             continue
-        rx = re.compile("^" + re.escape(tmpl).replace("\\#", r"\d+") + r"\.(\d+)(\.|$)")
-        keys = [k for k in only if rx.match(k)]
+        keys = [k for k in only if in_container(k, tmpl)]
         if not keys:
             continue
         n, m = len(a[tmpl]), len(b[tmpl])
         extra = f"{abs(n - m)} layer{'s' if abs(n - m) != 1 else ''}"
         out.append(
-            _cause(
+            cause_finding(
                 "depth",
                 f"depth: the checkpoint has {n} layers in {tmpl}, the target "
                 f"{m} (the keys of {extra} are "
@@ -161,9 +162,9 @@ def width(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | Non
             )
         ]
         out.append(
-            _cause(
+            cause_finding(
                 "width",
-                f"hidden width: {a} in the checkpoint vs {b} in the target, "
+                f"hidden width: {a} in the checkpoint vs {b} in the target{_scale(report, a, b)}, "
                 f"across {len(keys)} keys ({listed(keys)})",
                 keys,
                 a,
@@ -171,6 +172,27 @@ def width(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | Non
             )
         )
     return out or None
+
+
+def _scale(report: Report, a: int, b: int) -> str:
+    """`` (8x, as is 512 vs 64)`` when the width moved by a whole-number factor and other
+    dimensions (the MLP's) moved by the same one."""
+    big, small = max(a, b), min(a, b)
+    if small == 0 or big % small:
+        return ""
+    others = sorted(
+        {
+            (x, y)
+            for m in report.mismatched
+            for _, x, y in _pairs(m)
+            if (x, y) != (a, b) and x * b == y * a
+        }
+    )
+    if not others:
+        return ""
+    shown = " and ".join(f"{x} vs {y}" for x, y in others[:3])
+    verb = "is" if len(others[:3]) == 1 else "are"
+    return f" ({big // small}x, as {verb} {shown})"
 
 
 def _explained_by_width(report: Report, m: Mismatch) -> bool:
@@ -189,7 +211,7 @@ def mlp_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
             if not any(x * b == y * a for a, b in widths) and (x, y) not in widths:
                 by_pair[(x, y)].append(m.key)
     out = [
-        _cause(
+        cause_finding(
             "mlp",
             f"MLP size: {x} in the checkpoint vs {y} in the target ({listed(keys)})",
             keys,
@@ -229,7 +251,7 @@ def vocab_rows(report: Report, ck: Manifest, target: Manifest) -> list[Finding] 
         else f"{-grown} fewer rows in the checkpoint"
     )
     return [
-        _cause(
+        cause_finding(
             "vocab",
             f"vocabulary rows: {detail}: {how}",
             keys,
@@ -256,7 +278,7 @@ def relative_position_heads(report: Report, ck: Manifest, target: Manifest) -> l
     if not keys or pair is None:
         return None
     return [
-        _cause(
+        cause_finding(
             "heads",
             f"attention heads: the relative-position tables have {pair[0]} "
             f"columns in the checkpoint vs {pair[1]} in the target "
@@ -318,13 +340,51 @@ def kv_heads(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
     else:
         how = " (key/value heads = rows / head_dim; head_dim is not in the shapes)"
     return [
-        _cause(
+        cause_finding(
             "kv_heads",
             f"grouped-query attention: k/v projections have {a} rows in the "
             f"checkpoint vs {b} in the target{how} ({listed(keys)})",
             keys,
             a,
             b,
+        )
+    ]
+
+
+RNN_LEAF_HH = re.compile(r"^(?:weight|bias)_(?:ih|hh)_l([0-9]{1,9}(?:_reverse)?)$")
+_GATES = {1: "a plain RNN (1 block)", 3: "GRU (3 gates)", 4: "LSTM (4 gates)"}
+
+
+def rnn_cell(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | None:
+    """Recurrent layers of another cell type: ``weight_hh_l0`` has gates x hidden rows (LSTM 4,
+    GRU 3, RNN 1), so a GRU checkpoint against an LSTM target is 48 vs 64 rows at hidden 16."""
+    keys, pair = [], None
+    for m in report.mismatched:
+        leaf = m.key.rsplit(".", 1)[-1]
+        if not RNN_LEAF.match(leaf) or "_hr_" in leaf:
+            continue
+        hh = m.key[: len(m.key) - len(leaf)] + RNN_LEAF_HH.sub(r"weight_hh_l\1", leaf)
+        a, b = ck.tensors.get(hh), target.tensors.get(hh)
+        if a is None or b is None or len(a.shape) != 2 or len(b.shape) != 2:
+            continue
+        if not a.shape[1] or not b.shape[1] or a.shape[1] != b.shape[1]:
+            continue
+        ga, gb = a.shape[0] // a.shape[1], b.shape[0] // b.shape[1]
+        if ga != gb and ga in _GATES and gb in _GATES and a.shape[0] % a.shape[1] == 0:
+            keys.append(m.key)
+            pair = pair or (ga, gb, a.shape[1])
+    if not keys or pair is None:
+        return None
+    ga, gb, h = pair
+    return [
+        cause_finding(
+            "rnn_cell",
+            f"recurrent cell: the checkpoint's layers are {_GATES[ga]}, the target's "
+            f"{_GATES[gb]}: {ga * h} vs {gb * h} rows at hidden size {h} ({listed(keys)}); "
+            "build the target with the checkpoint's cell type",
+            keys,
+            _GATES[ga].split()[0],
+            _GATES[gb].split()[0],
         )
     ]
 
@@ -350,7 +410,7 @@ def class_count(report: Report, ck: Manifest, target: Manifest) -> list[Finding]
     if not keys or pair is None:
         return None
     return [
-        _cause(
+        cause_finding(
             "classes",
             f"class count of the head: {pair[0]} classes in the checkpoint vs "
             f"{pair[1]} in the target ({listed(keys)}): set num_labels/num_classes to "
@@ -369,6 +429,7 @@ CAUSE_RULES: tuple[CauseRule, ...] = (
     width,
     mlp_size,
     kv_heads,
+    rnn_cell,
     vocab_rows,
     position_rows,
     patch_size,
@@ -399,5 +460,5 @@ def causes(
             out.extend(found)
     # k/v biases of another size look like a width on their own; with the query rows equal
     # the hidden width did not move: the key/value heads tell the story
-    kv = {k for f in out if f.data.get("cause") == "kv_heads" for k in f.keys}
+    kv = {k for f in out if f.data.get("cause") in ("kv_heads", "rnn_cell") for k in f.keys}
     return [f for f in out if not (f.data.get("cause") == "width" and set(f.keys) <= kv)]

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ckptdiff.diagnosis.alignment import _alignment_findings, align, prefix_key_maps
+from ckptdiff.diagnosis.alignment import align, alignment_findings, prefix_key_maps
 from ckptdiff.diagnosis.causes import causes
 from ckptdiff.diagnosis.compare import compare
 from ckptdiff.diagnosis.conventions import foreign_branches
@@ -49,7 +49,7 @@ def explain(
         al = align(checkpoint, target, depth=depth)
         if al.foreign is not None:
             out.findings.append(al.foreign)
-        f, s = _alignment_findings(al)
+        f, s = alignment_findings(al)
         out.findings += f
         out.suggestions += s
         aligned = al.after

@@ -14,9 +14,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ckptdiff.diagnosis.fields import heads_like
 from ckptdiff.diagnosis.heads import head_fixes
 from ckptdiff.diagnosis.lint import vocab_tensors
-from ckptdiff.diagnosis.solve import heads_like
 from ckptdiff.diagnosis.suggest import suggest_config
 from ckptdiff.diagnosis.verify import (
     Builder,

@@ -8,7 +8,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 
-from ckptdiff.diagnosis.keys import _cause
+from ckptdiff.diagnosis.cause_finding import cause_finding
 from ckptdiff.naming import POSITION_HINTS
 from ckptdiff.types import Finding, Manifest, Mismatch, Report
 from ckptdiff.wording import listed
@@ -22,7 +22,7 @@ def _is_square(n: int) -> int | None:
     return r if r * r == n and r > 1 else None
 
 
-def _grid(rows: int) -> tuple[int, int] | None:
+def square_grid(rows: int) -> tuple[int, int] | None:
     """``(grid, prefix tokens)``: 577 -> (24, 1), 729 -> (27, 0)."""
     for extra in (1, 0):
         g = _is_square(rows - extra)
@@ -31,7 +31,9 @@ def _grid(rows: int) -> tuple[int, int] | None:
     return None
 
 
-def _patch(m: Manifest, branch: str) -> int | None:
+def patch_of(m: Manifest, branch: str) -> int | None:
+    """The patch size of ``branch`` (its first key component): the side of a square conv
+    kernel over 1, 3 or 4 channels (``[1024, 3, 14, 14]`` -> 14), or None."""
     for k, t in m.tensors.items():
         if (
             len(t.shape) == 4
@@ -66,11 +68,11 @@ def position_rows(report: Report, ck: Manifest, target: Manifest) -> list[Findin
         branch = m.key.split(".")[0]
         visionish = (
             any(h in m.key for h in ("visual", "vision", "image", "patch", "pos_embed"))
-            or _patch(target, branch) is not None
+            or patch_of(target, branch) is not None
         )
-        ga, gb = _grid(a), _grid(b)
+        ga, gb = square_grid(a), square_grid(b)
         if visionish and ga and gb:
-            pa, pb = _patch(ck, branch), _patch(target, branch)
+            pa, pb = patch_of(ck, branch), patch_of(target, branch)
             sa = f"{a} = {ga[0]}*{ga[0]}" + ("+1" if ga[1] else "")
             sb = f"{b} = {gb[0]}*{gb[0]}" + ("+1" if gb[1] else "")
             img_a = ga[0] * pa if pa else None
@@ -86,7 +88,7 @@ def position_rows(report: Report, ck: Manifest, target: Manifest) -> list[Findin
             else:
                 fix = "interpolate the position embedding, or match the grid"
             out.append(
-                _cause(
+                cause_finding(
                     "position_grid",
                     f"position grid of {m.key}: checkpoint {sa}"
                     f"{where_a}, target {sb}{where_b}: {fix}",
@@ -101,7 +103,7 @@ def position_rows(report: Report, ck: Manifest, target: Manifest) -> list[Findin
             )
         else:
             out.append(
-                _cause(
+                cause_finding(
                     "positions",
                     f"position rows of {m.key}: {a} in the checkpoint vs "
                     f"{b} in the target (the context length): set it to {a}, or "
@@ -122,7 +124,7 @@ def patch_size(report: Report, ck: Manifest, target: Manifest) -> list[Finding] 
         if len(a) == 4 and len(b) == 4 and a[2:] != b[2:]:
             by[(a[2], b[2])].append(m.key)
     return [
-        _cause(
+        cause_finding(
             "patch_size",
             f"patch size (conv kernel) of {listed(keys)}: {x} in the "
             f"checkpoint vs {y} in the target",

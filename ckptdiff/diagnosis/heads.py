@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.diagnosis.compare import compare
+from ckptdiff.diagnosis.fields import factory_defaults
 from ckptdiff.diagnosis.lint import vocab_tensors
-from ckptdiff.diagnosis.probe import Candidate, Rebuild, _Prober, factory_defaults
-from ckptdiff.diagnosis.solve import _shape_text
+from ckptdiff.diagnosis.probe import Candidate, Prober, Rebuild
 from ckptdiff.naming import VOCAB_HEAD_ROWS
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Manifest, Report, Suggestion
+from ckptdiff.wording import key_shape_str
 
 # --- heads: tied embeddings, a causal-LM head ---------------------------------------------------
 
@@ -83,7 +84,7 @@ def _tie_fix(
         for d, v in [*dotted_leaves(config), *defaults.items()]
         if v is False and _TIE_FIELD.match(d.rsplit(".", 1)[-1])
     ]
-    prober = _Prober(target, rebuild)
+    prober = Prober(target, rebuild)
     for f in fields:
         m = prober.build({f: True})
         if m is None:
@@ -94,7 +95,7 @@ def _tie_fix(
         if not fixed or not set(report.matched) <= set(r.matched):
             continue
         head, embed = fixed[0], twins[fixed[0]]
-        shape = _shape_text(ck, embed)
+        shape = key_shape_str(ck, embed)
         out.overrides[f] = True
         out.explained.update(fixed)
         out.candidates.append(

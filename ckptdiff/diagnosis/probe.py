@@ -1,70 +1,22 @@
 """Probing: rebuild the target with one config field changed and see which dimensions of
-which keys move, and which layer containers grow. The config fields worth probing and the
-candidate type the solver hands the verifier.
+which keys move, and which layer containers grow; what still differs from the checkpoint. The
+candidate type the solver hands the verifier. The fields worth probing are
+:mod:`ckptdiff.diagnosis.fields`'.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdiff.errors import CkptDiffError
 from ckptdiff.naming import containers
-from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Suggestion
 
 Rebuild = Callable[[Manifest, Mapping[str, Any]], Manifest]
 DimKey = tuple[str, int]
-
-
-#: Config leaves never probed (ids, seeds, floats that shape nothing).
-_SKIP_SUFFIXES = ("_id", "_ids", "seed", "_index", "_idx")
-_SKIP_WORDS = (
-    "eps",
-    "dropout",
-    "theta",
-    "range",
-    "std",
-    "temperature",
-    "prob",
-    "factor",
-    "scale",
-    "epsilon",
-    "version",
-    "chunk",
-    "bucket",
-    "max_length",
-    "min_length",
-    "beams",
-    "beam",
-    "top_k",
-    "top_p",
-    "penalty",
-    "window",
-    "sliding",
-    "return",
-    "output",
-    "no_repeat",
-    "length_penalty",
-    "batch",
-    "dtype",
-    "cross_attention_layers",
-)
-#: Names that shapes cannot determine, listed when present in the config.
-_UNDETERMINED_HINTS = (
-    "act",
-    "activation",
-    "eps",
-    "dropout",
-    "quick_gelu",
-    "heads",
-    "head_dim",
-    "rope",
-    "norm",
-)
 
 
 @dataclass(frozen=True)
@@ -101,125 +53,7 @@ class SuggestResult:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def numeric_fields(config: Mapping[str, Any]) -> dict[str, int | float]:
-    """The config leaves worth probing: positive ints (and ``*ratio*`` floats), by dotted path.
-
-    Example:
-        >>> numeric_fields({"vision_cfg": {"width": 768, "mlp_ratio": 4.0}, "eps": 1e-5})
-        {'vision_cfg.width': 768, 'vision_cfg.mlp_ratio': 4.0}
-    """
-    out: dict[str, int | float] = {}
-    for dotted, v in dotted_leaves(config):
-        name = dotted.rsplit(".", 1)[-1].lower()
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            continue
-        if name.endswith(_SKIP_SUFFIXES) or any(w in name for w in _SKIP_WORDS):
-            continue
-        if any(p.isdigit() for p in dotted.split(".")):
-            continue  # id2label.0 and the like
-        if isinstance(v, float) and "ratio" not in name and "mult" not in name:
-            continue
-        out[dotted] = v
-    out.update(_label_counts(config))
-    return out
-
-
-def _label_counts(config: Mapping[str, Any], at: str = "") -> dict[str, int]:
-    """``num_labels`` wherever a (sub-)config holds ``id2label``: transformers derives the
-    class count from it, and the verifier writes it back as maps of the new size."""
-    out: dict[str, int] = {}
-    labels = config.get("id2label")
-    if isinstance(labels, Mapping) and labels and "num_labels" not in config:
-        out[f"{at}num_labels"] = len(labels)
-    for k, v in config.items():
-        if isinstance(v, Mapping) and k not in ("id2label", "label2id"):
-            out.update(_label_counts(v, f"{at}{k}."))
-    return out
-
-
-def _probe_worthy(dotted: str) -> bool:
-    name = dotted.rsplit(".", 1)[-1].lower()
-    if name.endswith(_SKIP_SUFFIXES) or any(w in name for w in _SKIP_WORDS):
-        return False
-    return not any(p.isdigit() for p in dotted.split("."))
-
-
-#: Names of int fields that may be left None (``num_kv_heads=None``: "same as num_heads").
-_INT_LIKE = re.compile(r"(^|_)(num|n)_|_(size|dim|heads|layers)$|^(heads|layers|width)$")
-
-
-def factory_defaults(target: Manifest) -> dict[str, Any]:
-    """The keyword parameters of a factory target the config does not set, with their
-    defaults: ints, bools, and ``None`` where the annotation allows an int.
-
-    Example:
-        >>> m = build_target("fixtures.models:build_llama")  # doctest: +SKIP
-        >>> factory_defaults(m)["num_kv_heads"]  # doctest: +SKIP
-        None
-    """
-    import inspect
-
-    info = target.metadata.get("target")
-    if not isinstance(info, Mapping) or info.get("kind") != "factory":
-        return {}
-    from ckptdiff.targets.factory import load_callable
-
-    try:
-        params = inspect.signature(load_callable(str(info["spec"]))).parameters.values()
-    except (CkptDiffError, TypeError, ValueError):
-        return {}
-    config = target.config or {}
-    out: dict[str, Any] = {}
-    for p in params:
-        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name in config:
-            continue
-        d = p.default
-        if d is None:
-            if re.search(r"\bint\b", str(p.annotation)):
-                out[p.name] = None
-        elif isinstance(d, (bool, int)):
-            out[p.name] = d
-    return out
-
-
-def _unset_fields(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, int]:
-    """Int fields whose value is None (in the config, or a factory's default) that are worth
-    probing: ``dotted -> 0`` (they are probed from explicit values, see :func:`_sensitivity`)."""
-    out: dict[str, int] = {}
-    leaves = [(d, v) for d, v in dotted_leaves(config)] + list(defaults.items())
-    for dotted, v in leaves:
-        name = dotted.rsplit(".", 1)[-1].lower()
-        if v is None and _probe_worthy(dotted) and _INT_LIKE.search(name):
-            out[dotted] = 0
-    return out
-
-
-def _get(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for p in dotted.split("."):
-        node = node[p]
-    return node
-
-
-def _current(config: Mapping[str, Any], defaults: Mapping[str, Any], dotted: str) -> Any:
-    """The value a field has now: the config's, else the factory's default, else None."""
-    try:
-        return _get(config, dotted)
-    except (KeyError, TypeError):
-        return defaults.get(dotted)
-
-
-def fixed_config(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with ``overrides`` (dotted keys) applied; neither is modified."""
-    from ckptdiff.targets.factory import deep_merge
-
-    return deep_merge(config, overrides)
-
-
-# --- probing -------------------------------------------------------------------------------------
-
-
-class _Prober:
+class Prober:
     """Builds the target with overrides on meta through ``rebuild`` (the verifier's cached
     builder); a build that fails is None, its error kept in ``errors``."""
 
@@ -230,6 +64,8 @@ class _Prober:
         self.errors: dict[str, str] = {}
 
     def build(self, overrides: Mapping[str, Any]) -> Manifest | None:
+        """The target rebuilt with ``overrides`` (the target itself for none), or None when it
+        does not build."""
         if not overrides:
             return self.target
         self.builds += 1
@@ -241,8 +77,9 @@ class _Prober:
 
 
 @dataclass
-class _Sensitivity:
-    """What changing one field (from ``v0`` to ``v1``) moves."""
+class Sensitivity:
+    """What changing one field (from ``v0`` to ``v1``) moves: ``(key, dim) -> (d0, d1)`` and
+    ``container -> (n0, n1)`` (layer counts)."""
 
     v0: float
     v1: float
@@ -254,7 +91,9 @@ class _Sensitivity:
         return not self.dims and not self.containers
 
 
-def _shape_changes(a: Manifest, b: Manifest) -> dict[DimKey, tuple[int, int]]:
+def shape_changes(a: Manifest, b: Manifest) -> dict[DimKey, tuple[int, int]]:
+    """``(key, dim) -> (size in a, size in b)`` of every dimension that differs between keys
+    of the same rank in both."""
     out = {}
     for key, t in a.tensors.items():
         u = b.tensors.get(key)
@@ -266,8 +105,8 @@ def _shape_changes(a: Manifest, b: Manifest) -> dict[DimKey, tuple[int, int]]:
     return out
 
 
-def _container_counts(m: Manifest) -> dict[str, int]:
-
+def container_counts(m: Manifest) -> dict[str, int]:
+    """``container -> number of layers`` (``encoder.layer`` -> 12) of a manifest."""
     return {k: len(v) for k, v in containers(m.tensors).items()}
 
 
@@ -279,37 +118,42 @@ def _probe_value(v: int | float) -> int | float:
 _UNSET_PROBES = ((1, 2), (2, 4), (4, 8), (8, 16))
 
 
-def _sensitivity(
-    prober: _Prober,
+def sensitivity(
+    prober: Prober,
     base: Mapping[str, Any],
     cur: Manifest,
     fld: str,
     v0: int | float,
     unset: bool = False,
-) -> _Sensitivity | None:
+) -> Sensitivity | None:
+    """What changing ``fld`` moves, measured against ``cur`` by a rebuild at twice its value
+    (or one more); an unset field (``unset``) is compared between two explicit values. None
+    when no probe builds."""
     if unset:  # no value to start from: compare two explicit ones
         for a, b in _UNSET_PROBES:
             ma, mb = prober.build({**base, fld: a}), prober.build({**base, fld: b})
             if ma is None or mb is None:
                 continue
-            ca, cb = _container_counts(ma), _container_counts(mb)
+            ca, cb = container_counts(ma), container_counts(mb)
             containers = {c: (ca[c], cb[c]) for c in ca if c in cb and ca[c] != cb[c]}
-            return _Sensitivity(a, b, _shape_changes(ma, mb), containers)
+            return Sensitivity(a, b, shape_changes(ma, mb), containers)
         return None
     for v1 in (_probe_value(v0), v0 + 1 if isinstance(v0, int) else v0 + 0.5):
         m = prober.build({**base, fld: v1})
         if m is None:
             continue
-        ca, cb = _container_counts(cur), _container_counts(m)
+        ca, cb = container_counts(cur), container_counts(m)
         containers = {c: (ca[c], cb[c]) for c in ca if c in cb and ca[c] != cb[c]}
-        return _Sensitivity(v0, v1, _shape_changes(cur, m), containers)
+        return Sensitivity(v0, v1, shape_changes(cur, m), containers)
     return None
 
 
-#: Config fields shapes cannot pin down that change what the weights compute: the heads.
-_HEADS_LIKE = re.compile(r"(^|_)(heads?|n_head|head_dim)($|_)")
-
-
-def _under(key: str, container: str) -> bool:
-    rx = "^" + re.escape(container).replace("\\#", r"\d+") + r"\.\d+(\.|$)"
-    return re.match(rx, key) is not None
+def observations(
+    ck: Manifest, cur: Manifest
+) -> tuple[dict[DimKey, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """``(key, dim) -> (checkpoint, current)`` and ``container -> (checkpoint, current)``."""
+    dims = shape_changes(cur, ck)
+    dims = {k: (c, t) for k, (t, c) in dims.items()}
+    ca, cc = container_counts(ck), container_counts(cur)
+    containers = {c: (ca[c], cc[c]) for c in cc if c in ca and ca[c] != cc[c]}
+    return dims, containers

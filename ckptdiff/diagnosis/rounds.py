@@ -1,74 +1,27 @@
 """The solving rounds: probe, solve, rebuild, and again on what is left; each round takes
-the first solver of :mod:`ckptdiff.diagnosis.solve` that finds values.
+the first solver of :mod:`ckptdiff.diagnosis.solve` that finds values, and keeps those that
+build and break no key that loads (head counts adjusted with a width, where that is all it
+takes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckptdiff.diagnosis.compare import compare
+from ckptdiff.diagnosis.fields import heads_like
 from ckptdiff.diagnosis.probe import (
-    DimKey,
-    _Prober,
-    _Sensitivity,
-    _sensitivity,
+    Prober,
+    Sensitivity,
+    observations,
+    sensitivity,
 )
-
-# --- observations and solving --------------------------------------------------------------------
-from ckptdiff.diagnosis.solve import (
-    _companions,
-    _drop_breaking,
-    _free,
-    _grid_solve,
-    _joint_solve,
-    _keep_head_dim,
-    _linear_holds,
-    _observations,
-    _search,
-    _solve_fields,
-    _Solved,
-    _touched_keys,
-)
+from ckptdiff.diagnosis.solve import Solved, solve_round
+from ckptdiff.naming import in_container
 from ckptdiff.types import Manifest
-
-
-def _solve_round(
-    prober: _Prober,
-    base: Mapping[str, Any],
-    checkpoint: Manifest,
-    cur: Manifest,
-    dims: Mapping[DimKey, tuple[int, int]],
-    containers: Mapping[str, tuple[int, int]],
-    sens: Mapping[str, _Sensitivity],
-    values: Mapping[str, int | float],
-    unset: Mapping[str, int],
-    now_loads: AbstractSet[str],
-    overrides: Mapping[str, Any],
-) -> dict[str, _Solved]:
-    """One round's values, by the first solver that finds any: a linear fit a build confirms,
-    a position grid, fields solved together, then a search."""
-    solved, _ = _solve_fields(sens, dims, containers, values, now_loads, set(unset))
-    solved = _linear_holds(prober, base, solved, dims)
-    if not solved:
-        solved = _grid_solve(prober, base, checkpoint, cur, dims, sens, values)
-    if not solved:
-        solved = _joint_solve(prober, base, checkpoint, dims, sens, values, now_loads, overrides)
-    if not solved:
-        # a search only over fields that break nothing that loads: any other value it
-        # found would be dropped, and is no answer worth reporting
-        for f, s in sorted(sens.items(), key=lambda kv: -len(kv[1].dims)):
-            if (
-                any(d in s.dims for d in dims)
-                and isinstance(values[f], int)
-                and _free(s, now_loads)
-            ):
-                hit = _search(prober, base, f, int(values[f]), dims, s)
-                if hit is not None:
-                    solved = {f: hit}
-                    break
-    return solved
 
 
 @dataclass
@@ -78,18 +31,18 @@ class Rounds:
     (``quiet``), the first probes, why it stopped, values rejected for breaking keys that
     load, and the keys each value moves."""
 
-    evidence: dict[str, _Solved] = field(default_factory=dict)
+    evidence: dict[str, Solved] = field(default_factory=dict)
     companions: dict[str, Any] = field(default_factory=dict)
     cur: Manifest = field(default_factory=lambda: Manifest("", "", {}))
     quiet: list[str] = field(default_factory=list)
-    first_sens: dict[str, _Sensitivity] = field(default_factory=dict)
+    first_sens: dict[str, Sensitivity] = field(default_factory=dict)
     failure: str = ""
     rejected: dict[str, tuple[Any, list[str]]] = field(default_factory=dict)
     touched: dict[str, set[str]] = field(default_factory=dict)
 
 
 def solve_rounds(
-    prober: _Prober,
+    prober: Prober,
     checkpoint: Manifest,
     target: Manifest,
     values: dict[str, int | float],
@@ -100,16 +53,16 @@ def solve_rounds(
     """Probe, solve, rebuild, and again on what is left (each round solves what the previous
     one unlocked), at most ``max_rounds`` times."""
     overrides: dict[str, Any] = {}
-    evidence: dict[str, _Solved] = {}
+    evidence: dict[str, Solved] = {}
     companions: dict[str, Any] = {}
     cur = target
     quiet: list[str] = []
-    first_sens: dict[str, _Sensitivity] = {}
+    first_sens: dict[str, Sensitivity] = {}
     failure = ""
     rejected: dict[str, tuple[Any, list[str]]] = {}
     touched: dict[str, set[str]] = {}
     for rnd in range(max_rounds):
-        dims, containers = _observations(checkpoint, cur)
+        dims, containers = observations(checkpoint, cur)
         if not dims and not containers:
             break
         pool = [f for f in values if f not in overrides]
@@ -124,9 +77,9 @@ def solve_rounds(
                 )
             ]
         base = {**overrides, **companions}
-        sens: dict[str, _Sensitivity] = {}
+        sens: dict[str, Sensitivity] = {}
         for f in pool:
-            s = _sensitivity(prober, base, cur, f, values[f], f in unset)
+            s = sensitivity(prober, base, cur, f, values[f], f in unset)
             if s is not None:
                 sens[f] = s
                 if f in unset:
@@ -139,7 +92,7 @@ def solve_rounds(
             for k, t in cur.tensors.items()
             if k in checkpoint.tensors and checkpoint.tensors[k].shape == t.shape
         }
-        solved = _solve_round(
+        solved = solve_round(
             prober,
             base,
             checkpoint,
@@ -192,3 +145,115 @@ def solve_rounds(
         evidence.update(solved)
         cur = m
     return Rounds(evidence, companions, cur, quiet, first_sens, failure, rejected, touched)
+
+
+def _touched_keys(s: Sensitivity, ck: Manifest, cur: Manifest) -> set[str]:
+    """The keys a field moves: the dims it changes and every key in a container it grows."""
+    out = {k for k, _ in s.dims}
+    for c in s.containers:
+        out.update(k for k in (*ck.tensors, *cur.tensors) if in_container(k, c))
+    return out
+
+
+def _drop_breaking(
+    prober: Prober,
+    base: Mapping[str, Any],
+    changed: dict[str, Any],
+    sens: Mapping[str, Sensitivity],
+    ck: Manifest,
+    loads: set[str],
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Drop proposed values that break keys which load now; a wrong fix is worse than none."""
+    broke: dict[str, list[str]] = {}
+    while changed:
+        m = prober.build({**base, **changed})
+        if m is None:
+            return changed, broke  # the caller tries companions, then gives up with the error
+        r = compare(ck, m)
+        bad = sorted(loads & ({x.key for x in r.mismatched} | {t.key for t in r.missing}))
+        if not bad:
+            return changed, broke
+        guilty = [
+            f for f in changed if f in sens and any(k in bad for k, _ in sens[f].dims)
+        ] or list(changed)
+        for f in guilty:
+            broke[f] = bad
+            del changed[f]
+    return changed, broke
+
+
+def _keep_head_dim(
+    prober: Prober,
+    base: Mapping[str, Any],
+    fld: str,
+    value: Any,
+    values: Mapping[str, int | float],
+    ck: Manifest,
+    loads: AbstractSet[str],
+) -> dict[str, int] | None:
+    """A width that breaks key/value rows which load now (hidden 32 -> 64 with 2 key/value
+    heads of dim 8) fits once the attention heads grow with it, keeping the head dim: the
+    head counts that do so (never verified: shapes cannot tell them), or None."""
+    old = values.get(fld)
+    if not isinstance(old, int) or not isinstance(value, int) or old <= 0:
+        return None
+    sub = fld.rsplit(".", 1)[0] if "." in fld else ""
+    trial: dict[str, int] = {}
+    for h, hv in values.items():
+        leaf = h.rsplit(".", 1)[-1].lower()
+        if (h.rsplit(".", 1)[0] if "." in h else "") != sub or not isinstance(hv, int):
+            continue
+        if not heads_like(h) or "kv" in leaf or "key_value" in leaf or "head_dim" in leaf:
+            continue
+        if (hv * value) % old == 0:
+            trial[h] = hv * value // old
+    if not trial:
+        return None
+    m = prober.build({**base, fld: value, **trial})
+    if m is None:
+        return None
+    r = compare(ck, m)
+    return None if loads - set(r.matched) - set(r.tied) else trial
+
+
+def _companions(
+    prober: Prober,
+    base: dict[str, Any],
+    changed: Mapping[str, Any],
+    values: Mapping[str, int | float],
+    quiet: Sequence[str],
+    moved: Mapping[str, int],
+) -> tuple[dict[str, Any], Manifest] | None:
+    """When the proposed values do not build (width 1024 with 12 heads), adjust fields the
+    shapes cannot determine (heads) in the same sub-config, keeping their ratio to the width."""
+    trial: dict[str, Any] = {}
+    for h in quiet:
+        hp = h.rsplit(".", 1)[0] if "." in h else ""
+        hv = values.get(h)
+        if "head" not in h.rsplit(".", 1)[-1] or not isinstance(hv, int):
+            continue
+        # the width of the same sub-config: the changed field that moves the most dims
+        widths = [
+            f
+            for f in changed
+            if (f.rsplit(".", 1)[0] if "." in f else "") == hp
+            and isinstance(values.get(f), int)
+            and isinstance(changed[f], int)
+        ]
+        if not widths:
+            continue
+        f = max(widths, key=lambda x: moved.get(x, 0))
+        old, new = int(values[f]), int(changed[f])
+        if (hv * new) % old == 0 and old % hv == 0:
+            trial[h] = hv * new // old  # keep the head dim
+    if not trial:
+        return None
+    m = prober.build({**base, **changed, **trial})
+    if m is None:
+        return None
+    for h in list(trial):  # keep only the adjustments the build needs
+        fewer = {k: v for k, v in trial.items() if k != h}
+        m2 = prober.build({**base, **changed, **fewer})
+        if m2 is not None:
+            trial, m = fewer, m2
+    return trial, m

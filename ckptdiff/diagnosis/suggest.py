@@ -25,25 +25,28 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ckptdiff.diagnosis.compare import compare
-from ckptdiff.diagnosis.probe import (
-    _HEADS_LIKE,
-    Candidate,
-    Rebuild,
-    SuggestResult,
-    _container_counts,
-    _current,
-    _probe_worthy,
-    _Prober,
-    _Sensitivity,
-    _unset_fields,
+from ckptdiff.diagnosis.fields import (
+    HEADS_LIKE,
+    current_value,
     factory_defaults,
     numeric_fields,
+    probe_worthy,
+    unset_fields,
+)
+from ckptdiff.diagnosis.probe import (
+    Candidate,
+    Prober,
+    Rebuild,
+    Sensitivity,
+    SuggestResult,
+    container_counts,
 )
 from ckptdiff.diagnosis.rounds import solve_rounds
-from ckptdiff.diagnosis.solve import _shape_text, _Solved
+from ckptdiff.diagnosis.solve import Solved
+from ckptdiff.naming import layer_range
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
-from ckptdiff.wording import listed, sampled
+from ckptdiff.wording import key_shape_str, listed, sampled
 
 # --- the whole step ------------------------------------------------------------------------------
 
@@ -85,12 +88,12 @@ def suggest_config(
         {
             f: v
             for f, v in defaults.items()
-            if isinstance(v, int) and not isinstance(v, bool) and _probe_worthy(f)
+            if isinstance(v, int) and not isinstance(v, bool) and probe_worthy(f)
         }
     )
-    unset = _unset_fields(config, defaults)
+    unset = unset_fields(config, defaults)
     values.update(unset)
-    prober = _Prober(target, rebuild)
+    prober = Prober(target, rebuild)
     rounds = solve_rounds(
         prober, checkpoint, target, values, unset, set(report.matched), max_rounds
     )
@@ -100,10 +103,10 @@ def suggest_config(
 
     for f, sol in evidence.items():
         keys = list(dict.fromkeys(k for k, _ in sol.dims)) + [
-            f"{c}.{{0-{_count(checkpoint, c) - 1}}}" for c in sol.containers
+            layer_range(c, _count(checkpoint, c)) for c in sol.containers
         ]
         out.overrides[f] = sol.value
-        now = _current(config, defaults, f)
+        now = current_value(config, defaults, f)
         if now is None and f not in unset:
             now = values.get(f)  # derived: num_labels is the size of id2label
         now_text = f"now {now}" if f in config or now is not None else "now unset"
@@ -132,7 +135,7 @@ def suggest_config(
                     Suggestion(
                         "config",
                         h,
-                        _current(config, defaults, h),
+                        current_value(config, defaults, h),
                         v,
                         "undetermined",
                         f"set {h} = {v} so the model builds with the widths above (keeping the "
@@ -202,23 +205,23 @@ def suggest_config(
 
 
 def _count(m: Manifest, container: str) -> int:
-    return _container_counts(m).get(container, 0)
+    return container_counts(m).get(container, 0)
 
 
-def _evidence(keys: Sequence[str], ck: Manifest, target: Manifest, sol: _Solved) -> list[str]:
+def _evidence(keys: Sequence[str], ck: Manifest, target: Manifest, sol: Solved) -> list[str]:
     out = []
     seen = set()
     for k, _ in sol.dims:
         if k in seen:
             continue
         seen.add(k)
-        out.append(f"{k}: {_shape_text(ck, k)} vs {_shape_text(target, k)}")
+        out.append(f"{k}: {key_shape_str(ck, k)} vs {key_shape_str(target, k)}")
     for c in sol.containers:
         out.append(f"{c}: {_count(ck, c)} layers vs {_count(target, c)}")
     return list(sampled(out))
 
 
-def _reason(sol: _Solved, ck: Manifest, target: Manifest) -> str:
+def _reason(sol: Solved, ck: Manifest, target: Manifest) -> str:
     if sol.containers:
         c = sol.containers[0]
         return f"the checkpoint has {_count(ck, c)} layers in {c}, the target {_count(target, c)}"
@@ -226,15 +229,15 @@ def _reason(sol: _Solved, ck: Manifest, target: Manifest) -> str:
     n = len({k for k, _ in sol.dims})
     return (
         f"{n} key{'s' if n != 1 else ''} move{'s' if n == 1 else ''} with it, e.g. {k} "
-        f"{_shape_text(ck, k)} vs {_shape_text(target, k)}"
+        f"{key_shape_str(ck, k)} vs {key_shape_str(target, k)}"
     )
 
 
 def _why_not(
     keys: Sequence[str],
-    sens: Mapping[str, _Sensitivity],
+    sens: Mapping[str, Sensitivity],
     values: Mapping[str, Any],
-    prober: _Prober,
+    prober: Prober,
 ) -> str:
     moved = {k for s in sens.values() for k, _ in s.dims}
     if not values:
@@ -267,7 +270,7 @@ def _undetermined(
         leaf = dotted.rsplit(".", 1)[-1].lower()
         if "label" in leaf:
             continue  # num_labels moves nothing in a model without a head
-        (names if _HEADS_LIKE.search(leaf) else other).append(dotted)
+        (names if HEADS_LIKE.search(leaf) else other).append(dotted)
     for dotted, v in dotted_leaves(config):
         leaf = dotted.rsplit(".", 1)[-1].lower()
         if dotted in names or dotted in other or any(p.isdigit() for p in dotted.split(".")):

@@ -15,8 +15,8 @@ from ckptdiff.diagnosis.transforms import (
     SPLIT_QKV,
     KeyTransform,
     Shape,
-    _tail_regex,
-    _template,
+    key_template,
+    tail_regex,
 )
 from ckptdiff.keymap import KeyMap
 from ckptdiff.types import Finding, Manifest
@@ -94,8 +94,8 @@ def find_fused_qkv(
                     or fshape[1:] != shapes[0][1:]
                 ):
                     continue
-                ft, fi = _template(fparent) if fparent else ((), ())
-                st, si = _template(sparent) if sparent else ((), ())
+                ft, fi = key_template(fparent) if fparent else ((), ())
+                st, si = key_template(sparent) if sparent else ((), ())
                 if fi != si:
                     continue
                 common = 0
@@ -113,7 +113,7 @@ def find_fused_qkv(
             fused_tail = list(fdiff) + (
                 [f"in_proj_{leaf}"] if fname == "in_proj" else [fname, leaf]
             )
-            rx_f = _tail_regex(fused_tail, fused_tail)
+            rx_f = tail_regex(fused_tail, fused_tail)
             if rx_f is None:
                 continue
             fpat = rx_f[0].removesuffix(r"(?=\.|$)") + "$"
@@ -121,7 +121,7 @@ def find_fused_qkv(
             if kind == "split":
                 into = []
                 for n in names:
-                    rx = _tail_regex(fused_tail, list(sdiff) + [n, leaf])
+                    rx = tail_regex(fused_tail, list(sdiff) + [n, leaf])
                     if rx is None:
                         break
                     into.append(rx[1])
@@ -133,7 +133,7 @@ def find_fused_qkv(
                     out.append(_qkv_transform("split", rule, items, how, fname, names))
             else:
                 split_tail = list(sdiff) + ["__PART__", leaf]
-                rx = _tail_regex(split_tail, fused_tail)
+                rx = tail_regex(split_tail, fused_tail)
                 if rx is None:
                     continue
                 part = "(?P<part>" + "|".join(re.escape(n) for n in names) + ")"

@@ -60,13 +60,13 @@ class KeyTransform:
         return [t for _, ts in self.pairs for t in ts]
 
 
-def _template(key: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def key_template(key: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``("a", "#", "w"), ("3",)`` for ``a.3.w``: components with indices as ``#``, and indices."""
     parts = key.split(".")
     return tuple("#" if p.isdigit() else p for p in parts), tuple(p for p in parts if p.isdigit())
 
 
-def _tail_regex(old: Sequence[str], new: Sequence[str]) -> tuple[str, str] | None:
+def tail_regex(old: Sequence[str], new: Sequence[str]) -> tuple[str, str] | None:
     """A ``re.sub`` pattern and replacement turning components ``old`` into ``new``.
 
     The pattern starts at a component boundary (``(?P<pre>^|\\.)``); ``#`` components become
@@ -102,16 +102,16 @@ def _rename_candidates(
 ) -> dict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, str]]]:
     buckets: dict[tuple[Shape, tuple[str, ...]], list[str]] = defaultdict(list)
     for m, shape in missing.items():
-        buckets[(shape, _template(m)[1])].append(m)
+        buckets[(shape, key_template(m)[1])].append(m)
     groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, str]]] = defaultdict(list)
     budget = 400_000
     for u, shape in unexpected.items():
-        tu, idx = _template(u)
+        tu, idx = key_template(u)
         for m in buckets.get((shape, idx), ()):
             budget -= 1
             if budget < 0:
                 return groups
-            tm = _template(m)[0]
+            tm = key_template(m)[0]
             p = 0
             while p < min(len(tu), len(tm)) and tu[p] == tm[p]:
                 p += 1
@@ -135,7 +135,7 @@ def shared_components(a: str, b: str) -> float:
         >>> shared_components("a.0.norm1.weight", "a.0.ln_1.weight")
         0.75
     """
-    ta, tb = _template(a)[0], _template(b)[0]
+    ta, tb = key_template(a)[0], key_template(b)[0]
     n = min(len(ta), len(tb))
     p = 0
     while p < n and ta[p] == tb[p]:
@@ -194,7 +194,7 @@ def find_renames(
         known = KNOWN_RENAMES.get(x) == y
         if not unique or (len(unique) < min_pairs and not known):
             continue
-        rx = _tail_regex(x, y)
+        rx = tail_regex(x, y)
         if rx is None:
             continue
         pattern, replacement = rx

@@ -1,14 +1,22 @@
 """Render a :class:`~ckptdiff.forward_check.report.ForwardReport` for people (text or
-markdown); JSON is :meth:`ForwardReport.to_json`."""
+markdown); JSON is :meth:`ForwardReport.to_json`.
+
+Strings only, from the report's fields: the report's ``__str__`` calls :func:`render_text`,
+and this module needs the report's types for annotations only (as :mod:`ckptdiff.render.report`
+does for :class:`ckptdiff.types.Report`).
+"""
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ckptdiff.forward_check.report import Failure, ForwardReport, Run
 from ckptdiff.terminal import printable
 from ckptdiff.wording import shape_str
+
+if TYPE_CHECKING:
+    from ckptdiff.forward_check.report import Failure, ForwardReport, Run
 
 __all__ = ["render_forward", "render_text"]
 

@@ -253,15 +253,14 @@ def build_on_cpu(target: Any, overrides: Mapping[str, Any]) -> nn.Module:
     """
     import dataclasses
 
-    from ckptdiff.targets import _as_module
-    from ckptdiff.targets.factory import deep_merge, load_callable
+    from ckptdiff.targets.factory import as_module, deep_merge, load_callable
 
     changed = dataclasses.replace(target, args=deep_merge(target.args, overrides))
     try:
         if changed.kind == "factory":
             fn = load_callable(changed.spec)
             extra = () if changed.config_object is None else (changed.config_object,)
-            return _as_module(fn(*extra, **changed.args), changed.spec)
+            return as_module(fn(*extra, **changed.args), changed.spec)
         from ckptdiff.targets import hf
 
         base = changed.config_object

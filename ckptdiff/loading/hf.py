@@ -26,39 +26,14 @@ from dataclasses import replace
 from typing import Any
 
 from ckptdiff.sorting import natural_key
+from ckptdiff.targets.conversions import PATTERNS_KEY, weight_conversions
 from ckptdiff.types import Finding, Manifest, Report, TensorSpec
 from ckptdiff.wording import sampled
 
-__all__ = [
-    "PATTERNS_KEY",
-    "converted_mismatch_findings",
-    "source_patterns",
-    "transformers_view",
-    "weight_conversions",
-]
+__all__ = ["converted_mismatch_findings", "transformers_view"]
 
-#: ``Manifest.metadata`` key of a transformers target: the source patterns of its conversion
-#: mapping, so that a checkpoint none of whose keys they match skips the model (and torch).
-PATTERNS_KEY = "loader_source_patterns"
 
 _MAX_LISTED = 4
-
-
-def weight_conversions(model: Any) -> list[Any]:
-    """The transforms ``from_pretrained`` applies to ``model``'s checkpoint (fresh copies)."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-
-    return list(get_model_conversion_mapping(model))
-
-
-def source_patterns(model: Any) -> list[str]:
-    """Regexes that match every key some transform of ``model`` could rename (a superset:
-    anchors dropped, as a transform scoped to a sub-model matches after its prefix)."""
-    out: set[str] = set()
-    for transform in weight_conversions(model):
-        for pattern in transform.source_patterns:
-            out.add(str(pattern).removeprefix("^").replace("*.", r".*\."))
-    return sorted(out)
 
 
 def _untouched(keys: list[str], patterns: Any) -> bool:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ckptdiff.errors import TargetError
 from ckptdiff.targets.factory import (
+    as_module,
     deep_merge,
     load_callable,
     load_config_file,
@@ -176,7 +177,7 @@ def build_model(target: TargetSpec) -> nn.Module:
                     f"Cannot build '{target.spec}' (calling it on the meta device with "
                     f"{_describe(target.args)}): {type(e).__name__}: {e}."
                 ) from e
-        return _as_module(built, target.spec)
+        return as_module(built, target.spec)
     from ckptdiff.targets import hf
 
     if target.kind == "hf-class":
@@ -380,7 +381,7 @@ def _manifest(target: TargetSpec, model: nn.Module) -> Manifest:
         config = None
     metadata: dict[str, Any] = {"target": target.to_dict()}
     if target.kind in ("hf-config", "hf-class"):
-        from ckptdiff.loading.hf import PATTERNS_KEY, source_patterns
+        from ckptdiff.targets.conversions import PATTERNS_KEY, source_patterns
 
         try:
             metadata[PATTERNS_KEY] = source_patterns(model)
@@ -427,18 +428,6 @@ def _is_module(obj: Any) -> bool:
     except ImportError:  # pragma: no cover - torch is a dependency
         return False
     return isinstance(obj, nn.Module)
-
-
-def _as_module(built: Any, spec: str) -> nn.Module:
-    from torch import nn
-
-    if isinstance(built, (tuple, list)) and built and isinstance(built[0], nn.Module):
-        built = built[0]  # (model, preprocess, ...) as open_clip's create_model_and_transforms
-    if not isinstance(built, nn.Module):
-        raise TargetError(
-            f"Cannot build '{spec}': it returned {type(built).__name__}, not an nn.Module."
-        )
-    return built
 
 
 def _describe(args: Mapping[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Python factories as targets: ``pkg.module:callable`` or ``path/to/file.py:callable``.
 
-Pure Python (no torch import): loading the callable, and the ``--arg key=value`` /
-``--config cfg.json`` plumbing that builds its keyword arguments.
+Pure Python (no torch import until a model is checked): loading the callable, the
+``--arg key=value`` / ``--config cfg.json`` plumbing that builds its keyword arguments, and
+the model taken from what it returned.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckptdiff.errors import TargetError
 
+if TYPE_CHECKING:
+    from torch import nn
+
 __all__ = [
+    "as_module",
     "deep_merge",
     "load_callable",
     "load_config_file",
@@ -173,6 +178,24 @@ def load_callable(spec: str) -> Callable[..., Any]:
     if not callable(obj):
         raise TargetError(f"Cannot build '{spec}': '{name}' is {type(obj).__name__}, not callable.")
     return obj  # type: ignore[no-any-return]
+
+
+def as_module(built: Any, spec: str) -> nn.Module:
+    """The model a factory returned: the ``nn.Module`` itself, or the first item of a tuple
+    (``(model, preprocess, ...)`` as open_clip's ``create_model_and_transforms`` returns).
+
+    Raises:
+        TargetError: ``built`` holds no ``nn.Module``.
+    """
+    from torch import nn
+
+    if isinstance(built, (tuple, list)) and built and isinstance(built[0], nn.Module):
+        built = built[0]  # (model, preprocess, ...) as open_clip's create_model_and_transforms
+    if not isinstance(built, nn.Module):
+        raise TargetError(
+            f"Cannot build '{spec}': it returned {type(built).__name__}, not an nn.Module."
+        )
+    return built
 
 
 def _import_module(name: str, spec: str) -> Any:

@@ -573,3 +573,73 @@ def test_a_vocabulary_field_that_sizes_its_own_weights_does_not_follow_another(t
     ck = save(sd, tmp_path / "m.safetensors")
     r = check(folder(dia(128), tmp_path / "cfg"), ck)
     assert suggestions(r) == {"encoder_config.vocab_size": (128, 136, True)}
+
+
+# --- 9. recurrent layers: the index is in the leaf name ---------------------------------------
+
+
+class _Tagger(torch.nn.Module):
+    def __init__(self, layers: int, rnn: str, bidirectional: bool) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 8)
+        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[rnn]
+        self.rnn = cls(8, 8, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+        self.out = torch.nn.Linear(16 if bidirectional else 8, 5)
+
+
+def build_tagger(layers: int = 2, rnn: str = "lstm", bidirectional: bool = False) -> _Tagger:
+    return _Tagger(layers, rnn, bidirectional)
+
+
+@pytest.mark.parametrize(("rnn", "bidirectional"), [("lstm", False), ("gru", True)])
+def test_a_deeper_lstm_or_gru_is_depth(tmp_path, rnn, bidirectional):
+    """Was: 'No verified config fix ... no numeric config field of the target changes these
+    shapes' for weight_ih_l2 and weight_ih_l3 of a 4-layer nn.LSTM against 2 layers."""
+    ck = save(build_tagger(4, rnn, bidirectional), tmp_path / "deep.safetensors")
+    args = {"rnn": rnn, "bidirectional": bidirectional}
+    r = check("tests.diagnosis.test_wrong_answers:build_tagger", ck, args=args)
+    (depth,) = [f for f in kinds(r, "cause") if f.data["cause"] == "depth"]
+    assert depth.data["container"] == "rnn.*_l"
+    assert (depth.data["checkpoint"], depth.data["target"]) == (4, 2)
+    assert suggestions(r) == {"layers": (2, 4, True)}
+    assert not kinds(r, "no_fix")
+    (s,) = [s for s in r.suggestions if s.kind == "config"]
+    assert s.evidence[-1] == "rnn.*_l: 4 layers vs 2"
+
+
+def test_a_gru_checkpoint_against_an_lstm_is_the_cell_type_not_a_width(tmp_path):
+    """Was: 'hidden width: 48 in the checkpoint vs 64 in the target': a GRU's 3 gates of 16
+    rows against an LSTM's 4."""
+    ck = save(build_tagger(2, "gru", False), tmp_path / "gru.safetensors")
+    r = check("tests.diagnosis.test_wrong_answers:build_tagger", ck)
+    (cause,) = kinds(r, "cause")
+    assert cause.data["cause"] == "rnn_cell"
+    assert (cause.data["checkpoint"], cause.data["target"]) == ("GRU", "LSTM")
+    assert "48 vs 64 rows at hidden size 8" not in cause.message  # hidden 8: 24 vs 32
+    assert "24 vs 32 rows at hidden size 8" in cause.message
+    assert len(cause.keys) == 8
+
+
+class _Wide(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(width, width * 4)
+        self.b = torch.nn.Linear(width * 4, width)
+        self.n = torch.nn.LayerNorm(width)
+
+
+def build_wide(width: int = 16) -> _Wide:
+    return _Wide(width)
+
+
+def test_a_uniform_width_scale_is_said_as_one(tmp_path):
+    """Was: 'hidden width: 128 in the checkpoint vs 16' alone, for a model 8x wider in every
+    dimension (the MLP's 512 vs 64 too)."""
+    ck = save(build_wide(128), tmp_path / "wide.safetensors")
+    r = check("tests.diagnosis.test_wrong_answers:build_wide", ck)
+    (cause,) = kinds(r, "cause")
+    assert cause.message.startswith(
+        "hidden width: 128 in the checkpoint vs 16 in the target (8x, as is 512 vs 64), "
+        "across 6 keys"
+    )
+    assert suggestions(r) == {"width": (16, 128, True)}

@@ -111,14 +111,14 @@ def test_backtracking_target_modules_end_within_the_bound(adapter, pattern):
 
 
 def test_without_a_bounded_engine_nested_quantifiers_are_refused(adapter, monkeypatch):
-    from ckptdiff import adapter as adapter_module
+    from ckptdiff.adapter import expected
 
     monkeypatch.setitem(sys.modules, "regex", None)
-    adapter_module._config_regex.cache_clear()
+    expected._config_regex.cache_clear()
     folder = adapter("(.|.)*Q")
     with pytest.raises(ReadError, match="nests quantifiers"):
         ckptdiff.check(L.tiny_llama(), str(folder))
-    adapter_module._config_regex.cache_clear()
+    expected._config_regex.cache_clear()
 
 
 def test_an_invalid_target_modules_regex_is_one_line_exit_2(adapter, runner):

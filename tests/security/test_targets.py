@@ -130,7 +130,7 @@ def test_a_raised_limit_lets_a_large_config_build(runner, tmp_path, monkeypatch)
 
 
 def test_real_configs_stay_within_the_limits(minilm_dir):
-    from ckptdiff.targets.hf import check_sizes
+    from ckptdiff.targets.hf_safety import check_sizes
 
     check_sizes("minilm", json.loads((minilm_dir / "config.json").read_text()))
     check_sizes(

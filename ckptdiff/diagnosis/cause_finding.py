@@ -12,7 +12,7 @@ from typing import Any
 from ckptdiff.types import Finding
 
 
-def _cause(
+def cause_finding(
     cause: str,
     message: str,
     keys: Sequence[str],
@@ -21,6 +21,25 @@ def _cause(
     severity: str = "warning",
     **extra: Any,
 ) -> Finding:
+    """A ``kind="cause"`` finding: ``data`` holds the cause's name, both sides' values, the
+    keys it explains and any ``extra`` fields.
+
+    Args:
+        cause: the cause's name (``position_grid``, ``width``...).
+        message: what the user reads.
+        keys: the keys it explains (all kept in ``data["keys"]``).
+        checkpoint: the checkpoint's value (a count, a size, a name).
+        target: the target's value.
+        severity: ``warning`` unless told.
+        **extra: more ``data`` fields.
+
+    Returns:
+        The finding.
+
+    Example:
+        >>> cause_finding("depth", "24 layers vs 12", ["h.12.w"], 24, 12).data["cause"]
+        'depth'
+    """
     keys = list(keys)
     return Finding(
         "cause",
