@@ -94,6 +94,8 @@ def _is_state_dict(obj: Any, depth: int = 0) -> bool:
     """
     if not isinstance(obj, dict) or not obj:
         return False
+    if set(map(type, obj)) == {str} and set(map(type, obj.values())) <= {TensorRef, UnsizedTensor}:
+        return True  # a flat state dict, told in whole-list passes
     tensors = 0
     ranked = False
     dicts = []
@@ -174,6 +176,9 @@ def _flatten(
         return
     if _is_module(obj):
         _flatten_module(obj, prefix, out, skipped, seen, depth)
+        return
+    if set(map(type, obj)) == {str} and set(map(type, obj.values())) <= {TensorRef, UnsizedTensor}:
+        out.update(zip(map(prefix.__add__, obj), obj.values(), strict=True))  # flat: at once
         return
     for k, v in obj.items():
         key = f"{prefix}{k}" if type(k) is str else f"{prefix}{short_repr(k)}"
@@ -325,7 +330,8 @@ def _selection(
                 severity="info",
             )
         )
-    unsized = [k for k, v in tensors.items() if type(v) is UnsizedTensor]
+    sized_only = UnsizedTensor not in set(map(type, tensors.values()))
+    unsized = [] if sized_only else [k for k, v in tensors.items() if type(v) is UnsizedTensor]
     for key in unsized:
         findings.append(
             Finding(
