@@ -20,7 +20,7 @@ __all__ = [
 
 
 def read_safetensors_specs(
-    src: ByteSource, name: str, head: bytes = b""
+    src: ByteSource, name: str, head: bytes = b"", *, ordered: bool = True
 ) -> tuple[dict[str, TensorSpec], dict[str, str]]:
     """One file's tensor specs and ``__metadata__`` (the header, nothing else).
 
@@ -29,6 +29,7 @@ def read_safetensors_specs(
         name: the name used in messages and :attr:`TensorSpec.file`.
         head: bytes already read from offset 0 (the header's rest is read when they fall
             short; with none, the 8-byte length then the header: two reads).
+        ordered: specs in natural key order (else the header's; see :func:`parse_header`).
 
     Raises:
         ReadError: the header is truncated, not JSON, or inconsistent with the file.
@@ -41,7 +42,7 @@ def read_safetensors_specs(
     else:
         raw = head[8:] + src.read(len(head), 8 + n - len(head))
     data_size = src.size - 8 - n if src.size is not None else None
-    return parse_header(raw, data_size, name)
+    return parse_header(raw, data_size, name, ordered=ordered)
 
 
 def aliases_from_metadata(
@@ -56,11 +57,11 @@ def aliases_from_metadata(
 
 
 def read_safetensors_source(
-    src: ByteSource, *, source: str, name: str, head: bytes = b""
+    src: ByteSource, *, source: str, name: str, head: bytes = b"", ordered: bool = True
 ) -> Manifest:
     """A safetensors file's :class:`Manifest`, from its header (see
     :func:`read_safetensors_specs`)."""
-    tensors, metadata = read_safetensors_specs(src, name, head)
+    tensors, metadata = read_safetensors_specs(src, name, head, ordered=ordered)
     return Manifest(
         source=source,
         format="safetensors",

@@ -118,7 +118,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_header(
-    raw: bytes, data_size: int | None, name: str
+    raw: bytes, data_size: int | None, name: str, *, ordered: bool = True
 ) -> tuple[dict[str, TensorSpec], dict[str, str]]:
     """Decode and validate a safetensors JSON header.
 
@@ -127,6 +127,8 @@ def parse_header(
         data_size: bytes in the data region (file size - 8 - N), or None when unknown
             (a remote file read by range); bounds are then checked only among tensors.
         name: the file name, for messages and ``TensorSpec.file``.
+        ordered: specs in natural key order; False: in the header's own order (a shard of an
+            index, whose manifest takes the index's order).
 
     Returns:
         ``(tensors, metadata)``: specs in natural key order and the ``__metadata__`` strings.
@@ -146,10 +148,10 @@ def parse_header(
     except (RecursionError, UnicodeDecodeError, ValueError):
         header = None
     if isinstance(header, dict):
-        parsed = _parse_in_bulk(raw, header, data_size, name)
+        parsed = _parse_in_bulk(raw, header, data_size, name, ordered)
         if parsed is not None:
             return parsed
-    return _parse_one_by_one(raw, data_size, name)
+    return _parse_one_by_one(raw, data_size, name, ordered)
 
 
 def _has_no_duplicates(raw: bytes, header: dict[str, Any]) -> bool:
@@ -180,7 +182,7 @@ _TORCH_NAMES = {code: torch_name for code, (torch_name, _bits) in SAFETENSORS_DT
 
 
 def _parse_in_bulk(
-    raw: bytes, header: dict[str, Any], data_size: int | None, name: str
+    raw: bytes, header: dict[str, Any], data_size: int | None, name: str, ordered: bool = True
 ) -> tuple[dict[str, TensorSpec], dict[str, str]] | None:
     """The header checked with whole-list operations, or None when anything is off.
 
@@ -256,7 +258,7 @@ def _parse_in_bulk(
     if data_size is not None and ends[-1] != data_size:
         return None
     # the header's own order is the writer's: the specs are made in natural key order
-    at = natural_indices(keys)
+    at = natural_indices(keys) if ordered else range(len(keys))
     specs = new_specs(
         list(map(keys.__getitem__, at)),
         list(map(tuple, map(shapes.__getitem__, at))),
@@ -268,7 +270,7 @@ def _parse_in_bulk(
 
 
 def _parse_one_by_one(
-    raw: bytes, data_size: int | None, name: str
+    raw: bytes, data_size: int | None, name: str, ordered: bool = True
 ) -> tuple[dict[str, TensorSpec], dict[str, str]]:
     """The header checked tensor by tensor: slower, and names the first defect exactly."""
     try:
@@ -296,8 +298,9 @@ def _parse_one_by_one(
 
     _check_layout(name, ranges, data_size)
     # the header's own order is the writer's (by dtype, then name): show keys as people sort them
-    ordered = {k: tensors[k] for k in sorted(tensors, key=natural_key)}
-    return ordered, dict(metadata_raw)
+    if ordered:
+        tensors = {k: tensors[k] for k in sorted(tensors, key=natural_key)}
+    return tensors, dict(metadata_raw)
 
 
 def _tensor(name: str, key: str, info: Any) -> tuple[TensorSpec, int, int]:

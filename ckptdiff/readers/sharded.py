@@ -17,6 +17,7 @@ from typing import Any
 
 from ckptdiff.errors import ReadError, SelectError, UnsafeCheckpointError
 from ckptdiff.readers.weights_file import read_file
+from ckptdiff.sorting import natural_order
 from ckptdiff.types import Finding, Manifest, TensorSpec
 
 __all__ = [
@@ -215,16 +216,17 @@ def index_manifest(
     Args:
         weight_map: the index's ``key -> shard file``.
         index_meta: the index's ``metadata`` (``total_size``).
-        shard_specs: ``shard file -> its tensors`` for every shard that could be found; a shard
-            of the index absent from it is reported missing.
+        shard_specs: ``shard file -> its tensors`` for every shard that could be found, in
+            any order; a shard of the index absent from it is reported missing.
         source: the source string.
         files: the files read, for :attr:`Manifest.files`.
         unsafe: the shards' security findings, listed first.
 
     Returns:
-        The manifest (index order first, then unlisted keys in shard order), with a finding for
-        each disagreement: ``shard_missing``, ``index_key_absent``, ``index_key_misplaced``,
-        ``index_key_unlisted``, ``duplicate_key``, ``total_size``.
+        The manifest (index order first, then unlisted keys shard by shard, each shard's in
+        natural key order), with a finding for each disagreement: ``shard_missing``,
+        ``index_key_absent``, ``index_key_misplaced``, ``index_key_unlisted``, ``duplicate_key``,
+        ``total_size``.
 
     Example:
         >>> w = TensorSpec("w", (2,), "float32", 8, "a.safetensors")
@@ -245,9 +247,10 @@ def index_manifest(
         if name not in shard_specs:
             missing_files.append(name)
             continue
-        for key, spec in shard_specs[name].items():
+        specs = shard_specs[name]
+        for key in natural_order(specs):  # a shard's keys as people sort them
             where.setdefault(key, []).append(name)
-            found.setdefault(key, spec)
+            found.setdefault(key, specs[key])
 
     missing_set = set(missing_files)  # a set: an index may name 60,000 absent shards
     if missing_files:
@@ -309,7 +312,7 @@ def index_manifest(
             )
         )
 
-    # index order first, then unlisted keys in shard order
+    # index order first, then unlisted keys shard by shard (each in natural key order)
     tensors: dict[str, TensorSpec] = {}
     for key in weight_map:
         if key in found:

@@ -29,7 +29,7 @@ def read_file(
     """Read one local weights file, dispatching on its magic bytes.
 
     ``shard``: the file's name in an index, when it is one shard of it (its tensors then carry
-    that name as their :attr:`TensorSpec.file`).
+    that name as their :attr:`TensorSpec.file`, in the file's own order).
 
     Raises:
         ReadError, UnsupportedFormatError, SelectError: see :func:`read_source`.
@@ -72,7 +72,7 @@ def read_source(
         where: how messages name the file (``'model.pt'``, ``'hf://org/repo' (model.bin)``).
         select: the state dict inside a nested pickled container.
         shard: the shard name when the file is one shard of an index (safetensors specs then
-            carry it as their ``file``).
+            carry it as their ``file``, in the header's order: the index orders the manifest).
         head: bytes already read from offset 0; ``tail``: ``(offset, bytes)`` of its end.
 
     Raises:
@@ -89,7 +89,10 @@ def read_source(
                 f"Cannot read '{source}' (--select {select}): a safetensors file is one flat "
                 "list of tensors; --select applies to pickled containers (.pt, .ckpt, .bin)."
             )
-        return read_safetensors_source(src, source=source, name=shard or file, head=head)
+        # a shard's tensors take the index's order: the header's is kept (see index_manifest)
+        return read_safetensors_source(
+            src, source=source, name=shard or file, head=head, ordered=shard is None
+        )
     if kind == "zip":
         from ckptdiff.readers.torch_zip import read_zip_source
 

@@ -144,3 +144,24 @@ def test_sharded_bin(tmp_path):
     assert m.format == "torch-sharded"
     assert {k: s.shape for k, s in m.tensors.items()} == {k: tuple(v.shape) for k, v in sd.items()}
     assert m.findings == ()
+
+
+def test_index_manifest_takes_shard_tensors_in_any_order():
+    """Shards are read in their header's order; unlisted and doubled keys still come out shard
+    by shard in natural key order, as when each shard was sorted first."""
+    from ckptdiff.readers.sharded import index_manifest
+    from ckptdiff.sorting import natural_order
+    from ckptdiff.types import TensorSpec
+
+    def shard(name: str, keys: list[str]) -> dict[str, TensorSpec]:
+        return {k: TensorSpec(k, (2,), "float32", 8, name) for k in keys}
+
+    a = shard("a", ["l.10.w", "l.2.w", "l.1.w", "l.0.w", "head.w"])
+    b = shard("b", ["l.11.w", "l.3.w", "l.2.w", "l.0.w"])
+    weight_map = {"head.w": "a", "l.11.w": "b", "gone.w": "b"}
+    natural = {n: {k: s[k] for k in natural_order(s)} for n, s in (("a", a), ("b", b))}
+    m = index_manifest(weight_map, {}, {"a": a, "b": b}, source="x", files=())
+    assert m == index_manifest(weight_map, {}, natural, source="x", files=())
+    assert list(m.tensors) == ["head.w", "l.11.w", "l.0.w", "l.1.w", "l.2.w", "l.10.w", "l.3.w"]
+    doubled = next(f for f in m.findings if f.kind == "duplicate_key")
+    assert doubled.keys == ("l.0.w", "l.2.w")
