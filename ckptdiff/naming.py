@@ -98,7 +98,7 @@ def has_part(key: str, names: Iterable[str]) -> bool:
 #: A recurrent layer's parameters carry the layer index in the leaf name: ``weight_ih_l2``,
 #: ``bias_hh_l0_reverse`` (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``); their container is written
 #: ``rnn.*_l`` (its layers ``rnn.*_l{0-3}``).
-RNN_LEAF = re.compile(r"^(?:weight|bias)_(?:ih|hh|hr)_l([0-9]{1,9})(?:_reverse)?$")
+RNN_LEAF = re.compile(r"^(?:weight|bias)_(?:ih|hh|hr)_l([0-9]{1,9})(_reverse)?$")
 RNN_SUFFIX = ".*_l"
 
 

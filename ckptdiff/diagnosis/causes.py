@@ -4,7 +4,6 @@ manifests and returning ``kind="cause"`` findings or None. Pure and torch-free.
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -351,7 +350,6 @@ def kv_heads(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
     ]
 
 
-RNN_LEAF_HH = re.compile(r"^(?:weight|bias)_(?:ih|hh)_l([0-9]{1,9}(?:_reverse)?)$")
 _GATES = {1: "a plain RNN (1 block)", 3: "GRU (3 gates)", 4: "LSTM (4 gates)"}
 
 
@@ -361,9 +359,10 @@ def rnn_cell(report: Report, ck: Manifest, target: Manifest) -> list[Finding] | 
     keys, pair = [], None
     for m in report.mismatched:
         leaf = m.key.rsplit(".", 1)[-1]
-        if not RNN_LEAF.match(leaf) or "_hr_" in leaf:
+        rnn = RNN_LEAF.match(leaf)
+        if rnn is None or "_hr_" in leaf:
             continue
-        hh = m.key[: len(m.key) - len(leaf)] + RNN_LEAF_HH.sub(r"weight_hh_l\1", leaf)
+        hh = f"{m.key[: len(m.key) - len(leaf)]}weight_hh_l{rnn.group(1)}{rnn.group(2) or ''}"
         a, b = ck.tensors.get(hh), target.tensors.get(hh)
         if a is None or b is None or len(a.shape) != 2 or len(b.shape) != 2:
             continue

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from ckptdiff.naming import LAYER_INDEX, containers, key_parts
+from ckptdiff.naming import containers
 from ckptdiff.sorting import natural_key
 from ckptdiff.types import (
     Coverage,
@@ -139,16 +139,11 @@ def _layers_beyond(keys: list[str], other: Iterable[str]) -> set[str]:
     if not keys:
         return set()
     have = containers(other)
-    out = set()
-    for key in keys:
-        parts = key_parts(key)
-        for i, p in enumerate(parts):
-            if i and LAYER_INDEX.match(p):
-                tmpl = ".".join("#" if LAYER_INDEX.match(q) else q for q in parts[:i])
-                if have.get(tmpl) and int(p) not in have[tmpl]:
-                    out.add(key)
-                    break
-    return out
+    return {
+        key
+        for key in keys
+        if any(have.get(t) and not i <= have[t] for t, i in containers((key,)).items())
+    }
 
 
 def _hidden_layers(keys: list[str], rules: list[re.Pattern[str]], unexpected: bool) -> Finding:

@@ -46,18 +46,6 @@ _SKIP_WORDS = (
     "dtype",
     "cross_attention_layers",
 )
-#: Names that shapes cannot determine, listed when present in the config.
-_UNDETERMINED_HINTS = (
-    "act",
-    "activation",
-    "eps",
-    "dropout",
-    "quick_gelu",
-    "heads",
-    "head_dim",
-    "rope",
-    "norm",
-)
 
 
 def numeric_fields(config: Mapping[str, Any]) -> dict[str, int | float]:
@@ -169,13 +157,6 @@ def current_value(config: Mapping[str, Any], defaults: Mapping[str, Any], dotted
         return _get(config, dotted)
     except (KeyError, TypeError):
         return defaults.get(dotted)
-
-
-def fixed_config(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with ``overrides`` (dotted keys) applied; neither is modified."""
-    from ckptdiff.targets.factory import deep_merge
-
-    return deep_merge(config, overrides)
 
 
 #: Config fields shapes cannot pin down that change what the weights compute: the heads.

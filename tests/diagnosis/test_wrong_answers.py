@@ -48,6 +48,15 @@ def save(model_or_sd, path):
     return str(path)
 
 
+def save_meta(build, path):
+    """The state dict of ``build()`` made on meta, written as zeros (no init, no memory)."""
+    with torch.device("meta"):
+        model = build()
+    return save(
+        {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}, path
+    )
+
+
 def bert_config(**kw):
     args = dict(
         vocab_size=100,
@@ -184,10 +193,10 @@ def test_key_value_heads_or_query_heads_when_the_head_dim_is_free(tmp_path):
         eos_token_id=1,
         architectures=["OlmoHybridForCausalLM"],
     )
-    with torch.device("meta"):
-        model = transformers.OlmoHybridForCausalLM(cls(num_attention_heads=2, **args))
-    sd = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
-    ck = save(sd, tmp_path / "m.safetensors")
+    ck = save_meta(
+        lambda: transformers.OlmoHybridForCausalLM(cls(num_attention_heads=2, **args)),
+        tmp_path / "m.safetensors",
+    )
     r = check(folder(cls(num_attention_heads=4, **args), tmp_path / "cfg"), ck)
     assert suggestions(r) == {"num_key_value_heads": (2, 4, "undetermined")}
     (s,) = [s for s in r.suggestions if s.kind == "config"]
@@ -520,10 +529,10 @@ def test_a_deeper_moe_checkpoint_gets_the_layer_types_its_config_class_derives(t
         pad_token_id=0,
         architectures=["Glm4MoeLiteForCausalLM"],
     )
-    with torch.device("meta"):
-        model = transformers.Glm4MoeLiteForCausalLM(cls(num_hidden_layers=3, **args))
-    sd = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
-    ck = save(sd, tmp_path / "m.safetensors")
+    ck = save_meta(
+        lambda: transformers.Glm4MoeLiteForCausalLM(cls(num_hidden_layers=3, **args)),
+        tmp_path / "m.safetensors",
+    )
     target = folder(cls(num_hidden_layers=2, **args), tmp_path / "cfg")
     r = check(target, ck)
     assert suggestions(r) == {"num_hidden_layers": (2, 3, True)}
@@ -567,10 +576,9 @@ def test_a_vocabulary_field_that_sizes_its_own_weights_does_not_follow_another(t
             architectures=["DiaForConditionalGeneration"],
         )
 
-    with torch.device("meta"):
-        model = transformers.DiaForConditionalGeneration(dia(136))
-    sd = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
-    ck = save(sd, tmp_path / "m.safetensors")
+    ck = save_meta(
+        lambda: transformers.DiaForConditionalGeneration(dia(136)), tmp_path / "m.safetensors"
+    )
     r = check(folder(dia(128), tmp_path / "cfg"), ck)
     assert suggestions(r) == {"encoder_config.vocab_size": (128, 136, True)}
 
