@@ -16,6 +16,7 @@ from operator import gt, itemgetter, mul, sub
 from typing import Any
 
 from ckptdiff.errors import ReadError
+from ckptdiff.readers.safetensors_compact import compact_columns
 from ckptdiff.sorting import natural_indices, natural_key
 from ckptdiff.types import TensorSpec, new_specs
 
@@ -143,6 +144,14 @@ def parse_header(
         >>> specs["a"].shape
         (2,)
     """
+    columns = compact_columns(raw)  # the layout safetensors writes: no JSON decode needed
+    if columns is not None:
+        keys, dtypes, shapes, begins, ends, metadata = columns
+        del columns
+        specs = _checked_specs(keys, dtypes, shapes, begins, ends, data_size, name, ordered)
+        if specs is None:  # the decoded JSON holds the same columns: the checks one by one
+            return _parse_one_by_one(raw, data_size, name, ordered)
+        return specs, metadata
     try:
         header = json.loads(raw.decode("utf-8"))
     except (RecursionError, UnicodeDecodeError, ValueError):
@@ -184,7 +193,7 @@ _TORCH_NAMES = {code: torch_name for code, (torch_name, _bits) in SAFETENSORS_DT
 def _parse_in_bulk(
     raw: bytes, header: dict[str, Any], data_size: int | None, name: str, ordered: bool = True
 ) -> tuple[dict[str, TensorSpec], dict[str, str]] | None:
-    """The header checked with whole-list operations, or None when anything is off.
+    """The decoded header checked with whole-list operations, or None when anything is off.
 
     Every check here is a sufficient condition for :func:`_parse_one_by_one` to accept the
     header too, and to return the same specs; on None the caller runs that one, which names
@@ -213,33 +222,55 @@ def _parse_in_bulk(
     # the entries' dicts are done with: freed now, not kept beside the specs (1M tensors: GBs)
     header.clear()
     del entries
-    if not set(dtypes) <= _BITS.keys():
+    if set(map(type, dtypes)) != {str}:
         return None
     if set(map(type, shapes)) != {list} or set(map(type, offsets)) != {list}:
         return None
     if max(map(len, shapes)) > MAX_NDIM or set(map(len, offsets)) != {2}:
         return None
-    dims = list(chain.from_iterable(shapes))
-    if dims and (set(map(type, dims)) != {int} or min(dims) < 0 or max(dims) > MAX_DIM):
+    if set(map(type, chain.from_iterable(shapes))) - {int}:  # bool, float, str, null...
         return None
-    del dims
     bounds = list(chain.from_iterable(offsets))  # [begin, end] pairs, end to end
     del offsets
-    if set(map(type, bounds)) != {int} or min(bounds) < 0 or max(bounds) > MAX_DIM:
+    if set(map(type, bounds)) != {int}:
         return None
-    begins = bounds[0::2]
-    ends = bounds[1::2]
+    tuples = list(map(tuple, shapes))
+    del shapes
+    begins, ends = bounds[0::2], bounds[1::2]
     del bounds
-    if any(map(gt, begins, ends)):
+    specs = _checked_specs(keys, dtypes, tuples, begins, ends, data_size, name, ordered)
+    return None if specs is None else (specs, dict(metadata))
+
+
+def _checked_specs(
+    keys: list[str],
+    dtypes: list[str],
+    shapes: list[tuple[int, ...]],
+    begins: list[int],
+    ends: list[int],
+    data_size: int | None,
+    name: str,
+    ordered: bool,
+) -> dict[str, TensorSpec] | None:
+    """The range, size and layout checks on a header's columns (of the types vouched for),
+    and the specs; None when anything is off (the one-by-one check then names it)."""
+    if not set(dtypes) <= _BITS.keys():
         return None
-    numels = list(map(prod, shapes))
-    if max(numels) > MAX_DIM or (
-        0 in numels
-        and any(
-            prod(d or 1 for d in s) > MAX_DIM for s, n in zip(shapes, numels, strict=True) if not n
-        )
-    ):  # elements or strides beyond int64: the checks one by one name it
+    distinct = set(shapes)  # models repeat a few hundred shapes: each is checked once
+    if max(map(len, distinct)) > MAX_NDIM:
         return None
+    dims = list(chain.from_iterable(distinct))
+    if dims and (min(dims) < 0 or max(dims) > MAX_DIM):
+        return None
+    if min(begins) < 0 or max(ends) > MAX_DIM or any(map(gt, begins, ends)):
+        return None
+    numel_of = dict(zip(distinct, map(prod, distinct), strict=True))
+    # elements or strides beyond int64: the checks one by one name it
+    if max(numel_of.values()) > MAX_DIM or any(
+        prod(d or 1 for d in s) > MAX_DIM for s, n in numel_of.items() if not n
+    ):
+        return None
+    numels = list(map(numel_of.__getitem__, shapes))
     if set(dtypes) <= _BYTES.keys():  # whole bytes an element: no rounding
         nbytes = list(map(mul, numels, map(_BYTES.__getitem__, dtypes)))
     else:
@@ -261,12 +292,12 @@ def _parse_in_bulk(
     at = natural_indices(keys) if ordered else range(len(keys))
     specs = new_specs(
         list(map(keys.__getitem__, at)),
-        list(map(tuple, map(shapes.__getitem__, at))),
+        list(map(shapes.__getitem__, at)),
         list(map(_TORCH_NAMES.__getitem__, map(dtypes.__getitem__, at))),
         list(map(nbytes.__getitem__, at)),
         name,
     )
-    return specs, dict(metadata)
+    return specs
 
 
 def _parse_one_by_one(
