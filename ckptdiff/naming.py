@@ -8,8 +8,10 @@ known to all of them.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
+from itertools import accumulate, chain
 
 __all__ = [
     "CLASS_HEADS",
@@ -23,6 +25,7 @@ __all__ = [
     "containers",
     "has_part",
     "key_parts",
+    "keys_holding",
 ]
 
 #: One key component that is a layer index (``layers.3``); ASCII, bounded.
@@ -106,7 +109,9 @@ def containers(keys: Iterable[str]) -> dict[str, set[int]]:
     """``container template -> indices``: ``visual.transformer.resblocks -> {0..23}``, and
     ``rnn.*_l -> {0, 1}`` for an ``nn.LSTM`` at ``rnn`` with two layers.
 
-    Indices below the first are written ``#`` in the template (``blocks.#.experts``).
+    Indices below the first are written ``#`` in the template (``blocks.#.experts``). Keys
+    are read in whole-list passes (one regex over all of them); Python runs once per distinct
+    key skeleton (the key with its indices written ``#``) and per distinct (container, index).
 
     Example:
         >>> dict(containers(["h.0.w", "h.1.w", "w"]))
@@ -114,6 +119,32 @@ def containers(keys: Iterable[str]) -> dict[str, set[int]]:
         >>> dict(containers(["rnn.weight_ih_l0", "rnn.weight_hh_l1_reverse"]))
         {'rnn.*_l': {0, 1}}
     """
+    keys = list(keys)
+    joined = "\n".join(keys)
+    if "#" in joined or joined.count("\n") != len(keys) - 1 or _RNN_ANYWHERE.search(joined):
+        return _containers_one_by_one(keys)  # keys of their own "#" or lines; recurrent layers
+    pieces = _INDEX_PART.split(joined)  # text and indices alternate
+    values = pieces[1::2]  # every key's indices, in order
+    skeletons = "#".join(pieces[0::2]).split("\n")
+    del pieces
+    # each "#" of a skeleton: the container it indexes (None for a first component)
+    containers_of = {}
+    for skeleton in dict.fromkeys(skeletons):
+        parts = skeleton.split(".")
+        containers_of[skeleton] = [
+            ".".join(parts[:i]) if i else None for i, p in enumerate(parts) if p == "#"
+        ]
+    named = chain.from_iterable(map(containers_of.__getitem__, skeletons))
+    out: dict[str, set[int]] = defaultdict(set)
+    for container, value in dict.fromkeys(zip(named, values, strict=True)):
+        if container is not None:
+            out[container].add(int(value))
+    return out
+
+
+def _containers_one_by_one(keys: Iterable[str]) -> dict[str, set[int]]:
+    """:func:`containers` a key at a time: for keys with line breaks or ``#`` of their own,
+    and for recurrent layers."""
     out: dict[str, set[int]] = defaultdict(set)
     for key in keys:
         parts = key_parts(key)
@@ -125,6 +156,43 @@ def containers(keys: Iterable[str]) -> dict[str, set[int]]:
             base = ".".join("#" if LAYER_INDEX.match(q) else q for q in parts[:-1])
             out[base + RNN_SUFFIX].add(int(m.group(1)))
     return out
+
+
+#: :data:`LAYER_INDEX` over keys joined by line breaks: a whole component of digits, as one
+#: group (for ``split``); a digit first, so the regex engine skips to digits, then a look back
+#: at the character before it (a dot, a line break, the start).
+_INDEX_PART = re.compile(r"([0-9](?<![^.\n][0-9])[0-9]{0,17})(?![^.\n])")
+#: A leaf :data:`RNN_LEAF` might match, anywhere in keys joined by line breaks.
+_RNN_ANYWHERE = re.compile(r"(?:weight|bias)_(?:ih|hh|hr)_l[0-9]")
+
+
+def keys_holding(keys: Iterable[str], words: Iterable[str]) -> list[str]:
+    """The keys ``k`` for which ``k + "\\n"`` holds one of ``words``, in their order (a word
+    ending in ``\\n`` stands at a key's end).
+
+    One scan of all keys per word; Python runs once per key found.
+
+    Example:
+        >>> keys_holding(["a.lm_head.weight", "b.w", "c.output"], ["lm_head", ".output\\n"])
+        ['a.lm_head.weight', 'c.output']
+    """
+    keys = list(keys)
+    if not keys:
+        return []
+    text = "\n".join(keys) + "\n"
+    starts: list[int] = []
+    found: set[int] = set()
+    for word in words:
+        at = text.find(word) if word else -1
+        if at < 0:
+            continue
+        if not starts:  # where each key's line starts
+            starts = list(accumulate(map((1).__add__, map(len, keys)), initial=0))
+        while at >= 0:
+            line = bisect_right(starts, at) - 1
+            found.add(line)
+            at = text.find(word, starts[line + 1])  # on from the next key
+    return [keys[i] for i in sorted(found)]
 
 
 def in_container(key: str, container: str) -> bool:

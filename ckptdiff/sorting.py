@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["natural_indices", "natural_key", "natural_order"]
+T = TypeVar("T")
+
+__all__ = ["natural_indices", "natural_key", "natural_order", "naturally_by_key"]
 
 _DIGITS = re.compile(r"([0-9]{1,18})")  # ASCII, bounded: int() of any match works
 _split = _DIGITS.split
@@ -40,6 +42,17 @@ def natural_order(keys: Iterable[str]) -> list[str]:
     """
     keys = list(keys)
     return list(map(keys.__getitem__, natural_indices(keys)))
+
+
+def naturally_by_key(items: Iterable[T], key: Callable[[T], str]) -> list[T]:
+    """``items`` sorted by :func:`natural_key` of ``key(item)`` (stable), in whole-list passes.
+
+    Example:
+        >>> naturally_by_key(["B.10", "b.9"], str.lower)
+        ['b.9', 'B.10']
+    """
+    items = list(items)
+    return list(map(items.__getitem__, natural_indices(list(map(key, items)))))
 
 
 def natural_indices(keys: Sequence[str]) -> list[int]:

@@ -6,11 +6,15 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from itertools import compress, repeat
+from math import prod
+from operator import attrgetter, itemgetter
 
 from ckptdiff.naming import containers
-from ckptdiff.sorting import natural_key
+from ckptdiff.sorting import natural_key, natural_order, naturally_by_key
 from ckptdiff.types import (
     Coverage,
     DtypeChange,
@@ -114,20 +118,20 @@ def compare(checkpoint: Manifest, target: Manifest, *, depth: int = 2) -> Report
     if shallower:
         findings += (_hidden_layers(sorted(shallower, key=natural_key), ignore_missing, False),)
 
-    by_key = lambda t: natural_key(t.key)  # noqa: E731
+    by_key = attrgetter("key")
     return Report(
         checkpoint=checkpoint.source,
         target=target.source,
         checkpoint_format=checkpoint.format,
         target_format=target.format,
-        missing=tuple(sorted(missing, key=by_key)),
-        unexpected=tuple(sorted(unexpected, key=by_key)),
-        mismatched=tuple(sorted(mismatched, key=by_key)),
-        dtype_changes=tuple(sorted(dtype_changes, key=by_key)),
-        matched=tuple(sorted(matched, key=natural_key)),
-        ignored=tuple(sorted(ignored, key=by_key)),
-        tied=tuple(sorted(set(tied), key=natural_key)),
-        buffers_missing=tuple(sorted(buffers_missing, key=by_key)),
+        missing=tuple(naturally_by_key(missing, by_key)),
+        unexpected=tuple(naturally_by_key(unexpected, by_key)),
+        mismatched=tuple(naturally_by_key(mismatched, by_key)),
+        dtype_changes=tuple(naturally_by_key(dtype_changes, by_key)),
+        matched=tuple(natural_order(matched)),
+        ignored=tuple(naturally_by_key(ignored, by_key)),
+        tied=tuple(natural_order(dict.fromkeys(tied))),
+        buffers_missing=tuple(naturally_by_key(buffers_missing, by_key)),
         coverage=module_coverage(target.tensors.values(), supplied, depth),
         findings=findings,
     )
@@ -176,20 +180,37 @@ def module_coverage(
     """Per-module coverage: the whole model, then every module down to ``depth`` components.
 
     A module is the first n dotted components of a key (n = 1..depth), and only keys with
-    more components than n belong to it (``logit_scale`` is not a module).
+    more components than n belong to it (``logit_scale`` is not a module). Keys are tallied
+    in whole-list passes by their deepest module; Python runs once per distinct one.
     """
+    specs = list(expected) if depth >= 0 else []
+    keys = list(map(attrgetter("key"), specs))
+    numels = list(map(prod, map(attrgetter("shape"), specs)))
+    hits = list(map(supplied.__contains__, keys))
+    # a key's pieces: its first ``depth`` components and the rest (or all, when fewer); its
+    # deepest module is every piece but the last, and it belongs to each module above that
+    pieces = list(map(str.split, keys, repeat("."), repeat(depth)))
+    modules = map(".".join, map(itemgetter(slice(-1)), pieces))
+    deepest = list(zip(modules, map(len, pieces), strict=True))
+    del pieces
+    tally: dict[tuple[str, int], list[int]] = {}
+    # keys counted by (deepest module, size), of which there are few
+    every = Counter(zip(deepest, numels, strict=True))
+    supplied_ones = Counter(compress(zip(deepest, numels, strict=True), hits))
+    for hit, counts in ((0, every), (1, supplied_ones)):
+        for (group, numel), n in counts.items():
+            row = tally.setdefault(group, [0, 0, 0, 0])
+            row[hit] += numel * n
+            row[2 + hit] += n
     rows: dict[str, list[int]] = {}
-    for spec in expected:
-        parts = spec.key.split(".")
-        hit = spec.key in supplied
-        for n in range(0, min(depth, len(parts) - 1) + 1):
-            name = ".".join(parts[:n])
-            row = rows.setdefault(name, [0, 0, 0, 0])
-            row[0] += spec.numel
-            row[2] += 1
-            if hit:
-                row[1] += spec.numel
-                row[3] += 1
+    for (module, n_pieces), (params, hit_params, n_keys, hit_keys) in tally.items():
+        components = module.split(".")
+        for n in range(n_pieces):
+            row = rows.setdefault(".".join(components[:n]), [0, 0, 0, 0])
+            row[0] += params
+            row[1] += hit_params
+            row[2] += n_keys
+            row[3] += hit_keys
     rows.setdefault("", [0, 0, 0, 0])
     ordered = sorted(rows, key=lambda m: (m != "", natural_key(m)))
     return tuple(Coverage(m, *rows[m]) for m in ordered)

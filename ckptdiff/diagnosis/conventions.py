@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from itertools import chain, repeat
 
 from ckptdiff.diagnosis.prefixes import find_prefix_matches
 from ckptdiff.types import Finding, Manifest, Report
@@ -69,7 +70,8 @@ def key_family(keys: Iterable[str]) -> tuple[str, str] | None:
 
 
 def _parts_of(keys: Iterable[str]) -> set[str]:
-    return {p for k in keys for p in k.split(".") if not p.isdigit() and p not in _GENERIC_PARTS}
+    parts = set(chain.from_iterable(map(str.split, keys, repeat("."))))
+    return {p for p in parts if not p.isdigit() and p not in _GENERIC_PARTS}
 
 
 def other_architecture(checkpoint: Manifest, target: Manifest) -> Finding | None:
@@ -81,7 +83,7 @@ def other_architecture(checkpoint: Manifest, target: Manifest) -> Finding | None
     ck_keys, tg_keys = list(checkpoint.tensors), list(target.tensors)
     if len(ck_keys) < 4 or len(tg_keys) < 4:
         return None
-    by_name = sum(1 for k in tg_keys if k in checkpoint.tensors)
+    by_name = len(checkpoint.tensors.keys() & target.tensors.keys())
     if by_name >= 0.1 * min(len(ck_keys), len(tg_keys)):  # a part of the model is not foreign
         return None
     a, b = _parts_of(ck_keys), _parts_of(tg_keys)

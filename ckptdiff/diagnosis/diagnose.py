@@ -16,6 +16,7 @@ from ckptdiff.diagnosis.conventions import foreign_branches
 from ckptdiff.diagnosis.fixes import config_fixes
 from ckptdiff.diagnosis.lint import lint
 from ckptdiff.diagnosis.verify import verify_key_maps
+from ckptdiff.gc_pause import gc_paused
 from ckptdiff.keymap import KeyMap
 from ckptdiff.naming import CLASS_HEADS, LAYER_INDEX, key_parts
 from ckptdiff.types import Finding, Manifest, Report, Suggestion
@@ -183,6 +184,19 @@ def diff_manifests(
         >>> diff_manifests(a, b).findings[0].data["option"]
         '--strip-prefix module.'
     """
+    # every pass over 100,000s of keys makes as many small lists and strings, none in a cycle
+    with gc_paused():
+        return _diff_manifests(checkpoint, target, key_map, depth, explain, suggest)
+
+
+def _diff_manifests(
+    checkpoint: Manifest,
+    target: Manifest,
+    key_map: KeyMap | None,
+    depth: int,
+    explain: bool,
+    suggest: bool,
+) -> Report:
     if key_map:
         checkpoint = key_map.apply_to_manifest(checkpoint)
     report = compare(checkpoint, target, depth=depth)

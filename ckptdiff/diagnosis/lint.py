@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ckptdiff.hf_files import read_json_object, tokenizer_size
-from ckptdiff.naming import DECODER_PROJECTIONS, EMBED_NAMES, VOCAB_HEAD_ROWS
+from ckptdiff.naming import DECODER_PROJECTIONS, EMBED_NAMES, VOCAB_HEAD_ROWS, keys_holding
 from ckptdiff.targets.factory import dotted_leaves
 from ckptdiff.types import Finding, Manifest
 
@@ -55,17 +55,26 @@ def vocab_tensors(m: Manifest) -> tuple[dict[str, int], dict[str, int]]:
     """
     embeds: dict[str, int] = {}
     heads: dict[str, int] = {}
-    for key, t in m.tensors.items():
+    tensors = m.tensors
+    for key in keys_holding(tensors, _VOCAB_WORDS):  # a rule below can hold for these only
+        t = tensors[key]
         parts = key.split(".")
         if len(t.shape) != 2 or key.endswith("bias"):
             continue
-        if any(p in _EMBED for p in parts):
+        if not _EMBED_SET.isdisjoint(parts):
             embeds[key] = t.shape[0]
-        elif any(p in VOCAB_HEAD_ROWS for p in parts) and parts[-1] == "weight":
+        elif not _HEAD_SET.isdisjoint(parts) and parts[-1] == "weight":
             heads[key] = t.shape[0]
         elif "decoder" in key and parts[-1] in DECODER_PROJECTIONS and t.shape[1] >= 2 * t.shape[0]:
             heads[key] = t.shape[1]
     return embeds, heads
+
+
+_EMBED_SET = frozenset(_EMBED)
+_HEAD_SET = frozenset(VOCAB_HEAD_ROWS)
+#: What a key the rules above take holds: an embedding's or a head's name, or a decoder
+#: projection's as its last component.
+_VOCAB_WORDS = (*_EMBED, *VOCAB_HEAD_ROWS, *(f".{p}\n" for p in DECODER_PROJECTIONS))
 
 
 def _model_type(config: Mapping[str, Any] | None) -> str | None:
@@ -73,9 +82,10 @@ def _model_type(config: Mapping[str, Any] | None) -> str | None:
     return v if isinstance(v, str) else None
 
 
-#: Key patterns that name an architecture with a by-design offset when no config says it.
-_DESIGN_KEYS: Mapping[str, re.Pattern[str]] = {
-    "mllama": re.compile(r"(^|\.)cross_attn_(attn|mlp)_gate$"),
+#: Key patterns that name an architecture with a by-design offset when no config says it,
+#: and a word every key they match holds (looked for in all keys at once first).
+_DESIGN_KEYS: Mapping[str, tuple[str, re.Pattern[str]]] = {
+    "mllama": ("cross_attn_", re.compile(r"(^|\.)cross_attn_(attn|mlp)_gate$")),
 }
 
 
@@ -85,8 +95,8 @@ def _design_offset(
     """The embedding-minus-head rows this architecture has by design: from the target's own
     tensors, the config's model type, or keys only that architecture has."""
     if m is not None and not _model_type(config):
-        for model_type, rx in _DESIGN_KEYS.items():
-            if any(rx.search(k) for k in m.tensors):
+        for model_type, (word, rx) in _DESIGN_KEYS.items():
+            if any(map(rx.search, keys_holding(m.tensors, (word,)))):
                 return DESIGN_OFFSETS[model_type]
     if target is not None and target.format == "meta-model":  # a built model is the design
         e, h = vocab_tensors(target)
