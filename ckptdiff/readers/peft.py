@@ -55,6 +55,9 @@ ADAPTER_PARAMS = (
     "vera_lambda_b",
     "vera_lambda_d",
 )
+#: What every adapter parameter's component starts with (``.lora_`` for ``lora_A``...): seven
+#: scans of all keys tell a checkpoint that holds none of them.
+_PARAM_STEMS = tuple(dict.fromkeys(f".{p.split('_')[0]}_" for p in ADAPTER_PARAMS))
 _KEY = re.compile(
     r"^(?P<module>.+?)\.(?P<param>" + "|".join(ADAPTER_PARAMS) + r")"
     r"(?:\.(?P<name>(?!weight$|bias$)[^.]+))?(?:\.(?P<leaf>weight|bias))?$"
@@ -139,7 +142,7 @@ def looks_like_adapter(m: Manifest) -> bool:
     if not keys:
         return False
     joined = "\n".join(keys)
-    if not any(f".{p}" in joined for p in ADAPTER_PARAMS):  # no key can parse: one scan each
+    if not any(stem in joined for stem in _PARAM_STEMS):  # no key can parse: one scan each
         return False
     parsed = sum(1 for k in keys if parse_adapter_key(k) is not None)
     prefixed = all(k.startswith(ADAPTER_PREFIX) for k in keys)
