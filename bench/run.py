@@ -466,6 +466,7 @@ def main() -> None:
     print(tabulate(rows, headers, tablefmt="github"))
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
+    subprocess.run([PY, "-m", "bench.pickle_floor"], check=True)
     subprocess.run([PY, "-m", "bench.check_cache"], check=True)
     subprocess.run([PY, "-m", "bench.targets"], check=True)
     subprocess.run([PY, "-m", "bench.hub"], check=True)
