@@ -18,12 +18,16 @@ __all__ = ["Columns", "compact_columns"]
 
 #: A JSON integer as safetensors writes one: no sign, no leading zero, at most 19 digits
 #: (values past int64 are for the caller's range checks to refuse).
-_INT = r"(?:0|[1-9][0-9]{0,18})"
+_INT = r"(?>0|[1-9][0-9]{0,18}+)"
 #: One tensor member with the separator before it (``{`` for the first member, else ``,``).
-#: A key holds no quote, backslash or control character (JSON would need an escape).
+#: A key holds no quote, backslash or control character (JSON would need an escape). Every
+#: repeat is possessive and a shape has at most :data:`_MAX_DIMS` dimensions, so text that
+#: almost matches (a shape list that never closes) fails in one pass, without backtracking.
+_MAX_DIMS = 255  # the header's own check refuses more than 64
 _MEMBER = re.compile(
-    r'([{,])"([^"\\\x00-\x1f]*)":\{"dtype":"([0-9A-Z_a-z]{1,16})",'
-    rf'"shape":\[((?:{_INT}(?:,{_INT})*)?)\],"data_offsets":\[({_INT}),({_INT})\]\}}'
+    r'([{,])"([^"\\\x00-\x1f]*+)":\{"dtype":"([0-9A-Z_a-z]{1,16}+)",'
+    rf'"shape":\[((?:{_INT}(?:,{_INT}){{0,{_MAX_DIMS - 1}}}+)?+)\],'
+    rf'"data_offsets":\[({_INT}),({_INT})\]\}}'
 )
 #: The characters of a member besides its five variable fields (its separator is one of them).
 _FIXED = len('{"":{"dtype":"","shape":[],"data_offsets":[,]}')

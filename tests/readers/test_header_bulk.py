@@ -173,6 +173,16 @@ _NEAR_COMPACT = {
     "lower-case dtype": "{" + ",".join([_A.replace("F32", "f32"), _B]) + "}",
     "wrong byte count": "{" + ",".join([_A.replace("[0,24]", "[0,23]"), _B]) + "}",
     "overlap": "{" + ",".join([_A, _B.replace("[24,25]", "[23,24]")]) + "}",
+    "64 dimensions": "{"
+    + ",".join([_A.replace("[2,3]", "[" + ",".join(["1"] * 62 + ["2", "3"]) + "]"), _B])
+    + "}",
+    "65 dimensions": "{"
+    + ",".join([_A.replace("[2,3]", "[" + ",".join(["1"] * 63 + ["2", "3"]) + "]"), _B])
+    + "}",
+    "300 dimensions": "{"
+    + ",".join([_A.replace("[2,3]", "[" + ",".join(["1"] * 298 + ["2", "3"]) + "]"), _B])
+    + "}",
+    "a shape that never closes": '{"a":{"dtype":"F32","shape":[' + "1," * 5000 + "}",
     "only metadata": "{" + _META + "}",
     "empty": "{}",
 }
