@@ -123,6 +123,11 @@ def parse_header(
 ) -> tuple[dict[str, TensorSpec], dict[str, str]]:
     """Decode and validate a safetensors JSON header.
 
+    A header in the layout safetensors writes is read without a JSON decoder
+    (:func:`~ckptdiff.readers.safetensors_compact.compact_columns`); any other is decoded,
+    checked in whole-list passes, and checked tensor by tensor when something is off (which
+    names the first defect). All three accept the same headers and return the same specs.
+
     Args:
         raw: the N header bytes (without the 8-byte length).
         data_size: bytes in the data region (file size - 8 - N), or None when unknown
