@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from itertools import compress, repeat
 from json.encoder import encode_basestring_ascii
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from ckptdiff.gc_pause import gc_paused
@@ -118,23 +119,40 @@ def _tree_rows(specs: Sequence[TensorSpec], depth: int) -> list[list[Any]]:
     """Every module down to ``depth`` components, each with the totals of everything under it.
 
     Rows are in tree order; a top-level tensor (``logit_scale``) is a row of its own; depth 0
-    is one row for everything.
+    is one row for everything. Keys are tallied in whole-list passes by their deepest module;
+    Python runs once per distinct (module, size, dtype).
     """
+    keys = list(map(attrgetter("key"), specs))
+    numels = list(map(math.prod, map(attrgetter("shape"), specs)))
+    if depth == 0:
+        groups: list[tuple[str, int]] = [("(all)", 0)] * len(keys)
+    else:
+        # a key's first ``depth`` components and the rest (or all, when fewer): its deepest
+        # module is every piece but the last; a key of one component is a row of its own
+        pieces = list(map(str.split, keys, repeat("."), repeat(max(depth, 0))))
+        levels = list(map((-1).__add__, map(len, pieces)))
+        modules = map(".".join, map(itemgetter(slice(-1)), pieces))
+        names = [m if n else k for m, n, k in zip(modules, levels, keys, strict=True)]
+        groups = list(zip(names, levels, strict=True))
+    tally: dict[tuple[str, int], list[Any]] = {}
+    dtypes = map(attrgetter("dtype"), specs)
+    for (group, numel, dtype), n in Counter(zip(groups, numels, dtypes, strict=True)).items():
+        row = tally.setdefault(group, [0, 0, set()])
+        row[0] += n
+        row[1] += numel * n
+        row[2].add(dtype)
     rows: dict[str, list[Any]] = {}
-    for s in specs:
-        parts = s.key.split(".")
-        levels = [".".join(parts[:n]) for n in range(1, min(depth, len(parts) - 1) + 1)]
-        if depth == 0:
-            levels = ["(all)"]
-        for name in levels or [s.key]:
-            row = rows.setdefault(name, [0, 0, set()])
-            row[0] += 1
-            row[1] += s.numel
-            row[2].add(s.dtype)
+    for (name, n_levels), (tensors, numel, dtype_set) in tally.items():
+        components = name.split(".")
+        for level_name in [".".join(components[:n]) for n in range(1, n_levels + 1)] or [name]:
+            row = rows.setdefault(level_name, [0, 0, set()])
+            row[0] += tensors
+            row[1] += numel
+            row[2] |= dtype_set
     out = []
     for name in sorted(rows, key=natural_key):
-        tensors, numel, dtypes = rows[name]
-        out.append([name, tensors, _count_with_human(numel), ",".join(sorted(dtypes))])
+        tensors, numel, dtype_set = rows[name]
+        out.append([name, tensors, _count_with_human(numel), ",".join(sorted(dtype_set))])
     return out
 
 
@@ -158,11 +176,13 @@ def _key_rows(specs: Sequence[TensorSpec], numels: Sequence[int], full: bool) ->
     its parameters are those of all of them.
     """
     if full:
+        shapes = list(map(attrgetter("shape"), specs))
+        shape_text = {s: shape_str(s) for s in set(shapes)}  # models repeat a few shapes
         return [
             list(r)
             for r in zip(
                 map(attrgetter("key"), specs),
-                map(shape_str, map(attrgetter("shape"), specs)),
+                map(shape_text.__getitem__, shapes),
                 map(attrgetter("dtype"), specs),
                 repeat(""),
                 map("{:,}".format, numels),

@@ -107,5 +107,5 @@ def plain_columns(
         out += ["| " + r + " |" for r in map(" | ".join, zip(*padded, strict=False))]
     else:
         out = ["  ".join(head).rstrip(), "  ".join("-" * w for w in widths)]
-        out += [r.rstrip() for r in map("  ".join, zip(*padded, strict=False))]
+        out += map(str.rstrip, map("  ".join, zip(*padded, strict=False)))
     return "\n".join(out)
