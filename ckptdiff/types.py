@@ -471,9 +471,14 @@ class Report:
         return self.coverage[0].share if self.coverage else 0.0
 
     def to_json(self, indent: int | None = 2) -> str:
-        """:meth:`to_dict` as JSON text."""
+        """:meth:`to_dict` as JSON text (``json.dumps`` with ``indent``; long lists of
+        records written a column at a time, the same text)."""
         import json
 
+        from ckptdiff.json_text import dumps_indented
+
+        if indent == 2:
+            return dumps_indented(self.to_dict())
         return json.dumps(self.to_dict(), indent=indent)
 
     def __str__(self) -> str:
