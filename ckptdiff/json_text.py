@@ -42,7 +42,7 @@ def dumps_indented(obj: Any) -> str:
         text = _records(value, 1) if type(key) is str else None
         if text is None:
             shallow[key] = value
-        else:  # a placeholder the text replaces: a string no key or value can encode to
+        else:  # a placeholder the text replaces (checked below to stand once in the text)
             marker = f"\0records {len(spliced)}\0"
             spliced[encode_basestring_ascii(marker)] = text
             shallow[key] = marker

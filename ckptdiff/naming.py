@@ -11,7 +11,8 @@ import re
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
-from itertools import accumulate, chain
+from itertools import accumulate, chain, repeat
+from operator import itemgetter
 
 __all__ = [
     "CLASS_HEADS",
@@ -23,6 +24,7 @@ __all__ = [
     "POSITION_HINTS",
     "VOCAB_HEAD_ROWS",
     "containers",
+    "deepest_modules",
     "has_part",
     "key_parts",
     "keys_holding",
@@ -164,6 +166,22 @@ def _containers_one_by_one(keys: Iterable[str]) -> dict[str, set[int]]:
 _INDEX_PART = re.compile(r"([0-9](?<![^.\n][0-9])[0-9]{0,17})(?![^.\n])")
 #: A leaf :data:`RNN_LEAF` might match, anywhere in keys joined by line breaks.
 _RNN_ANYWHERE = re.compile(r"(?:weight|bias)_(?:ih|hh|hr)_l[0-9]")
+
+
+def deepest_modules(keys: Iterable[str], depth: int) -> list[tuple[str, int]]:
+    """Every key's deepest module at most ``depth`` components down, and how many components
+    it has: its first ``min(depth, components - 1)`` components (a key of one component, or
+    depth 0, is in module ``""`` of 0 components). In whole-list passes.
+
+    Example:
+        >>> deepest_modules(["a.b.c.w", "a.w", "w"], 2)
+        [('a.b', 2), ('a', 1), ('', 0)]
+    """
+    # a key's first ``depth`` components and the rest (or all of them, when fewer): the
+    # module is every piece but the last
+    pieces = list(map(str.split, keys, repeat("."), repeat(max(depth, 0))))
+    modules = map(".".join, map(itemgetter(slice(-1)), pieces))
+    return list(zip(modules, map((-1).__add__, map(len, pieces)), strict=True))
 
 
 def keys_holding(keys: Iterable[str], words: Iterable[str]) -> list[str]:

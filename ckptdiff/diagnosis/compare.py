@@ -9,11 +9,11 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from itertools import compress, repeat
+from itertools import compress
 from math import prod
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 
-from ckptdiff.naming import containers
+from ckptdiff.naming import containers, deepest_modules
 from ckptdiff.sorting import natural_key, natural_order, naturally_by_key
 from ckptdiff.types import (
     Coverage,
@@ -187,12 +187,7 @@ def module_coverage(
     keys = list(map(attrgetter("key"), specs))
     numels = list(map(prod, map(attrgetter("shape"), specs)))
     hits = list(map(supplied.__contains__, keys))
-    # a key's pieces: its first ``depth`` components and the rest (or all, when fewer); its
-    # deepest module is every piece but the last, and it belongs to each module above that
-    pieces = list(map(str.split, keys, repeat("."), repeat(depth)))
-    modules = map(".".join, map(itemgetter(slice(-1)), pieces))
-    deepest = list(zip(modules, map(len, pieces), strict=True))
-    del pieces
+    deepest = deepest_modules(keys, depth)
     tally: dict[tuple[str, int], list[int]] = {}
     # keys counted by (deepest module, size), of which there are few
     every = Counter(zip(deepest, numels, strict=True))
@@ -203,9 +198,9 @@ def module_coverage(
             row[hit] += numel * n
             row[2 + hit] += n
     rows: dict[str, list[int]] = {}
-    for (module, n_pieces), (params, hit_params, n_keys, hit_keys) in tally.items():
+    for (module, levels), (params, hit_params, n_keys, hit_keys) in tally.items():
         components = module.split(".")
-        for n in range(n_pieces):
+        for n in range(levels + 1):  # the whole model, then each module down to it
             row = rows.setdefault(".".join(components[:n]), [0, 0, 0, 0])
             row[0] += params
             row[1] += hit_params

@@ -13,6 +13,7 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from ckptdiff.gc_pause import gc_paused
+from ckptdiff.naming import deepest_modules
 from ckptdiff.render.keys import group_keys
 from ckptdiff.render.tables import count_label, finding_line, table
 from ckptdiff.sorting import natural_key
@@ -126,14 +127,10 @@ def _tree_rows(specs: Sequence[TensorSpec], depth: int) -> list[list[Any]]:
     numels = list(map(math.prod, map(attrgetter("shape"), specs)))
     if depth == 0:
         groups: list[tuple[str, int]] = [("(all)", 0)] * len(keys)
-    else:
-        # a key's first ``depth`` components and the rest (or all, when fewer): its deepest
-        # module is every piece but the last; a key of one component is a row of its own
-        pieces = list(map(str.split, keys, repeat("."), repeat(max(depth, 0))))
-        levels = list(map((-1).__add__, map(len, pieces)))
-        modules = map(".".join, map(itemgetter(slice(-1)), pieces))
-        names = [m if n else k for m, n, k in zip(modules, levels, keys, strict=True)]
-        groups = list(zip(names, levels, strict=True))
+    else:  # a key of one component is a row of its own
+        deepest = deepest_modules(keys, depth)
+        names = [m if n else k for (m, n), k in zip(deepest, keys, strict=True)]
+        groups = list(zip(names, map(itemgetter(1), deepest), strict=True))
     tally: dict[tuple[str, int], list[Any]] = {}
     dtypes = map(attrgetter("dtype"), specs)
     for (group, numel, dtype), n in Counter(zip(groups, numels, dtypes, strict=True)).items():
